@@ -1,0 +1,249 @@
+import { sql } from 'kysely';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type { BusEvent, NewEvent } from '../../core/events.ts';
+import type { Environment } from '../../core/principal.ts';
+import type { ConsumerOptions, ConsumerStatus, EventBus, EventHandler } from '../../core/ports.ts';
+import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
+
+/**
+ * The embedded event bus: a transactional outbox table per environment database, and an
+ * in-process dispatcher that feeds durable consumers.
+ *
+ * Delivery order is (xid, id), and a row is read only once its writing transaction is
+ * older than every running one (`xid < pg_snapshot_xmin(pg_current_snapshot())`). A plain
+ * `id > cursor` reader would silently skip a row whose transaction got a smaller id but
+ * committed after a larger one. Writers of one subject (a file) lock its row first, so
+ * their xids follow their commit order and events of one subject arrive in commit order.
+ *
+ * Consumers wake on NOTIFY (sent by the same transaction, so only on commit) and poll as
+ * a fallback. A failing event is retried with backoff, then set aside as a dead letter.
+ */
+const CHANNEL = 'bantu_outbox';
+const BATCH = 200;
+const POLL_MS = 1000;
+
+interface OutboxRow {
+  id: number;
+  xid: string;
+  type: string;
+  tenant_id: string;
+  owner_id: string | null;
+  actor: BusEvent['actor'];
+  data: Record<string, unknown>;
+  occurred_at: Date;
+}
+
+export function eventIdOf(id: number | bigint): string {
+  return `evt_${id.toString().padStart(12, '0')}`;
+}
+
+/** Parses an event id; null when it is not one of ours. */
+export function outboxIdOf(eventId: string): number | null {
+  const match = /^evt_(\d{1,18})$/.exec(eventId);
+  return match ? Number(match[1]) : null;
+}
+
+function toEvent(row: OutboxRow, environment: Environment): BusEvent {
+  return {
+    event_id: eventIdOf(row.id),
+    type: row.type,
+    tenant_id: row.tenant_id,
+    environment,
+    occurred_at: row.occurred_at.toISOString(),
+    actor: row.actor,
+    owner_id: row.owner_id,
+    data: row.data,
+  };
+}
+
+interface Consumer {
+  name: string;
+  handler: EventHandler;
+  types?: ReadonlySet<string>;
+  maxAttempts: number;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+
+export class OutboxBus implements EventBus {
+  private readonly consumers: Consumer[] = [];
+  private readonly wakers = new Map<Environment, Set<() => void>>(ENVIRONMENTS.map((env) => [env, new Set()]));
+  private readonly listeners: pg.Client[] = [];
+  private readonly loops: Promise<void>[] = [];
+  private readonly abort = new AbortController();
+  private started = false;
+
+  constructor(
+    private readonly databases: Databases,
+    private readonly logger: Logger,
+    private readonly options: { retryBaseMs?: number; pollMs?: number } = {},
+  ) {}
+
+  async append(trx: unknown, environment: Environment, event: NewEvent): Promise<BusEvent> {
+    const tx = trx as Tx;
+    const row = await sql<OutboxRow>`
+      insert into bus.outbox (type, tenant_id, owner_id, actor, data)
+      values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb)
+      returning id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at`.execute(tx);
+    await sql`select pg_notify(${CHANNEL}, '')`.execute(tx);
+    return toEvent(row.rows[0] as OutboxRow, environment);
+  }
+
+  consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
+    if (this.started) throw new Error('consumers are registered before the bus starts');
+    if (this.consumers.some((c) => c.name === name)) throw new Error(`consumer registered twice: ${name}`);
+    this.consumers.push({ name, handler, types: options.types ? new Set(options.types) : undefined, maxAttempts: options.maxAttempts ?? 5 });
+  }
+
+  async start(): Promise<void> {
+    this.started = true;
+    if (this.consumers.length === 0) return;
+    for (const environment of ENVIRONMENTS) {
+      const client = new pg.Client({ connectionString: this.databases.environmentUrls[environment] });
+      client.on('error', (error) => this.logger.warn({ err: error, environment }, 'outbox listener connection lost; polling'));
+      client.on('notification', () => {
+        for (const wake of this.wakers.get(environment) ?? []) wake();
+      });
+      await client.connect();
+      await client.query(`listen ${CHANNEL}`);
+      this.listeners.push(client);
+      for (const consumer of this.consumers) this.loops.push(this.run(consumer, environment));
+    }
+  }
+
+  async close(): Promise<void> {
+    this.abort.abort();
+    for (const wakers of this.wakers.values()) for (const wake of wakers) wake();
+    await Promise.allSettled(this.loops);
+    await Promise.allSettled(this.listeners.map((client) => client.end()));
+  }
+
+  async readSince(environment: Environment, afterEventId: string | null, limit: number): Promise<BusEvent[] | null> {
+    const db = this.databases.environments[environment];
+    let after: { xid: string; id: number } = { xid: '0', id: 0 };
+    if (afterEventId !== null) {
+      const id = outboxIdOf(afterEventId);
+      if (id === null) return null;
+      const found = await sql<{ xid: string; id: number }>`select xid::text as xid, id from bus.outbox where id = ${id}`.execute(db);
+      if (!found.rows[0]) return null;
+      after = found.rows[0];
+    }
+    return (await this.readBatch(db, after, limit)).map((row) => toEvent(row, environment));
+  }
+
+  async status(name: string): Promise<ConsumerStatus[]> {
+    return Promise.all(
+      ENVIRONMENTS.map(async (environment) => {
+        const db = this.databases.environments[environment];
+        const cursor = await this.cursorOf(db, name);
+        const pending = await sql<{ n: number }>`
+          select count(*)::int as n from bus.outbox where (xid, id) > (${cursor.xid}::xid8, ${cursor.id})`.execute(db);
+        const dead = await sql<{ n: number }>`select count(*)::int as n from bus.dead_letter where consumer = ${name}`.execute(db);
+        return {
+          consumer: name,
+          environment,
+          pending: pending.rows[0]?.n ?? 0,
+          lastDeliveredAt: cursor.last_delivered_at?.toISOString() ?? null,
+          deadLetters: dead.rows[0]?.n ?? 0,
+        };
+      }),
+    );
+  }
+
+  private async readBatch(db: Db, after: { xid: string; id: number }, limit: number): Promise<OutboxRow[]> {
+    const result = await sql<OutboxRow>`
+      select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
+      from bus.outbox
+      where (xid, id) > (${after.xid}::xid8, ${after.id})
+        and xid < pg_snapshot_xmin(pg_current_snapshot())
+      order by xid, id
+      limit ${limit}`.execute(db);
+    return result.rows;
+  }
+
+  private async cursorOf(db: Db, name: string): Promise<{ xid: string; id: number; last_delivered_at: Date | null }> {
+    await sql`insert into bus.consumer_cursor (consumer) values (${name}) on conflict do nothing`.execute(db);
+    const result = await sql<{ xid: string; id: number; last_delivered_at: Date | null }>`
+      select xid::text as xid, id, last_delivered_at from bus.consumer_cursor where consumer = ${name}`.execute(db);
+    return result.rows[0] ?? { xid: '0', id: 0, last_delivered_at: null };
+  }
+
+  private async run(consumer: Consumer, environment: Environment): Promise<void> {
+    const db = this.databases.environments[environment];
+    const log = this.logger.child({ consumer: consumer.name, environment });
+    const signal = this.abort.signal;
+    let wake: (() => void) | undefined;
+    const wakers = this.wakers.get(environment) as Set<() => void>;
+    let poked = false;
+    const onWake = () => {
+      poked = true;
+      wake?.();
+    };
+    wakers.add(onWake);
+    try {
+      const saved = await this.cursorOf(db, consumer.name);
+      let cursor = { xid: saved.xid, id: saved.id };
+      while (!signal.aborted) {
+        poked = false;
+        let rows: OutboxRow[];
+        try {
+          rows = await this.readBatch(db, cursor, BATCH);
+        } catch (error) {
+          if (signal.aborted) break;
+          log.warn({ err: error }, 'outbox read failed; retrying');
+          await sleep(POLL_MS, signal);
+          continue;
+        }
+        for (const row of rows) {
+          if (signal.aborted) return;
+          if (!consumer.types || consumer.types.has(row.type)) await this.deliver(consumer, db, row, environment, log);
+          cursor = { xid: row.xid, id: row.id };
+        }
+        if (rows.length > 0) {
+          await sql`update bus.consumer_cursor set xid = ${cursor.xid}::xid8, id = ${cursor.id}, last_delivered_at = now()
+                    where consumer = ${consumer.name}`.execute(db);
+        }
+        if (rows.length < BATCH && !poked) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            setTimeout(resolve, this.options.pollMs ?? POLL_MS).unref();
+          });
+          wake = undefined;
+        }
+      }
+    } catch (error) {
+      if (!signal.aborted) log.error({ err: error }, 'consumer stopped on an unexpected error');
+    } finally {
+      wakers.delete(onWake);
+    }
+  }
+
+  private async deliver(consumer: Consumer, db: Db, row: OutboxRow, environment: Environment, log: Logger): Promise<void> {
+    const event = toEvent(row, environment);
+    let lastError: unknown;
+    for (let attempt = 1; attempt <= consumer.maxAttempts; attempt++) {
+      try {
+        await consumer.handler(event);
+        return;
+      } catch (error) {
+        lastError = error;
+        if (this.abort.signal.aborted) throw error; // shutting down: the event stays pending
+        log.warn({ err: error, event_id: event.event_id, attempt }, 'event handler failed');
+        if (attempt < consumer.maxAttempts) await sleep((this.options.retryBaseMs ?? 200) * 2 ** (attempt - 1), this.abort.signal);
+      }
+    }
+    const message = lastError instanceof Error ? lastError.message : String(lastError);
+    log.error({ event_id: event.event_id }, 'event set aside as a dead letter');
+    await sql`insert into bus.dead_letter (consumer, event_id, attempts, error)
+              values (${consumer.name}, ${row.id}, ${consumer.maxAttempts}, ${message})
+              on conflict do nothing`.execute(db);
+  }
+}

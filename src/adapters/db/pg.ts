@@ -1,0 +1,154 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
+import pg from 'pg';
+import type { Environment } from '../../core/principal.ts';
+
+// BIGINT (int8) columns come back as JS numbers: our counters and sizes stay far below 2^53.
+pg.types.setTypeParser(20, (value) => Number.parseInt(value, 10));
+
+/**
+ * PostgreSQL access shared by both shapes (the embedded server is real PostgreSQL).
+ *
+ * One control database holds what spans environments (tenants); each environment,
+ * `live` and `test`, has a database of its own, so the two never share a table.
+ * Given a base URL naming database `bantu`, they are `bantu`, `bantu_live`, `bantu_test`.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: each service types its own tables
+export type Db = Kysely<any>;
+// biome-ignore lint/suspicious/noExplicitAny: as above
+export type Tx = Transaction<any>;
+
+export const ENVIRONMENTS: readonly Environment[] = ['live', 'test'];
+
+export interface Databases {
+  control: Db;
+  environments: Record<Environment, Db>;
+  /** Connection settings of each environment database, for LISTEN connections. */
+  environmentUrls: Record<Environment, string>;
+  close(): Promise<void>;
+}
+
+function withDatabase(url: string, database: string): string {
+  const parsed = new URL(url);
+  parsed.pathname = `/${database}`;
+  return parsed.toString();
+}
+
+export function databaseName(url: string): string {
+  return decodeURIComponent(new URL(url).pathname.replace(/^\//, '')) || 'bantu';
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+function connect(url: string, max = 10): Db {
+  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000 });
+  // A broken idle connection must not crash the process; the pool replaces it.
+  pool.on('error', () => undefined);
+  return new Kysely({ dialect: new PostgresDialect({ pool }) });
+}
+
+/** Creates the control and environment databases when missing (needs CREATEDB). */
+async function ensureDatabases(url: string, names: string[]): Promise<void> {
+  const admin = new pg.Client({ connectionString: withDatabase(url, 'postgres') });
+  await admin.connect();
+  try {
+    for (const name of names) {
+      const { rowCount } = await admin.query('select 1 from pg_database where datname = $1', [name]);
+      if (rowCount) continue;
+      try {
+        await admin.query(`create database ${quoteIdent(name)}`);
+      } catch (error) {
+        // Another process created it between our check and our create.
+        if ((error as { code?: string }).code !== '42P04' && (error as { code?: string }).code !== '23505') throw error;
+      }
+    }
+  } finally {
+    await admin.end();
+  }
+}
+
+/** `baseUrl` names the control database; the environment databases get suffixes. */
+export async function openDatabases(baseUrl: string, controlName = databaseName(baseUrl)): Promise<Databases> {
+  const names = { control: controlName, live: `${controlName}_live`, test: `${controlName}_test` };
+  await ensureDatabases(baseUrl, Object.values(names));
+  const environmentUrls = { live: withDatabase(baseUrl, names.live), test: withDatabase(baseUrl, names.test) };
+  const databases: Databases = {
+    control: connect(withDatabase(baseUrl, names.control), 5),
+    environments: { live: connect(environmentUrls.live), test: connect(environmentUrls.test) },
+    environmentUrls,
+    async close() {
+      await Promise.all([databases.control.destroy(), databases.environments.live.destroy(), databases.environments.test.destroy()]);
+    },
+  };
+  return databases;
+}
+
+/** Drops the three databases (tests and `bantu reset`). */
+export async function dropDatabases(baseUrl: string, controlName = databaseName(baseUrl)): Promise<void> {
+  const admin = new pg.Client({ connectionString: withDatabase(baseUrl, 'postgres') });
+  await admin.connect();
+  try {
+    for (const name of [controlName, `${controlName}_live`, `${controlName}_test`]) {
+      await admin.query(`drop database if exists ${quoteIdent(name)} with (force)`);
+    }
+  } finally {
+    await admin.end();
+  }
+}
+
+export interface MigrationSet {
+  /** Owner of the migrations, e.g. `identity`; versions are numbered per service. */
+  service: string;
+  /** Folder of `NNNN_name.sql` files. */
+  folder: string;
+}
+
+/**
+ * Runs every migration not yet applied, in order, each in its own transaction,
+ * under an advisory lock so that concurrent starts apply each file once.
+ */
+export async function migrate(db: Db, sets: MigrationSet[]): Promise<string[]> {
+  const applied: string[] = [];
+  await db.connection().execute(async (conn) => {
+    await sql`select pg_advisory_lock(hashtext('bantu.migrations'))`.execute(conn);
+    try {
+      await sql`create table if not exists public.schema_migrations (
+        service text not null, version int not null, name text not null,
+        applied_at timestamptz not null default now(), primary key (service, version))`.execute(conn);
+      for (const set of sets) {
+        const files = (await fs.readdir(set.folder).catch(() => [] as string[])).filter((f) => /^\d{4}_.+\.sql$/.test(f)).sort();
+        const done = await sql<{ version: number }>`select version from public.schema_migrations where service = ${set.service}`.execute(conn);
+        const doneVersions = new Set(done.rows.map((row) => row.version));
+        for (const file of files) {
+          const version = Number.parseInt(file.slice(0, 4), 10);
+          if (doneVersions.has(version)) continue;
+          const text = await fs.readFile(path.join(set.folder, file), 'utf8');
+          await conn.transaction().execute(async (trx) => {
+            await sql.raw(text).execute(trx);
+            await sql`insert into public.schema_migrations (service, version, name) values (${set.service}, ${version}, ${file})`.execute(trx);
+          });
+          applied.push(`${set.service}/${file}`);
+        }
+      }
+    } finally {
+      await sql`select pg_advisory_unlock(hashtext('bantu.migrations'))`.execute(conn);
+    }
+  });
+  return applied;
+}
+
+/**
+ * Runs `work` in a transaction bound to one tenant: PostgreSQL row-level security then
+ * hides every other tenant's rows, whatever the query says. The role `bantu_app` has no
+ * BYPASSRLS and owns nothing, so the policies apply even when we connect as a superuser.
+ */
+export async function withTenant<T>(db: Db, tenantId: string, work: (trx: Tx) => Promise<T>): Promise<T> {
+  return db.transaction().execute(async (trx) => {
+    await sql`select set_config('bantu.tenant_id', ${tenantId}, true)`.execute(trx);
+    await sql`set local role bantu_app`.execute(trx);
+    return work(trx);
+  });
+}

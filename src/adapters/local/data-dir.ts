@@ -1,0 +1,73 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * The data dir holds everything an embedded Bantu keeps: the database, blobs, secrets
+ * and mail. This module owns its layout, its single-owner lock and its secret files.
+ */
+export function dataPath(dataDir: string, ...parts: string[]): string {
+  return path.join(dataDir, ...parts);
+}
+
+export class DataDirLockedError extends Error {}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes the data dir for this process. A second Bantu on the same dir fails at once;
+ * a lock left by a process that died (kill -9, power loss) is taken over.
+ * Returns the function that releases the lock.
+ */
+export async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+  await fs.mkdir(dataDir, { recursive: true, mode: 0o755 });
+  const lockFile = dataPath(dataDir, 'bantu.lock');
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const handle = await fs.open(lockFile, 'wx', 0o644);
+      await handle.writeFile(`${process.pid}\n`);
+      await handle.close();
+      return async () => {
+        await fs.rm(lockFile, { force: true });
+      };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const owner = Number.parseInt(await fs.readFile(lockFile, 'utf8').catch(() => ''), 10);
+      if (Number.isInteger(owner) && owner !== process.pid && isAlive(owner)) {
+        throw new DataDirLockedError(
+          `Another Bantu (pid ${owner}) is already running on the data dir ${dataDir}. Stop it first, or set BANTU_DATA_DIR to another folder.`,
+        );
+      }
+      // The owner is gone: the lock is stale.
+      await fs.rm(lockFile, { force: true });
+    }
+  }
+  throw new DataDirLockedError(`Could not take the lock ${lockFile}`);
+}
+
+/** Writes a file readable by its owner only (0600), atomically. */
+export async function writeSecretFile(file: string, content: string): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const temp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(temp, content, { mode: 0o600 });
+  await fs.rename(temp, file);
+}
+
+/** Reads a secret from the data dir, making and saving it first if it does not exist. */
+export async function readOrCreateSecret(file: string, make: () => string = () => randomBytes(32).toString('base64url')): Promise<{ value: string; created: boolean }> {
+  try {
+    return { value: (await fs.readFile(file, 'utf8')).trim(), created: false };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    const value = make();
+    await writeSecretFile(file, `${value}\n`);
+    return { value, created: true };
+  }
+}

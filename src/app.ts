@@ -1,0 +1,187 @@
+import fs from 'node:fs';
+import type http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import { sql } from 'kysely';
+import type { Logger } from 'pino';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { OutboxBus } from './adapters/bus/outbox.ts';
+import { startEmbeddedPostgres, type EmbeddedDatabase } from './adapters/db/embedded.ts';
+import { type Databases, ENVIRONMENTS, migrate, type MigrationSet, openDatabases } from './adapters/db/pg.ts';
+import { dataPath, lockDataDir, readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
+import type { Config } from './core/config.ts';
+import { operatorVerifier } from './gateway/auth.ts';
+import type { ReadinessCheck } from './gateway/operations.ts';
+import { createGateway, createHttpRejector } from './gateway/server.ts';
+import { loadTls } from './gateway/tls.ts';
+import { createIdentityService, identityMigrations } from './services/identity/plugin.ts';
+import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
+
+/**
+ * The composition root: builds every adapter and service from a Config and wires them
+ * together explicitly. Nothing here reads process.env or listens at import time.
+ */
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const VERSION: string = JSON.parse(fs.readFileSync(path.join(here, '..', 'package.json'), 'utf8')).version;
+
+/** Migrations of each environment database, in the order they must run. */
+const environmentMigrations: MigrationSet[] = [
+  { service: 'platform', folder: path.join(here, 'adapters', 'db', 'migrations') },
+  { service: 'bus', folder: path.join(here, 'adapters', 'bus', 'migrations') },
+  ...identityMigrations.environment,
+];
+const controlMigrations: MigrationSet[] = [...identityMigrations.control];
+
+export interface StartedApp {
+  /** Base URL of the HTTPS gateway, e.g. https://127.0.0.1:8443 */
+  url: string;
+  port: number;
+  httpPort?: number;
+  tlsFingerprint: string;
+  tlsGenerated: boolean;
+  /** Set when the operator token was generated during this start (print it once). */
+  generatedOperatorToken?: string;
+  /** Set when the default tenant was created during this start (print its keys once). */
+  createdDefaultTenant?: CreatedTenant;
+  secretsDir: string;
+}
+
+export interface App {
+  start(): Promise<StartedApp>;
+  close(): Promise<void>;
+  /** Available after start; for tests and the CLI. */
+  readonly gateway: FastifyInstance;
+  readonly databases: Databases;
+  readonly bus: OutboxBus;
+}
+
+export function createApp(config: Config, logger: Logger): App {
+  const closers: Array<() => Promise<void>> = [];
+  let gateway: FastifyInstance | undefined;
+  let databases: Databases | undefined;
+  let bus: OutboxBus | undefined;
+  let closing: Promise<void> | undefined;
+
+  async function start(): Promise<StartedApp> {
+    const release = await lockDataDir(config.dataDir);
+    closers.push(release);
+    const secretsDir = dataPath(config.dataDir, 'secrets');
+
+    let baseUrl = config.databaseUrl;
+    if (!baseUrl) {
+      const embedded: EmbeddedDatabase = await startEmbeddedPostgres(config.dataDir, logger);
+      closers.push(() => embedded.stop());
+      baseUrl = embedded.url.replace(/\/postgres$/, '/bantu');
+    }
+    databases = await openDatabases(baseUrl);
+    const dbs = databases;
+    closers.push(() => dbs.close());
+    const applied = [
+      ...(await migrate(dbs.control, controlMigrations)),
+      ...(await Promise.all(ENVIRONMENTS.map((env) => migrate(dbs.environments[env], environmentMigrations)))).flat(),
+    ];
+    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+
+    const operator = config.operatorToken
+      ? { value: config.operatorToken, created: false }
+      : await readOrCreateSecret(path.join(secretsDir, 'operator-token'), () => `op_${randomToken()}`);
+
+    bus = new OutboxBus(dbs, logger.child({ component: 'bus' }));
+    const identity = createIdentityService({ databases: dbs });
+
+    let createdDefaultTenant: CreatedTenant | undefined;
+    if ((await identity.tenants.list(1)).rows.length === 0) {
+      createdDefaultTenant = await identity.tenants.create('default');
+      await writeSecretFile(path.join(secretsDir, 'default-tenant.json'), `${JSON.stringify(createdDefaultTenant, null, 2)}\n`);
+    }
+
+    const metrics = new Registry();
+    collectDefaultMetrics({ register: metrics });
+    const checks = new Map<string, ReadinessCheck>([
+      ['database', async () => void (await sql`select 1`.execute(dbs.control))],
+      ['database_live', async () => void (await sql`select 1`.execute(dbs.environments.live))],
+      ['database_test', async () => void (await sql`select 1`.execute(dbs.environments.test))],
+    ]);
+
+    const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
+    gateway = await createGateway({
+      logger,
+      tls,
+      corsOrigins: config.corsOrigins,
+      maxUploadBytes: config.maxUploadBytes,
+      metrics,
+      checks,
+      verifiers: [operatorVerifier(operator.value), ...identity.verifiers],
+      routes: [...identity.routes],
+      version: VERSION,
+    });
+    const gw = gateway;
+    await bus.start();
+    const busRef = bus;
+    closers.push(() => busRef.close());
+
+    await gw.listen({ host: config.host, port: config.port });
+    closers.push(() => gw.close());
+    const port = (gw.server.address() as AddressInfo).port;
+
+    let httpPort: number | undefined;
+    if (config.httpPort !== undefined) {
+      const rejector: http.Server = createHttpRejector(logger);
+      await new Promise<void>((resolve, reject) => {
+        rejector.once('error', reject);
+        rejector.listen(config.httpPort, config.host, () => resolve());
+      });
+      httpPort = (rejector.address() as AddressInfo).port;
+      closers.push(() => new Promise<void>((resolve) => rejector.close(() => resolve())));
+    }
+
+    const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
+    return {
+      url: `https://${hostForUrl === '0.0.0.0' ? '127.0.0.1' : hostForUrl}:${port}`,
+      port,
+      httpPort,
+      tlsFingerprint: tls.fingerprint,
+      tlsGenerated: tls.generated,
+      generatedOperatorToken: operator.created ? operator.value : undefined,
+      createdDefaultTenant,
+      secretsDir,
+    };
+  }
+
+  /** Closes in reverse order of opening: stop accepting, drain, then stop the database. */
+  function close(): Promise<void> {
+    closing ??= (async () => {
+      for (const closer of closers.reverse()) {
+        try {
+          await closer();
+        } catch (error) {
+          logger.error({ err: error }, 'error while shutting down');
+        }
+      }
+    })();
+    return closing;
+  }
+
+  return {
+    start,
+    close,
+    get gateway() {
+      if (!gateway) throw new Error('app not started');
+      return gateway;
+    },
+    get databases() {
+      if (!databases) throw new Error('app not started');
+      return databases;
+    },
+    get bus() {
+      if (!bus) throw new Error('app not started');
+      return bus;
+    },
+  };
+}
+
+function randomToken(): string {
+  return Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64url');
+}

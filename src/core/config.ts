@@ -1,0 +1,132 @@
+import path from 'node:path';
+import { type Static, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+
+/**
+ * The one configuration schema. Every setting is an environment variable (an optional
+ * `.env` file feeds the same map); `loadConfig` validates them all at once and returns
+ * either the typed config or the list of every problem, so a bad start names them all.
+ * Only the CLI reads `process.env`: everything else receives a `Config`.
+ */
+const port = (description: string, defaultValue?: number) =>
+  Type.Integer({ minimum: 0, maximum: 65535, description, ...(defaultValue === undefined ? {} : { default: defaultValue }) });
+const url = (description: string) => Type.String({ pattern: '^[a-z][a-z0-9+.-]*://', description });
+const positiveInt = (description: string, defaultValue?: number) =>
+  Type.Integer({ minimum: 1, description, ...(defaultValue === undefined ? {} : { default: defaultValue }) });
+
+export const EnvSchema = Type.Object({
+  BANTU_DATA_DIR: Type.String({ minLength: 1, default: './data', description: 'Where embedded data lives (database, blobs, keys, mail)' }),
+  BANTU_HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address the HTTPS gateway listens on' }),
+  BANTU_PORT: port('HTTPS port of the gateway (0 picks a free one)', 8443),
+  BANTU_HTTP_PORT: Type.Optional(port('When set, a plain-HTTP port that answers every request with 403 https_required')),
+  BANTU_TLS_CERT: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate file; without it a self-signed one is made under the data dir' })),
+  BANTU_TLS_KEY: Type.Optional(Type.String({ minLength: 1, description: 'PEM private key file for BANTU_TLS_CERT' })),
+  BANTU_OPERATOR_TOKEN: Type.Optional(Type.String({ minLength: 24, description: 'Platform operator secret (creates tenants); generated on first start when unset' })),
+  BANTU_CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed for browsers and Socket.IO clients' }),
+  BANTU_MAX_UPLOAD_BYTES: positiveInt('Largest accepted upload, in bytes', 1024 ** 3),
+  BANTU_TENANT_QUOTA_BYTES: Type.Optional(positiveInt('Storage quota per tenant and environment, in bytes (unset: unlimited)')),
+  BANTU_LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
+    { default: 'info', description: 'Log level' },
+  ),
+  BANTU_SECRET_KEY: Type.Optional(Type.String({ minLength: 32, description: 'Key that encrypts signing keys at rest; generated under the data dir when unset' })),
+  BANTU_BACKUP_DIR: Type.Optional(Type.String({ minLength: 1, description: 'Backup store root (default <data dir>/backups)' })),
+  BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
+  DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one')),
+  NATS_URL: Type.Optional(url('NATS JetStream (distributed mode)')),
+  REDIS_URL: Type.Optional(url('Redis (distributed mode)')),
+  SMTP_URL: Type.Optional(url('SMTP server for mail; without it mail is written as .eml files')),
+  MAIL_FROM: Type.String({ default: 'Bantu <no-reply@bantu.local>', description: 'Sender of mails' }),
+});
+
+export type Env = Static<typeof EnvSchema>;
+
+export interface Config {
+  dataDir: string;
+  host: string;
+  port: number;
+  httpPort?: number;
+  tls?: { certFile: string; keyFile: string };
+  operatorToken?: string;
+  corsOrigins: string[];
+  maxUploadBytes: number;
+  tenantQuotaBytes?: number;
+  logLevel: string;
+  secretKey?: string;
+  backupDir: string;
+  publicUrl?: string;
+  databaseUrl?: string;
+  natsUrl?: string;
+  redisUrl?: string;
+  smtpUrl?: string;
+  mailFrom: string;
+}
+
+export interface ConfigProblem {
+  variable: string;
+  message: string;
+}
+
+export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: ConfigProblem[] };
+
+const known = new Set(Object.keys(EnvSchema.properties));
+
+export function loadConfig(env: Record<string, string | undefined>, cwd = process.cwd()): ConfigResult {
+  // Keep only our variables, and treat empty strings as unset (a common shell habit).
+  const raw: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (known.has(name) && value !== undefined && value !== '') raw[name] = value;
+  }
+  const candidate = Value.Convert(EnvSchema, Value.Default(EnvSchema, raw));
+  const problems: ConfigProblem[] = [...Value.Errors(EnvSchema, candidate)].map((error) => ({
+    variable: error.path.replace(/^\//, '') || '(root)',
+    message: `${error.message} (got ${JSON.stringify(error.value)})`,
+  }));
+  if (problems.length > 0) return { ok: false, problems };
+
+  const e = candidate as Env;
+  if ((e.BANTU_TLS_CERT === undefined) !== (e.BANTU_TLS_KEY === undefined)) {
+    problems.push({ variable: e.BANTU_TLS_CERT ? 'BANTU_TLS_KEY' : 'BANTU_TLS_CERT', message: 'BANTU_TLS_CERT and BANTU_TLS_KEY go together' });
+  }
+  const corsOrigins = e.BANTU_CORS_ORIGINS.split(',').map((origin) => origin.trim()).filter(Boolean);
+  for (const origin of corsOrigins) {
+    if (origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin)) {
+      problems.push({ variable: 'BANTU_CORS_ORIGINS', message: `not an origin (scheme://host[:port]): ${origin}` });
+    }
+  }
+  if (problems.length > 0) return { ok: false, problems };
+
+  const dataDir = path.resolve(cwd, e.BANTU_DATA_DIR);
+  return {
+    ok: true,
+    config: {
+      dataDir,
+      host: e.BANTU_HOST,
+      port: e.BANTU_PORT,
+      httpPort: e.BANTU_HTTP_PORT,
+      tls: e.BANTU_TLS_CERT && e.BANTU_TLS_KEY ? { certFile: path.resolve(cwd, e.BANTU_TLS_CERT), keyFile: path.resolve(cwd, e.BANTU_TLS_KEY) } : undefined,
+      operatorToken: e.BANTU_OPERATOR_TOKEN,
+      corsOrigins,
+      maxUploadBytes: e.BANTU_MAX_UPLOAD_BYTES,
+      tenantQuotaBytes: e.BANTU_TENANT_QUOTA_BYTES,
+      logLevel: e.BANTU_LOG_LEVEL,
+      secretKey: e.BANTU_SECRET_KEY,
+      backupDir: e.BANTU_BACKUP_DIR ? path.resolve(cwd, e.BANTU_BACKUP_DIR) : path.join(dataDir, 'backups'),
+      publicUrl: e.BANTU_PUBLIC_URL,
+      databaseUrl: e.DATABASE_URL,
+      natsUrl: e.NATS_URL,
+      redisUrl: e.REDIS_URL,
+      smtpUrl: e.SMTP_URL,
+      mailFrom: e.MAIL_FROM,
+    },
+  };
+}
+
+/** Rows for the README's configuration table, straight from the schema. */
+export function configTable(): Array<{ variable: string; default: string; description: string }> {
+  return Object.entries(EnvSchema.properties).map(([variable, schema]) => ({
+    variable,
+    default: 'default' in schema && schema.default !== undefined ? String(schema.default) : '',
+    description: String(schema.description ?? ''),
+  }));
+}

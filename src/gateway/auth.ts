@@ -1,0 +1,101 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { AppError, Errors } from '../core/errors.ts';
+import type { Principal } from '../core/principal.ts';
+
+/**
+ * Authentication at the gateway: services receive `request.principal`, already verified.
+ *
+ * A route says who may call it in its config: `config: { auth: ['account_key', 'user'], scope: 'files:read' }`.
+ * Credentials: HTTP Basic with the key as user name and an empty password, or a Bearer key,
+ * JWT or operator token. Missing or bad credentials answer 401 with WWW-Authenticate;
+ * valid ones of the wrong kind (or an application key without the scope) answer 403.
+ */
+export type PrincipalKind = Principal['kind'];
+
+export interface RouteAuth {
+  auth?: PrincipalKind[];
+  /** Scope an application key must carry; account keys and users need none. */
+  scope?: string;
+  /** Application keys may call this route with no scope at all (register, login, ...). */
+  publicForApplications?: boolean;
+}
+
+/** Turns a credential string (key, token) into a principal, or null when it is not valid. */
+export interface CredentialVerifier {
+  verify(credential: string): Promise<Principal | null>;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal | null;
+  }
+  interface FastifyContextConfig extends RouteAuth {}
+}
+
+export const WWW_AUTHENTICATE = 'Basic realm="bantu", Bearer realm="bantu"';
+
+export function credentialOf(header: string | undefined): string | null {
+  if (!header) return null;
+  const [scheme, value] = header.split(' ', 2);
+  if (!scheme || !value) return null;
+  if (scheme.toLowerCase() === 'bearer') return value.trim() || null;
+  if (scheme.toLowerCase() === 'basic') {
+    const decoded = Buffer.from(value.trim(), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    const user = colon >= 0 ? decoded.slice(0, colon) : decoded;
+    return user || null;
+  }
+  return null;
+}
+
+export function operatorVerifier(operatorToken: string): CredentialVerifier {
+  const expected = createHash('sha256').update(operatorToken).digest();
+  return {
+    async verify(credential) {
+      const given = createHash('sha256').update(credential).digest();
+      return timingSafeEqual(given, expected) ? { kind: 'operator' } : null;
+    },
+  };
+}
+
+export function unauthorized(detail = 'Missing or invalid credentials'): AppError {
+  return new AppError(Errors.unauthorized, detail, { headers: { 'WWW-Authenticate': WWW_AUTHENTICATE } });
+}
+
+/** Tries each verifier in turn; the first that recognises the credential wins. */
+export function registerAuthentication(app: FastifyInstance, verifiers: CredentialVerifier[]): void {
+  app.decorateRequest('principal', null);
+  app.addHook('onRoute', (route) => {
+    // Document each protected route's credentials in the OpenAPI document.
+    const auth = route.config?.auth;
+    if (auth && route.schema && !route.schema.security) {
+      (route.schema as Record<string, unknown>).security = [{ basicKey: [] }, { bearer: [] }];
+    }
+  });
+  app.addHook('preHandler', async (request: FastifyRequest) => {
+    const rule = request.routeOptions.config;
+    if (!rule?.auth) return;
+    const credential = credentialOf(request.headers.authorization);
+    if (!credential) throw unauthorized();
+    let principal: Principal | null = null;
+    for (const verifier of verifiers) {
+      principal = await verifier.verify(credential);
+      if (principal) break;
+    }
+    if (!principal) throw unauthorized();
+    if (!rule.auth.includes(principal.kind)) throw new AppError(Errors.forbidden, 'These credentials may not call this route');
+    if (principal.kind === 'application_key' && !rule.publicForApplications) {
+      if (!rule.scope || !principal.scopes.includes(rule.scope)) {
+        throw new AppError(Errors.forbidden, rule.scope ? `This application key lacks the scope ${rule.scope}` : 'Application keys may not call this route');
+      }
+    }
+    request.principal = principal;
+  });
+}
+
+/** The principal of a route that declared `auth`: present by construction. */
+export function principalOf(request: FastifyRequest): Principal {
+  if (!request.principal) throw unauthorized();
+  return request.principal;
+}

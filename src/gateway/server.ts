@@ -1,0 +1,122 @@
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import cors from '@fastify/cors';
+import helmet from '@fastify/helmet';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import { Errors } from '../core/errors.ts';
+import { type CredentialVerifier, registerAuthentication } from './auth.ts';
+import { type ReadinessCheck, registerOperations } from './operations.ts';
+import { problemOf, registerProblemHandlers } from './problem.ts';
+import type { TlsMaterial } from './tls.ts';
+
+/** A service's HTTP routes, registered under `/v1`. */
+export type RoutesPlugin = (app: FastifyInstance) => Promise<void>;
+
+export interface GatewayOptions {
+  logger: Logger;
+  /** Omitted in tests of the routes alone (`inject()`): then the server speaks plain HTTP. */
+  tls?: TlsMaterial;
+  corsOrigins: string[];
+  maxUploadBytes: number;
+  metrics: Registry;
+  checks: Map<string, ReadinessCheck>;
+  verifiers: CredentialVerifier[];
+  routes: RoutesPlugin[];
+  version: string;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export async function createGateway(options: GatewayOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: options.logger,
+    ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key } } : {}),
+    // Echo a client's request id when it is sane; otherwise make one.
+    requestIdHeader: false,
+    genReqId: (request) => {
+      const given = request.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    bodyLimit: 1024 * 1024, // JSON bodies; uploads stream through their own limit
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: true } },
+  }) as unknown as FastifyInstance;
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  registerProblemHandlers(app);
+
+  await app.register(helmet, {
+    // An API answers JSON: nothing in it may load or frame anything. The docs page sets its own policy.
+    contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+    hsts: { maxAge: 31536000, includeSubDomains: true },
+  });
+  await app.register(cors, {
+    origin: options.corsOrigins.includes('*') ? true : options.corsOrigins,
+    exposedHeaders: ['X-Request-Id', 'ETag', 'Content-Disposition', 'Content-Length', 'Retry-After', 'Location'],
+    allowedHeaders: ['Authorization', 'Content-Type', 'Idempotency-Key', 'If-Match', 'If-None-Match', 'Range', 'X-Request-Id'],
+    methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
+    maxAge: 600,
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Bantu API',
+        version: options.version,
+        description:
+          'Bantu: users, files with every version kept, real-time notifications, backups and exports, behind one HTTPS gateway. ' +
+          'Errors are RFC 9457 problem+json with a stable `code`. Send a key as HTTP Basic user name (empty password) or as a Bearer token.',
+      },
+      servers: [{ url: '/' }],
+      components: {
+        securitySchemes: {
+          basicKey: { type: 'http', scheme: 'basic', description: 'Account or application key as user name, empty password' },
+          bearer: { type: 'http', scheme: 'bearer', description: 'Key, user access token (JWT) or operator token' },
+        },
+      },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true } });
+
+  registerAuthentication(app, options.verifiers);
+  registerOperations(app, { metrics: options.metrics, checks: options.checks });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  await app.register(
+    async (v1) => {
+      for (const routes of options.routes) await routes(v1);
+    },
+    { prefix: '/v1' },
+  );
+  return app;
+}
+
+/**
+ * The optional plain-HTTP port: every request gets 403 `https_required`. No redirect,
+ * so a client that sent a key over plain HTTP learns its mistake instead of retrying it.
+ */
+export function createHttpRejector(logger: Logger): http.Server {
+  const server = http.createServer((request, response) => {
+    const requestId = randomUUID();
+    const body = JSON.stringify(
+      problemOf(Errors.httpsRequired, 'Use https:// on the HTTPS port. Nothing sent here is processed.', requestId),
+    );
+    logger.warn({ request_id: requestId, method: request.method, url: request.url }, 'plain HTTP request rejected');
+    response.writeHead(403, {
+      'content-type': 'application/problem+json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': requestId,
+      connection: 'close',
+    });
+    response.end(body);
+    request.resume();
+  });
+  return server;
+}
