@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// Runs every test file with Node's test runner (TypeScript through tsx).
+//   npm test                 unit tests and end-to-end tests on embedded PostgreSQL
+//   npm run test:machine     the same end-to-end suite against the machine's PostgreSQL
+//                            (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres),
+//                            plus test/machine/ (tests that need NATS or Redis)
+// Extra arguments are test files or folders to run instead of all.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const args = process.argv.slice(2);
+const machine = args.includes('--machine');
+const targets = args.filter((a) => !a.startsWith('--'));
+
+function collect(dir, out) {
+  if (!fs.existsSync(dir)) return out;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      if (entry.name === 'node_modules' || (entry.name === 'machine' && !machine)) continue;
+      collect(full, out);
+    } else if (entry.name.endsWith('.test.ts')) out.push(full);
+  }
+  return out;
+}
+
+const files = (targets.length ? targets : ['src', 'test']).flatMap((t) => (fs.statSync(t).isDirectory() ? collect(t, []) : [t])).sort();
+if (files.length === 0) {
+  console.error('no test files found');
+  process.exit(1);
+}
+const env = { ...process.env };
+if (machine) env.BANTU_TEST_DATABASE_URL ??= process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+else delete env.BANTU_TEST_DATABASE_URL;
+const result = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files],
+  { stdio: 'inherit', env },
+);
+process.exit(result.status ?? 1);

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import { Agent, type Dispatcher, request } from 'undici';
+import { dropDatabases } from '../../src/adapters/db/pg.ts';
+import { type App, createApp, type StartedApp } from '../../src/app.ts';
+import { loadConfig } from '../../src/core/config.ts';
+
+/**
+ * Starts a real Bantu in-process on a random port with a temporary data dir, and gives a
+ * client that speaks HTTPS to it, trusting only its self-signed certificate.
+ *
+ * With BANTU_TEST_DATABASE_URL set (npm run test:machine), the server uses that external
+ * PostgreSQL with databases of its own, dropped at the end; otherwise embedded PostgreSQL.
+ */
+export interface TestServer {
+  app: App;
+  started: StartedApp;
+  url: string;
+  dataDir: string;
+  operatorToken: string;
+  /** The default tenant's keys. */
+  keys: { live: { account_key: string; application_key: string }; test: { account_key: string; application_key: string } };
+  ca: string;
+  http: Dispatcher;
+  request(method: string, pathname: string, options?: RequestOptions): Promise<TestResponse>;
+  close(): Promise<void>;
+}
+
+export interface RequestOptions {
+  /** A key, token or operator token, sent as Bearer. */
+  auth?: string;
+  /** A key, sent as HTTP Basic user name with an empty password. */
+  basic?: string;
+  json?: unknown;
+  body?: string | Buffer;
+  headers?: Record<string, string>;
+}
+
+export interface TestResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  // biome-ignore lint/suspicious/noExplicitAny: tests read arbitrary JSON
+  json: any;
+}
+
+export async function makeTempDir(prefix = 'bantu-test-'): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  // When tests run as root, the embedded PostgreSQL runs as "postgres" and must enter it.
+  await fs.chmod(dir, 0o755);
+  return dir;
+}
+
+export async function startServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const dataDir = await makeTempDir();
+  const externalBase = process.env.BANTU_TEST_DATABASE_URL;
+  let databaseUrl: string | undefined;
+  if (externalBase) {
+    const url = new URL(externalBase);
+    url.pathname = `/bantu_t_${randomBytes(5).toString('hex')}`;
+    databaseUrl = url.toString();
+  }
+  const result = loadConfig({
+    BANTU_DATA_DIR: dataDir,
+    BANTU_PORT: '0',
+    BANTU_LOG_LEVEL: process.env.BANTU_TEST_LOG_LEVEL ?? 'silent',
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
+    ...env,
+  });
+  if (!result.ok) throw new Error(`bad test config: ${JSON.stringify(result.problems)}`);
+  const app = createApp(result.config, pino({ level: result.config.logLevel }));
+  let started: StartedApp;
+  try {
+    started = await app.start();
+  } catch (error) {
+    await app.close();
+    throw error;
+  }
+  const ca = await fs.readFile(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+  const http = new Agent({ connect: { ca }, keepAliveTimeout: 1000 });
+  const operatorToken = (await fs.readFile(path.join(dataDir, 'secrets', 'operator-token'), 'utf8')).trim();
+  const defaults = JSON.parse(await fs.readFile(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8'));
+
+  const server: TestServer = {
+    app,
+    started,
+    url: started.url,
+    dataDir,
+    operatorToken,
+    keys: defaults.keys,
+    ca,
+    http,
+    async request(method, pathname, options = {}) {
+      const headers: Record<string, string> = { ...options.headers };
+      if (options.auth) headers.authorization = `Bearer ${options.auth}`;
+      if (options.basic) headers.authorization = `Basic ${Buffer.from(`${options.basic}:`).toString('base64')}`;
+      let body = options.body;
+      if (options.json !== undefined) {
+        body = JSON.stringify(options.json);
+        headers['content-type'] ??= 'application/json';
+      }
+      const response = await request(`${started.url}${pathname}`, { method: method as Dispatcher.HttpMethod, headers, body, dispatcher: http });
+      const text = await response.body.text();
+      let json: unknown;
+      try {
+        json = text ? JSON.parse(text) : undefined;
+      } catch {
+        json = undefined;
+      }
+      return { status: response.statusCode, headers: response.headers, text, json };
+    },
+    async close() {
+      await http.close();
+      await app.close();
+      if (databaseUrl) await dropDatabases(databaseUrl);
+      await fs.rm(dataDir, { recursive: true, force: true });
+    },
+  };
+  return server;
+}
