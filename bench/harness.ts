@@ -1,0 +1,215 @@
+/**
+ * The benchmark harness: every benchmark is a PAIR, A against B, measured in the same run
+ * on the same machine, interleaved (A, B, B, A, A, B, ...), so that drift of the machine
+ * (CPU frequency, other load, a warming cache) falls on both sides alike. What we report
+ * is above all the RATIO A/B and how much it moved between rounds; absolute figures of a
+ * shared 2-core box mean little on their own.
+ *
+ * A pair module is any `bench/<name>.bench.ts` that exports `pairs: BenchPair[]`
+ * (use `definePair` so the context type is inferred). `bench/run.ts` finds it by itself.
+ * See bench/README.md for the contract in prose.
+ */
+
+/** The unit of what `a()` and `b()` return. Free text is allowed; keep it short. */
+export type BenchUnit = 'req/s' | 'ops/s' | 'MiB/s' | 'ms' | 's' | (string & {});
+
+export interface BenchTarget {
+  /**
+   * The ratio A/B that counts as "good enough". With `higherIsBetter` the pair meets it when
+   * the median ratio is >= this; otherwise when it is <= this. Reported, never asserted:
+   * a missed target is a finding for a human, not a failed build.
+   */
+  ratio: number;
+  /** Why this target, in one sentence, e.g. "the gateway keeps >= 80% of bare Fastify's rate". */
+  description: string;
+}
+
+export interface BenchPair<Ctx = unknown> {
+  /** Unique, slash-separated, e.g. "gateway/healthz". `npm run bench -- <filter>` matches substrings of it. */
+  name: string;
+  /** What A and B are, one sentence each side. */
+  description?: string;
+  /** Short labels of the two sides, e.g. { a: 'bantu gateway', b: 'bare fastify' }. Default 'A' / 'B'. */
+  labels?: { a: string; b: string };
+  unit: BenchUnit;
+  /** True for rates (req/s, MiB/s), false for durations (ms). */
+  higherIsBetter: boolean;
+  target?: BenchTarget;
+  /** Measured rounds after warm-up (default 5, or BENCH_ROUNDS). Each round runs A once and B once. */
+  rounds?: number;
+  /** Unreported rounds first (default 1, or BENCH_WARMUP). */
+  warmup?: number;
+  /**
+   * Starts whatever both sides need (servers, data, clients). Runs once per pair, before the
+   * first round. Anything it starts must be stopped by `teardown`, which runs even when a round fails.
+   */
+  setup(): Promise<Ctx>;
+  /**
+   * One measurement of side A: do a fixed amount of work and return the figure in `unit`.
+   * Keep the work fixed (e.g. a fixed request count) rather than time-boxed, so each call
+   * costs about the same; aim for 1 to 5 seconds per call.
+   */
+  a(ctx: Ctx): Promise<number>;
+  /** One measurement of side B, the same work as A against the reference. */
+  b(ctx: Ctx): Promise<number>;
+  teardown(ctx: Ctx): Promise<void>;
+}
+
+/** Identity function that lets TypeScript infer `Ctx` from `setup()`. */
+export function definePair<Ctx>(pair: BenchPair<Ctx>): BenchPair<Ctx> {
+  return pair;
+}
+
+/** What the runner records for one pair (also the shape inside bench/results/latest.json). */
+export interface PairResult {
+  name: string;
+  file: string;
+  description?: string;
+  labels: { a: string; b: string };
+  unit: string;
+  higher_is_better: boolean;
+  rounds: number;
+  warmup: number;
+  /** Per measured round, in `unit`. */
+  a: number[];
+  b: number[];
+  median_a: number;
+  median_b: number;
+  /** median_a / median_b. */
+  ratio: number;
+  /** Per-round ratios a[i] / b[i]: their median, min and max show how steady the ratio was. */
+  round_ratios: number[];
+  ratio_median: number;
+  ratio_min: number;
+  ratio_max: number;
+  target?: BenchTarget & { met: boolean };
+  measured_at: string;
+  duration_s: number;
+  error?: string;
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((x, y) => x - y);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+function envInt(name: string): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+/**
+ * Runs one pair: setup, warm-up rounds, measured rounds alternating which side goes first
+ * (round 0: A then B; round 1: B then A; ...), teardown. `log` receives progress lines.
+ */
+export async function runPair(pair: BenchPair<any>, file: string, log: (line: string) => void = () => undefined): Promise<PairResult> {
+  const rounds = Math.max(1, envInt('BENCH_ROUNDS') ?? pair.rounds ?? 5);
+  const warmup = envInt('BENCH_WARMUP') ?? pair.warmup ?? 1;
+  const labels = pair.labels ?? { a: 'A', b: 'B' };
+  const started = performance.now();
+  const a: number[] = [];
+  const b: number[] = [];
+  let error: string | undefined;
+  const ctx = await pair.setup();
+  try {
+    for (let round = 0; round < warmup + rounds; round++) {
+      const measured = round >= warmup;
+      const order: Array<'a' | 'b'> = round % 2 === 0 ? ['a', 'b'] : ['b', 'a'];
+      const got: Partial<Record<'a' | 'b', number>> = {};
+      for (const side of order) {
+        const value = await (side === 'a' ? pair.a(ctx) : pair.b(ctx));
+        if (!Number.isFinite(value)) throw new Error(`${pair.name}: side ${side} returned ${value}`);
+        got[side] = value;
+      }
+      if (measured) {
+        a.push(got.a as number);
+        b.push(got.b as number);
+      }
+      log(
+        `  ${measured ? `round ${round - warmup + 1}/${rounds}` : `warm-up ${round + 1}/${warmup}`}: ` +
+          `${labels.a} ${fmt(got.a as number)} ${pair.unit}, ${labels.b} ${fmt(got.b as number)} ${pair.unit}, ratio ${fmt((got.a as number) / (got.b as number), 3)}`,
+      );
+    }
+  } catch (caught) {
+    error = caught instanceof Error ? (caught.stack ?? caught.message) : String(caught);
+  } finally {
+    await pair.teardown(ctx);
+  }
+  const roundRatios = a.map((value, i) => value / (b[i] as number));
+  const medianA = median(a);
+  const medianB = median(b);
+  const ratio = medianA / medianB;
+  const result: PairResult = {
+    name: pair.name,
+    file,
+    description: pair.description,
+    labels,
+    unit: pair.unit,
+    higher_is_better: pair.higherIsBetter,
+    rounds: a.length,
+    warmup,
+    a,
+    b,
+    median_a: medianA,
+    median_b: medianB,
+    ratio,
+    round_ratios: roundRatios,
+    ratio_median: median(roundRatios),
+    ratio_min: Math.min(...roundRatios),
+    ratio_max: Math.max(...roundRatios),
+    measured_at: new Date().toISOString(),
+    duration_s: Math.round((performance.now() - started) / 100) / 10,
+  };
+  if (pair.target) {
+    result.target = { ...pair.target, met: pair.higherIsBetter ? ratio >= pair.target.ratio : ratio <= pair.target.ratio };
+  }
+  if (error) result.error = error;
+  return result;
+}
+
+/** Rounds for display: 3 significant digits by default, integers stay whole. */
+export function fmt(value: number, digits = 3): string {
+  if (!Number.isFinite(value)) return String(value);
+  if (Math.abs(value) >= 10 ** digits) return String(Math.round(value));
+  return String(Number(value.toPrecision(digits)));
+}
+
+/**
+ * Runs `task` `total` times with at most `concurrency` in flight and returns the elapsed
+ * milliseconds. The building block of throughput pairs: `rate = total / (ms / 1000)`.
+ * The first failure stops the run and is thrown (a benchmark of errors measures nothing).
+ */
+export async function runConcurrent(total: number, concurrency: number, task: (i: number) => Promise<void>): Promise<number> {
+  let next = 0;
+  let failure: unknown;
+  const started = performance.now();
+  const worker = async () => {
+    while (failure === undefined) {
+      const i = next++;
+      if (i >= total) return;
+      try {
+        await task(i);
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, total) }, worker));
+  if (failure !== undefined) throw failure;
+  return performance.now() - started;
+}
+
+/** Convenience: requests (or operations) per second from a count and elapsed milliseconds. */
+export function perSecond(count: number, elapsedMs: number): number {
+  return count / (elapsedMs / 1000);
+}
+
+/** Convenience: MiB per second from a byte count and elapsed milliseconds. */
+export function mibPerSecond(bytes: number, elapsedMs: number): number {
+  return bytes / 1024 / 1024 / (elapsedMs / 1000);
+}
