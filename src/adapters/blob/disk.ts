@@ -1,0 +1,158 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StoredBlob } from '../../core/ports.ts';
+
+/**
+ * The local-folder blob store: one root per environment (`<data dir>/blobs/<env>/`).
+ *
+ * Layout: `tmp/` holds uploads in flight; a finished blob lives at `<ab>/<sha256>` where `ab`
+ * is the first two hex digits (256 folders made at open, so no put has to create one).
+ *
+ * Write order, so that a crash at any moment leaves either no blob or a whole one:
+ * temp file (exclusive create) -> write while hashing -> fsync the file -> rename to its
+ * content address -> fsync the folder (the rename itself is durable). Callers record the
+ * blob in the database only after `put` resolves.
+ */
+const SHA256_KEY = /^[0-9a-f]{64}$/;
+const WRITE_BUFFER = 1024 * 1024;
+const READ_BUFFER = 1024 * 1024;
+
+export interface DiskBlobStoreOptions {
+  /** How many bytes the store writes at a time; also the read chunk size. */
+  bufferBytes?: number;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function fsyncPath(target: string): Promise<void> {
+  const handle = await fs.open(target, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export class DiskBlobStore implements BlobStore {
+  private constructor(
+    readonly root: string,
+    private readonly bufferBytes: number,
+  ) {}
+
+  /**
+   * Opens (creating when needed) a store at `root`, and removes temp files that no live
+   * process is writing: uploads cut short by a crash or a kill -9 never became blobs.
+   */
+  static async open(root: string, options: DiskBlobStoreOptions = {}): Promise<DiskBlobStore> {
+    await fs.mkdir(path.join(root, 'tmp'), { recursive: true, mode: 0o700 });
+    await Promise.all(
+      Array.from({ length: 256 }, (_, i) => fs.mkdir(path.join(root, i.toString(16).padStart(2, '0')), { recursive: true, mode: 0o700 })),
+    );
+    await fsyncPath(root);
+    const store = new DiskBlobStore(root, options.bufferBytes ?? WRITE_BUFFER);
+    await store.removeOrphanTempFiles();
+    return store;
+  }
+
+  /** Temp names start with the writer's pid; a temp file whose writer is gone is an orphan. */
+  async removeOrphanTempFiles(): Promise<string[]> {
+    const tmp = path.join(this.root, 'tmp');
+    const removed: string[] = [];
+    for (const name of await fs.readdir(tmp)) {
+      const pid = Number.parseInt(name.split('-')[0] ?? '', 10);
+      // Ours (an upload in flight here) or another live writer's (a second process on a shared volume).
+      if (pid === process.pid || (Number.isInteger(pid) && pid > 0 && isAlive(pid))) continue;
+      await fs.rm(path.join(tmp, name), { force: true });
+      removed.push(name);
+    }
+    return removed;
+  }
+
+  private pathOf(key: string): string {
+    if (!SHA256_KEY.test(key)) throw Object.assign(new Error(`not a blob key: ${key}`), { code: 'ENOENT' });
+    return path.join(this.root, key.slice(0, 2), key);
+  }
+
+  async put(source: AsyncIterable<Uint8Array>, options: { maxBytes?: number } = {}): Promise<StoredBlob> {
+    const maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
+    const temp = path.join(this.root, 'tmp', `${process.pid}-${randomBytes(12).toString('hex')}`);
+    const hash = createHash('sha256');
+    let size = 0;
+    let renamed = false;
+    try {
+      await pipeline(
+        source,
+        async function* measure(chunks: AsyncIterable<Uint8Array>) {
+          for await (const chunk of chunks) {
+            size += chunk.byteLength;
+            if (size > maxBytes) throw new BlobTooLargeError(maxBytes);
+            hash.update(chunk);
+            yield chunk;
+          }
+        },
+        // `flush` fsyncs the file before it is closed; the pipeline settles after the close.
+        createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true, highWaterMark: this.bufferBytes }),
+      );
+      const sha256 = hash.digest('hex');
+      const target = this.pathOf(sha256);
+      // Same bytes already stored: renaming over them is harmless and refreshes the mtime
+      // that the orphan sweep's grace period relies on.
+      await fs.rename(temp, target);
+      renamed = true;
+      await fsyncPath(path.dirname(target));
+      return { key: sha256, sha256, size };
+    } catch (error) {
+      if (!renamed) await fs.rm(temp, { force: true });
+      throw error;
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Readable> {
+    const file = this.pathOf(key);
+    // Open first, so a missing blob rejects here instead of failing a response mid-way.
+    const handle = await fs.open(file, 'r');
+    return createReadStream('', {
+      fd: handle,
+      highWaterMark: READ_BUFFER,
+      ...(range ? { start: range.start, end: range.end } : {}),
+    });
+  }
+
+  async stat(key: string): Promise<BlobInfo | null> {
+    try {
+      const stats = await fs.stat(this.pathOf(key));
+      return { key, size: stats.size, modifiedAt: stats.mtime };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw error;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    const file = this.pathOf(key);
+    await fs.rm(file, { force: true });
+    await fsyncPath(path.dirname(file));
+  }
+
+  async *list(): AsyncIterable<BlobInfo> {
+    for (let i = 0; i < 256; i++) {
+      const folder = path.join(this.root, i.toString(16).padStart(2, '0'));
+      for (const name of await fs.readdir(folder).catch(() => [] as string[])) {
+        if (!SHA256_KEY.test(name)) continue;
+        const stats = await fs.stat(path.join(folder, name)).catch(() => null);
+        if (stats) yield { key: name, size: stats.size, modifiedAt: stats.mtime };
+      }
+    }
+  }
+}
