@@ -41,3 +41,53 @@ export interface EventBus {
   start(): Promise<void>;
   close(): Promise<void>;
 }
+
+/** Where a stored blob lives, what it holds and when it was last written. */
+export interface BlobInfo {
+  key: string;
+  size: number;
+  modifiedAt: Date;
+}
+
+/** What `put` stored: `key` names the blob from then on; equal bytes give the equal key. */
+export interface StoredBlob {
+  key: string;
+  sha256: string;
+  size: number;
+}
+
+/** An inclusive byte range, as HTTP Range speaks it: `{start: 0, end: 99}` is the first 100 bytes. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+/** Thrown by `BlobStore.put` when the source is longer than `maxBytes`; nothing is kept. */
+export class BlobTooLargeError extends Error {
+  constructor(readonly maxBytes: number) {
+    super(`the content is larger than ${maxBytes} bytes`);
+    this.name = 'BlobTooLargeError';
+  }
+}
+
+/**
+ * Immutable blobs, one store per environment (physically separate roots).
+ *
+ * Invariants every driver keeps (and the contract test in src/adapters/blob checks):
+ * - `put` streams: it hashes and writes the bytes as they arrive and never holds the whole
+ *   content in memory. It resolves only once the blob is durable under its key; if it
+ *   rejects (source error, `maxBytes` exceeded, abort), nothing new is visible under any key.
+ * - Blobs are content-addressed (`key` derives from the SHA-256), so a blob never changes once
+ *   written, and putting the same bytes twice stores them once.
+ * - `get` of a missing key rejects with an error whose `code` is `ENOENT`; `stat` answers null.
+ * - `put` refreshes `modifiedAt` even when the bytes were already there, so a sweep that only
+ *   deletes unreferenced blobs older than a grace period never races an upload in flight.
+ */
+export interface BlobStore {
+  put(source: AsyncIterable<Uint8Array>, options?: { maxBytes?: number }): Promise<StoredBlob>;
+  get(key: string, range?: ByteRange): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  stat(key: string): Promise<BlobInfo | null>;
+  delete(key: string): Promise<void>;
+  /** Every blob, in no particular order (for sweeps and verification). */
+  list(): AsyncIterable<BlobInfo>;
+}
