@@ -1,0 +1,64 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+
+/**
+ * An HTTPS load generator on a worker thread, for throughput pairs. The servers under test
+ * stay on the main thread; the client gets its own event loop, so on a 2-core machine the
+ * client and the server each have a core and neither side's cost leaks into the other's.
+ *
+ *   const load = await startLoad({ ca });
+ *   const { elapsedMs } = await load.run({ origin, path: '/healthz', count: 20_000, concurrency: 32 });
+ *   await load.close();
+ *
+ * Requests go through one keep-alive undici Pool per origin with `concurrency` connections
+ * and that many requests in flight. Any unexpected status fails the run.
+ */
+export interface LoadRun {
+  origin: string;
+  path: string;
+  method?: string;
+  headers?: Record<string, string>;
+  /** A string or bytes sent with every request (kept small: it is copied to the worker). */
+  body?: string | Uint8Array;
+  count: number;
+  concurrency: number;
+  /** Default 200. */
+  expectStatus?: number;
+}
+
+export interface LoadGenerator {
+  run(options: LoadRun): Promise<{ elapsedMs: number; bytes: number }>;
+  close(): Promise<void>;
+}
+
+const workerFile = path.join(path.dirname(fileURLToPath(import.meta.url)), 'load-worker.mjs');
+
+export async function startLoad(options: { ca: string }): Promise<LoadGenerator> {
+  const worker = new Worker(workerFile, { workerData: { ca: options.ca } });
+  const waiting = new Map<number, { resolve: (value: any) => void; reject: (error: Error) => void }>();
+  let nextId = 0;
+  worker.on('message', (message: { id: number; ok: boolean; value?: unknown; error?: string }) => {
+    const pending = waiting.get(message.id);
+    waiting.delete(message.id);
+    if (message.ok) pending?.resolve(message.value);
+    else pending?.reject(new Error(message.error));
+  });
+  worker.on('error', (error) => {
+    for (const pending of waiting.values()) pending.reject(error);
+    waiting.clear();
+  });
+  const call = <T>(op: string, args?: unknown) =>
+    new Promise<T>((resolve, reject) => {
+      const id = nextId++;
+      waiting.set(id, { resolve, reject });
+      worker.postMessage({ id, op, args });
+    });
+  return {
+    run: (run) => call('run', run),
+    async close() {
+      await call('close');
+      await worker.terminate();
+    },
+  };
+}

@@ -1,0 +1,55 @@
+// Load generator thread for bench/lib/http-load.ts. Plain JavaScript so it needs no loader.
+// It runs on its own event loop (its own core), so the client does not steal the server's
+// thread. One undici Pool per origin, kept alive across rounds: each measured round
+// reuses warm TLS connections, as a real client with keep-alive would.
+import { parentPort, workerData } from 'node:worker_threads';
+import { Pool } from 'undici';
+
+const pools = new Map();
+
+function poolFor(origin, connections) {
+  let pool = pools.get(origin);
+  if (!pool) {
+    pool = new Pool(origin, { connections, pipelining: 1, connect: { ca: workerData.ca, rejectUnauthorized: true }, keepAliveTimeout: 60_000 });
+    pools.set(origin, pool);
+  }
+  return pool;
+}
+
+async function run({ origin, path, method = 'GET', headers = {}, body, count, concurrency, expectStatus = 200 }) {
+  const pool = poolFor(origin, concurrency);
+  let next = 0;
+  let bytes = 0;
+  let failure;
+  const worker = async () => {
+    while (failure === undefined) {
+      if (next >= count) return;
+      next++;
+      try {
+        const response = await pool.request({ path, method, headers, body });
+        for await (const chunk of response.body) bytes += chunk.length;
+        if (response.statusCode !== expectStatus) throw new Error(`${method} ${path}: status ${response.statusCode}, expected ${expectStatus}`);
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+  };
+  const started = performance.now();
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  const elapsedMs = performance.now() - started;
+  if (failure) throw failure;
+  return { elapsedMs, bytes };
+}
+
+parentPort.on('message', async ({ id, op, args }) => {
+  try {
+    if (op === 'run') parentPort.postMessage({ id, ok: true, value: await run(args) });
+    else if (op === 'close') {
+      await Promise.all([...pools.values()].map((pool) => pool.close()));
+      pools.clear();
+      parentPort.postMessage({ id, ok: true });
+    }
+  } catch (error) {
+    parentPort.postMessage({ id, ok: false, error: error instanceof Error ? error.message : String(error) });
+  }
+});
