@@ -8,15 +8,19 @@ import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { OutboxBus } from './adapters/bus/outbox.ts';
+import { MemoryCounterStore } from './adapters/cache/memory.ts';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from './adapters/db/embedded.ts';
 import { type Databases, ENVIRONMENTS, migrate, type MigrationSet, openDatabases } from './adapters/db/pg.ts';
 import { dataPath, lockDataDir, readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
+import { FileMailer } from './adapters/mail/files.ts';
+import { SmtpMailer } from './adapters/mail/smtp.ts';
 import type { Config } from './core/config.ts';
+import type { Mailer } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import type { ReadinessCheck } from './gateway/operations.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls } from './gateway/tls.ts';
-import { createIdentityService, identityMigrations } from './services/identity/plugin.ts';
+import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 
 /**
@@ -55,6 +59,7 @@ export interface App {
   readonly gateway: FastifyInstance;
   readonly databases: Databases;
   readonly bus: OutboxBus;
+  readonly identity: IdentityService;
 }
 
 export function createApp(config: Config, logger: Logger): App {
@@ -62,6 +67,7 @@ export function createApp(config: Config, logger: Logger): App {
   let gateway: FastifyInstance | undefined;
   let databases: Databases | undefined;
   let bus: OutboxBus | undefined;
+  let identityService: IdentityService | undefined;
   let closing: Promise<void> | undefined;
 
   async function start(): Promise<StartedApp> {
@@ -89,7 +95,24 @@ export function createApp(config: Config, logger: Logger): App {
       : await readOrCreateSecret(path.join(secretsDir, 'operator-token'), () => `op_${randomToken()}`);
 
     bus = new OutboxBus(dbs, logger.child({ component: 'bus' }));
-    const identity = createIdentityService({ databases: dbs });
+    // Seals the JWT signing keys in the databases; losing it only means new keys (users log in again).
+    const secretKey = config.secretKey ?? (await readOrCreateSecret(path.join(secretsDir, 'secret-key'))).value;
+    const mailer: Mailer = config.smtpUrl
+      ? new SmtpMailer(config.smtpUrl, config.mailFrom, logger.child({ component: 'mail' }))
+      : new FileMailer(dataPath(config.dataDir, 'mail'), config.mailFrom, logger.child({ component: 'mail' }));
+    closers.push(() => mailer.close());
+    // Links in mails and the tokens' issuer: BANTU_PUBLIC_URL, else the gateway's own URL once it listens.
+    let gatewayUrl = `https://${config.host}:${config.port}`;
+    const identity = createIdentityService({
+      databases: dbs,
+      secretKey,
+      mailer,
+      counters: new MemoryCounterStore(),
+      publicUrl: () => config.publicUrl ?? gatewayUrl,
+      logger,
+    });
+    await identity.start();
+    identityService = identity;
 
     let createdDefaultTenant: CreatedTenant | undefined;
     if ((await identity.tenants.list(1)).rows.length === 0) {
@@ -115,6 +138,7 @@ export function createApp(config: Config, logger: Logger): App {
       checks,
       verifiers: [operatorVerifier(operator.value), ...identity.verifiers],
       routes: [...identity.routes],
+      rootRoutes: [...identity.rootRoutes],
       version: VERSION,
     });
     const gw = gateway;
@@ -138,8 +162,9 @@ export function createApp(config: Config, logger: Logger): App {
     }
 
     const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
+    gatewayUrl = `https://${hostForUrl === '0.0.0.0' ? '127.0.0.1' : hostForUrl}:${port}`;
     return {
-      url: `https://${hostForUrl === '0.0.0.0' ? '127.0.0.1' : hostForUrl}:${port}`,
+      url: gatewayUrl,
       port,
       httpPort,
       tlsFingerprint: tls.fingerprint,
@@ -178,6 +203,10 @@ export function createApp(config: Config, logger: Logger): App {
     get bus() {
       if (!bus) throw new Error('app not started');
       return bus;
+    },
+    get identity() {
+      if (!identityService) throw new Error('app not started');
+      return identityService;
     },
   };
 }

@@ -42,6 +42,44 @@ export interface EventBus {
   close(): Promise<void>;
 }
 
+/** One mail. `text` is always sent; `html` is an optional alternative part. */
+export interface MailMessage {
+  to: string;
+  subject: string;
+  text: string;
+  html?: string;
+}
+
+/**
+ * Outgoing mail. `send` resolves once the driver has accepted the message (written the
+ * .eml file, or the SMTP server answered 250); it rejects when it could not. Drivers never
+ * log a message's body: mails carry secrets such as password reset tokens.
+ */
+export interface Mailer {
+  send(message: MailMessage): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A counter's state: hits in the current window and milliseconds until that window ends. */
+export interface CounterState {
+  count: number;
+  resetInMs: number;
+}
+
+/**
+ * Fixed-window counters with expiry, the building block of rate limits (login throttling).
+ * A window starts at the first hit of a key and lasts `windowMs`; when it ends the key
+ * counts from zero again. The in-memory driver is exact within one process; a shared
+ * driver (Redis) makes the limits hold across processes.
+ */
+export interface CounterStore {
+  /** The key's state without changing it; `{count: 0, resetInMs: 0}` when unknown or expired. */
+  get(key: string): Promise<CounterState>;
+  /** Adds one hit and returns the new state. */
+  increment(key: string, windowMs: number): Promise<CounterState>;
+  reset(key: string): Promise<void>;
+}
+
 /** Where a stored blob lives, what it holds and when it was last written. */
 export interface BlobInfo {
   key: string;
@@ -49,7 +87,7 @@ export interface BlobInfo {
   modifiedAt: Date;
 }
 
-/** What `put` stored: `key` names the blob from then on; equal bytes give the equal key. */
+/** What `put` stored. `key` is the content's lowercase hex SHA-256: the blob's name from then on. */
 export interface StoredBlob {
   key: string;
   sha256: string;
@@ -77,8 +115,8 @@ export class BlobTooLargeError extends Error {
  * - `put` streams: it hashes and writes the bytes as they arrive and never holds the whole
  *   content in memory. It resolves only once the blob is durable under its key; if it
  *   rejects (source error, `maxBytes` exceeded, abort), nothing new is visible under any key.
- * - Blobs are content-addressed (`key` derives from the SHA-256), so a blob never changes once
- *   written, and putting the same bytes twice stores them once.
+ * - Blobs are content-addressed (`key` is the SHA-256 in hex; a driver maps it to its own
+ *   object names), so a blob never changes once written, and equal bytes are stored once.
  * - `get` of a missing key rejects with an error whose `code` is `ENOENT`; `stat` answers null.
  * - `put` refreshes `modifiedAt` even when the bytes were already there, so a sweep that only
  *   deletes unreferenced blobs older than a grace period never races an upload in flight.

@@ -26,6 +26,8 @@ export interface GatewayOptions {
   checks: Map<string, ReadinessCheck>;
   verifiers: CredentialVerifier[];
   routes: RoutesPlugin[];
+  /** Routes outside `/v1`, at the root (e.g. `/.well-known/jwks.json`). */
+  rootRoutes?: RoutesPlugin[];
   version: string;
 }
 
@@ -89,6 +91,7 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   registerOperations(app, { metrics: options.metrics, checks: options.checks });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
+  for (const routes of options.rootRoutes ?? []) await app.register(routes);
   await app.register(
     async (v1) => {
       for (const routes of options.routes) await routes(v1);

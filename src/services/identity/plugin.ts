@@ -1,34 +1,112 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
 import type { Databases, MigrationSet } from '../../adapters/db/pg.ts';
+import type { CounterStore, Mailer } from '../../core/ports.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
 import type { RoutesPlugin } from '../../gateway/server.ts';
 import { ApiKeysService } from './domain/api-keys.service.ts';
+import { AuditLog } from './domain/audit.ts';
+import { AuthService } from './domain/auth.service.ts';
+import { DEFAULT_LOGIN_LIMITS, LoginThrottle } from './domain/login-throttle.ts';
+import { PasswordHasher } from './domain/passwords.ts';
+import { UserRevocations } from './domain/revocations.ts';
+import { SecretBox } from './domain/secret-box.ts';
 import { TenantsService } from './domain/tenants.service.ts';
+import { ACCESS_TOKEN_SECONDS, TokenService } from './domain/tokens.service.ts';
+import { UsersService } from './domain/users.service.ts';
+import type { UserPrincipal } from './domain/users.ts';
+import { authRoutes } from './http/auth.routes.ts';
+import { jwksRoutes, keysRoutes } from './http/keys.routes.ts';
 import { tenantsRoutes } from './http/tenants.routes.ts';
+import { usersRoutes } from './http/users.routes.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** Identity: tenants, API keys (and, with the identity issue, users and tokens). */
+/** Identity: tenants, API keys, users, sessions and tokens, password recovery, the audit trail. */
 export const identityMigrations = {
   control: [{ service: 'identity', folder: path.join(here, 'migrations', 'control') }] as MigrationSet[],
   environment: [{ service: 'identity', folder: path.join(here, 'migrations', 'environment') }] as MigrationSet[],
 };
 
+export interface IdentityDeps {
+  databases: Databases;
+  /** Seals the JWT signing keys at rest (BANTU_SECRET_KEY or secrets/secret-key). */
+  secretKey: string;
+  mailer: Mailer;
+  /** Counters for login throttling; in-memory in one process, shared (Redis) when distributed. */
+  counters: CounterStore;
+  /** Public base URL: the tokens' `iss` and the base of links in mails. Known once the gateway listens. */
+  publicUrl: () => string;
+  logger: Logger;
+  loginLimits?: typeof DEFAULT_LOGIN_LIMITS;
+}
+
 export interface IdentityService {
   tenants: TenantsService;
   apiKeys: ApiKeysService;
+  tokens: TokenService;
+  users: UsersService;
+  auth: AuthService;
+  audit: AuditLog;
   verifiers: CredentialVerifier[];
+  /** Under /v1. */
   routes: RoutesPlugin[];
+  /** At the root (the JWKS). */
+  rootRoutes: RoutesPlugin[];
+  /** Loads (or on first start makes) the signing keys; before the gateway serves. */
+  start(): Promise<void>;
 }
 
-export function createIdentityService(deps: { databases: Databases }): IdentityService {
-  const apiKeys = new ApiKeysService(deps.databases);
+export function createIdentityService(deps: IdentityDeps): IdentityService {
+  const audit = new AuditLog(deps.databases);
+  const apiKeys = new ApiKeysService(deps.databases, audit);
   const tenants = new TenantsService(deps.databases, apiKeys);
+  const tokens = new TokenService({ databases: deps.databases, box: new SecretBox(deps.secretKey), issuer: deps.publicUrl });
+  const passwords = new PasswordHasher();
+  const throttle = new LoginThrottle(deps.counters, deps.loginLimits);
+  const revocations = new UserRevocations((ACCESS_TOKEN_SECONDS + 60) * 1000);
+  const auth = new AuthService({
+    databases: deps.databases,
+    tokens,
+    passwords,
+    throttle,
+    counters: deps.counters,
+    audit,
+    mailer: deps.mailer,
+    linkBase: deps.publicUrl,
+    logger: deps.logger.child({ component: 'identity' }),
+  });
+  const users = new UsersService({ databases: deps.databases, passwords, throttle, audit, revocations });
+
+  const userTokens: CredentialVerifier = {
+    async verify(credential) {
+      // Keys and the operator token never look like a JWT: skip them without parsing.
+      if (!credential.startsWith('eyJ')) return null;
+      const claims = await tokens.verify(credential);
+      if (!claims || revocations.isRevoked(claims.userId)) return null;
+      const principal: UserPrincipal = {
+        kind: 'user',
+        userId: claims.userId,
+        tenantId: claims.tenantId,
+        environment: claims.environment,
+        role: claims.role,
+        sessionId: claims.sessionId,
+      };
+      return principal;
+    },
+  };
+
   return {
     tenants,
     apiKeys,
-    verifiers: [{ verify: (credential) => apiKeys.verify(credential) }],
-    routes: [tenantsRoutes(tenants)],
+    tokens,
+    users,
+    auth,
+    audit,
+    verifiers: [{ verify: (credential) => apiKeys.verify(credential) }, userTokens],
+    routes: [tenantsRoutes(tenants), keysRoutes(apiKeys), authRoutes(auth), usersRoutes(users, audit)],
+    rootRoutes: [jwksRoutes(tokens)],
+    start: () => tokens.start(),
   };
 }

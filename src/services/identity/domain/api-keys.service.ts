@@ -1,8 +1,25 @@
 import type { Databases, Tx } from '../../../adapters/db/pg.ts';
+import { withTenant } from '../../../adapters/db/pg.ts';
+import { AppError, Errors } from '../../../core/errors.ts';
 import { newId } from '../../../core/ids.ts';
+import { pageOf } from '../../../core/pagination.ts';
 import type { Environment, Principal } from '../../../core/principal.ts';
 import * as keysRepo from '../repo/api-keys.repo.ts';
+import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 import { displayPrefix, generateKey, hashKey, type KeyKind, parseKey } from './api-keys.ts';
+
+/** A key as lists show it: never the secret, only its display prefix. */
+export interface KeyInfo {
+  id: string;
+  kind: KeyKind;
+  environment: Environment;
+  name: string;
+  scopes: string[];
+  prefix: string;
+  created_at: string;
+}
+
+type AccountPrincipal = Extract<Principal, { kind: 'account_key' }>;
 
 export interface CreatedKey {
   id: string;
@@ -22,7 +39,53 @@ const CACHE_MAX = 10_000;
 export class ApiKeysService {
   private readonly cache = new Map<string, { principal: Principal; until: number }>();
 
-  constructor(private readonly databases: Databases) {}
+  constructor(
+    private readonly databases: Databases,
+    /** Absent only where no request is being served (tenant creation by the operator). */
+    private readonly audit?: AuditLog,
+  ) {}
+
+  /** POST /v1/keys: a new key of the caller's tenant and environment. */
+  async create(principal: AccountPrincipal, input: { kind: KeyKind; name: string; scopes?: string[] }, context: RequestContext): Promise<CreatedKey> {
+    // Scopes only limit application keys; an account key has every power, so it carries none.
+    const scopes = input.kind === 'application' ? [...new Set(input.scopes ?? [])] : [];
+    return withTenant(this.databases.environments[principal.environment], principal.tenantId, async (trx) => {
+      const created = await this.createIn(trx, { tenantId: principal.tenantId, environment: principal.environment, kind: input.kind, name: input.name.trim(), scopes });
+      await this.audit?.record(trx, principal.tenantId, {
+        type: 'key_created',
+        actor: actorFor(principal),
+        ip: context.ip,
+        detail: { key_id: created.id, kind: created.kind, name: created.name, scopes: created.scopes, prefix: created.prefix },
+      });
+      return created;
+    });
+  }
+
+  async list(principal: AccountPrincipal, limit: number, before?: string): Promise<{ data: KeyInfo[]; next_cursor: string | null }> {
+    const rows = await withTenant(this.databases.environments[principal.environment], principal.tenantId, (trx) =>
+      keysRepo.listApiKeys(trx, principal.tenantId, limit + 1, before),
+    );
+    return pageOf(rows, limit, (row) => ({
+      id: row.id,
+      kind: row.kind,
+      environment: principal.environment,
+      name: row.name,
+      scopes: row.scopes,
+      prefix: row.prefix,
+      created_at: row.created_at.toISOString(),
+    }));
+  }
+
+  /** Revokes a key of the caller's tenant and environment; it fails with 401 from the next request on. */
+  async revoke(principal: AccountPrincipal, id: string, context: RequestContext): Promise<void> {
+    const hash = await withTenant(this.databases.environments[principal.environment], principal.tenantId, async (trx) => {
+      const revoked = await keysRepo.revokeApiKey(trx, principal.tenantId, id);
+      if (revoked) await this.audit?.record(trx, principal.tenantId, { type: 'key_revoked', actor: actorFor(principal), ip: context.ip, detail: { key_id: id } });
+      return revoked;
+    });
+    if (!hash) throw new AppError(Errors.notFound, 'No such key');
+    this.forget(hash);
+  }
 
   /** Makes a key inside a tenant-bound transaction; the secret is returned here and never again. */
   async createIn(trx: Tx, input: { tenantId: string; environment: Environment; kind: KeyKind; name: string; scopes: string[] }): Promise<CreatedKey> {

@@ -9,6 +9,13 @@ import type { Environment } from '../../../core/principal.ts';
  */
 export type KeyKind = 'account' | 'application';
 
+/**
+ * What an account may grant an application key beyond register/login/refresh/password
+ * recovery. A fixed list: an unknown scope is a client error (422), never silently ignored.
+ */
+export const SCOPES = ['files:read', 'files:write', 'users:read', 'users:write', 'exports:read', 'exports:write', 'notifications:read'] as const;
+export type Scope = (typeof SCOPES)[number];
+
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 const KIND_PREFIX: Record<KeyKind, string> = { account: 'acc', application: 'app' };
 const RANDOM_LENGTH = 32;

@@ -1,0 +1,209 @@
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
+import { decodeJwt, decodeProtectedHeader, type JWK, jwtVerify, SignJWT } from 'jose';
+import type { Databases } from '../../../adapters/db/pg.ts';
+import { ENVIRONMENTS } from '../../../adapters/db/pg.ts';
+import { type Environment, isEnvironment } from '../../../core/principal.ts';
+import * as keysRepo from '../repo/signing-keys.repo.ts';
+import type { SecretBox } from './secret-box.ts';
+
+/**
+ * User access tokens: JWTs signed with Ed25519 (EdDSA), 15 minutes, `kid` in the header.
+ *
+ * Each environment keeps its own signing keys in its own database, and a token is only
+ * checked against the key set of the environment it names: a key of `test` can never
+ * vouch for a `live` token, even if both sets were published together at the JWKS URL.
+ * Private keys are stored sealed (AES-256-GCM) under the instance secret.
+ *
+ * Rotation makes a new key the signer; the old one keeps verifying for one token lifetime
+ * (plus clock skew), then drops out of the set and of the JWKS.
+ */
+export const ACCESS_TOKEN_SECONDS = 15 * 60;
+export const AUDIENCE = 'bantu';
+export const TOKEN_TYPE = 'at+jwt';
+const CLOCK_SKEW_SECONDS = 60;
+const ALGORITHM = 'EdDSA';
+/** An unknown kid reloads the key set (another process may have rotated), at most this often. */
+const RELOAD_MIN_MS = 5_000;
+
+export interface AccessClaims {
+  userId: string;
+  tenantId: string;
+  environment: Environment;
+  role: 'user' | 'admin';
+  /** The refresh token family (login session) the token was issued in. */
+  sessionId: string;
+  issuedAt: number;
+}
+
+interface VerificationKey {
+  kid: string;
+  publicKey: KeyObject;
+  jwk: JWK;
+}
+
+interface KeySet {
+  signer: { kid: string; privateKey: KeyObject };
+  verification: Map<string, VerificationKey>;
+  loadedAt: number;
+}
+
+const purposeOf = (environment: Environment, kid: string) => `signing-key:${environment}:${kid}`;
+
+export class TokenService {
+  private readonly sets = new Map<Environment, KeySet>();
+  private readonly reloading = new Map<Environment, Promise<void>>();
+
+  constructor(
+    private readonly deps: {
+      databases: Databases;
+      box: SecretBox;
+      /** The `iss` claim: the public base URL, known once the gateway listens. */
+      issuer: () => string;
+      now?: () => number;
+    },
+  ) {}
+
+  private now(): number {
+    return this.deps.now?.() ?? Date.now();
+  }
+
+  /** Makes each environment's first key when it has none, then loads the key sets. */
+  async start(): Promise<void> {
+    for (const environment of ENVIRONMENTS) {
+      await this.deps.databases.environments[environment].transaction().execute(async (trx) => {
+        await keysRepo.lockSigningKeys(trx);
+        if (!(await keysRepo.hasActiveSigningKey(trx))) await keysRepo.insertSigningKey(trx, this.newKey(environment));
+      });
+      await this.load(environment);
+    }
+  }
+
+  /** Makes a new signing key for the environment; tokens signed by the old one stay valid until they expire. */
+  async rotate(environment: Environment): Promise<string> {
+    const key = this.newKey(environment);
+    await this.deps.databases.environments[environment].transaction().execute(async (trx) => {
+      await keysRepo.lockSigningKeys(trx);
+      await keysRepo.retireActiveSigningKey(trx);
+      await keysRepo.insertSigningKey(trx, key);
+    });
+    await this.load(environment);
+    return key.kid;
+  }
+
+  private newKey(environment: Environment) {
+    const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+    const kid = randomBytes(12).toString('base64url');
+    const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
+    return {
+      kid,
+      algorithm: ALGORITHM,
+      public_jwk: { ...publicKey.export({ format: 'jwk' }), kid, alg: ALGORITHM, use: 'sig' },
+      private_enc: this.deps.box.seal(pkcs8, purposeOf(environment, kid)),
+    };
+  }
+
+  private async load(environment: Environment): Promise<void> {
+    const retiredAfter = new Date(this.now() - (ACCESS_TOKEN_SECONDS + CLOCK_SKEW_SECONDS) * 1000);
+    const rows = await keysRepo.listUsableSigningKeys(this.deps.databases.environments[environment], retiredAfter);
+    const active = rows.find((row) => row.retired_at === null);
+    if (!active) throw new Error(`no active signing key in the ${environment} database`);
+    let privateKey: KeyObject;
+    try {
+      privateKey = createPrivateKey({ key: this.deps.box.open(active.private_enc, purposeOf(environment, active.kid)), format: 'der', type: 'pkcs8' });
+    } catch (error) {
+      throw new Error(
+        `cannot decrypt the ${environment} JWT signing key: the secret key (BANTU_SECRET_KEY or secrets/secret-key) is not the one it was sealed with`,
+        { cause: error },
+      );
+    }
+    const verification = new Map<string, VerificationKey>();
+    for (const row of rows) {
+      const jwk = row.public_jwk as JWK;
+      verification.set(row.kid, { kid: row.kid, jwk, publicKey: createPublicKey({ key: jwk as never, format: 'jwk' }) });
+    }
+    this.sets.set(environment, { signer: { kid: active.kid, privateKey }, verification, loadedAt: this.now() });
+  }
+
+  private set(environment: Environment): KeySet {
+    const set = this.sets.get(environment);
+    if (!set) throw new Error('TokenService.start() has not run');
+    return set;
+  }
+
+  async sign(claims: Omit<AccessClaims, 'issuedAt'>): Promise<{ token: string; expiresIn: number }> {
+    const { signer } = this.set(claims.environment);
+    const now = Math.floor(this.now() / 1000);
+    const token = await new SignJWT({ tid: claims.tenantId, env: claims.environment, role: claims.role, sid: claims.sessionId })
+      .setProtectedHeader({ alg: ALGORITHM, kid: signer.kid, typ: TOKEN_TYPE })
+      .setIssuer(this.deps.issuer())
+      .setAudience(AUDIENCE)
+      .setSubject(claims.userId)
+      .setIssuedAt(now)
+      .setExpirationTime(now + ACCESS_TOKEN_SECONDS)
+      .setJti(randomBytes(12).toString('base64url'))
+      .sign(signer.privateKey);
+    return { token, expiresIn: ACCESS_TOKEN_SECONDS };
+  }
+
+  /**
+   * The claims of a valid access token, or null. Refuses anything but EdDSA with a kid of
+   * the named environment's set, a bad signature, a missing or past `exp`, another
+   * issuer or audience, and a token of another type.
+   */
+  async verify(token: string): Promise<AccessClaims | null> {
+    let kid: unknown;
+    let environment: unknown;
+    try {
+      const header = decodeProtectedHeader(token);
+      if (header.alg !== ALGORITHM || header.typ !== TOKEN_TYPE) return null;
+      kid = header.kid;
+      environment = decodeJwt(token).env;
+    } catch {
+      return null;
+    }
+    if (typeof kid !== 'string' || typeof environment !== 'string' || !isEnvironment(environment)) return null;
+    const key = await this.keyFor(environment, kid);
+    if (!key) return null;
+    try {
+      const { payload } = await jwtVerify(token, key, {
+        algorithms: [ALGORITHM],
+        issuer: this.deps.issuer(),
+        audience: AUDIENCE,
+        typ: TOKEN_TYPE,
+        requiredClaims: ['exp', 'iat', 'sub'],
+        clockTolerance: CLOCK_SKEW_SECONDS,
+        currentDate: new Date(this.now()),
+      });
+      const { sub, tid, env, role, sid, iat } = payload;
+      if (typeof sub !== 'string' || typeof tid !== 'string' || env !== environment || typeof sid !== 'string' || typeof iat !== 'number') return null;
+      if (role !== 'user' && role !== 'admin') return null;
+      return { userId: sub, tenantId: tid, environment, role, sessionId: sid, issuedAt: iat };
+    } catch {
+      return null;
+    }
+  }
+
+  private async keyFor(environment: Environment, kid: string): Promise<KeyObject | null> {
+    let found = this.set(environment).verification.get(kid);
+    if (!found && this.now() - this.set(environment).loadedAt > RELOAD_MIN_MS) {
+      // Another process may have rotated: look once, shared by concurrent callers.
+      let reload = this.reloading.get(environment);
+      if (!reload) {
+        reload = this.load(environment).finally(() => this.reloading.delete(environment));
+        this.reloading.set(environment, reload);
+      }
+      await reload.catch(() => undefined);
+      found = this.set(environment).verification.get(kid);
+    }
+    return found?.publicKey ?? null;
+  }
+
+  /** The public keys of both environments, for GET /.well-known/jwks.json. */
+  jwks(): { keys: JWK[] } {
+    const keys: JWK[] = [];
+    for (const environment of ENVIRONMENTS) {
+      for (const key of this.sets.get(environment)?.verification.values() ?? []) keys.push(key.jwk);
+    }
+    return { keys };
+  }
+}

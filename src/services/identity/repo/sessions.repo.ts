@@ -1,0 +1,80 @@
+import { sql } from 'kysely';
+import type { Tx } from '../../../adapters/db/pg.ts';
+
+/** Refresh tokens (grouped in families, one per login) and password reset tokens. */
+export interface RefreshTokenRow {
+  id: string;
+  tenant_id: string;
+  user_id: string;
+  family_id: string;
+  expires_at: Date;
+  used_at: Date | null;
+  revoked_at: Date | null;
+}
+
+export async function insertRefreshToken(
+  trx: Tx,
+  token: { id: string; tenant_id: string; user_id: string; family_id: string; hash: Buffer; expires_at: Date },
+): Promise<void> {
+  await sql`
+    insert into identity.refresh_token (id, tenant_id, user_id, family_id, hash, expires_at)
+    values (${token.id}, ${token.tenant_id}, ${token.user_id}, ${token.family_id}, ${token.hash}, ${token.expires_at})`.execute(trx);
+}
+
+/** Locks the token's row: two concurrent uses of one token are serialised, the second sees it spent. */
+export async function lockRefreshTokenByHash(trx: Tx, tenantId: string, hash: Buffer): Promise<RefreshTokenRow | null> {
+  const result = await sql<RefreshTokenRow>`
+    select id, tenant_id, user_id, family_id, expires_at, used_at, revoked_at from identity.refresh_token
+    where tenant_id = ${tenantId} and hash = ${hash} for update`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+export async function markRefreshTokenUsed(trx: Tx, tenantId: string, id: string): Promise<void> {
+  await sql`update identity.refresh_token set used_at = now() where tenant_id = ${tenantId} and id = ${id}`.execute(trx);
+}
+
+export async function revokeFamily(trx: Tx, tenantId: string, familyId: string): Promise<number> {
+  const result = await sql`
+    update identity.refresh_token set revoked_at = now()
+    where tenant_id = ${tenantId} and family_id = ${familyId} and revoked_at is null`.execute(trx);
+  return Number(result.numAffectedRows ?? 0);
+}
+
+/** Revokes every live refresh token of a user, except those of `keepFamily` when given. */
+export async function revokeUserTokens(trx: Tx, tenantId: string, userId: string, keepFamily?: string): Promise<number> {
+  const result = await sql`
+    update identity.refresh_token set revoked_at = now()
+    where tenant_id = ${tenantId} and user_id = ${userId} and revoked_at is null
+      and ${keepFamily === undefined ? sql`true` : sql`family_id <> ${keepFamily}`}`.execute(trx);
+  return Number(result.numAffectedRows ?? 0);
+}
+
+export interface PasswordResetRow {
+  id: string;
+  user_id: string;
+  expires_at: Date;
+  used_at: Date | null;
+}
+
+export async function insertPasswordReset(
+  trx: Tx,
+  reset: { id: string; tenant_id: string; user_id: string; hash: Buffer; expires_at: Date },
+): Promise<void> {
+  await sql`
+    insert into identity.password_reset (id, tenant_id, user_id, hash, expires_at)
+    values (${reset.id}, ${reset.tenant_id}, ${reset.user_id}, ${reset.hash}, ${reset.expires_at})`.execute(trx);
+}
+
+export async function lockPasswordResetByHash(trx: Tx, tenantId: string, hash: Buffer): Promise<PasswordResetRow | null> {
+  const result = await sql<PasswordResetRow>`
+    select id, user_id, expires_at, used_at from identity.password_reset
+    where tenant_id = ${tenantId} and hash = ${hash} for update`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+/** Spends every outstanding reset token of the user: one reset ends them all. */
+export async function usePasswordResets(trx: Tx, tenantId: string, userId: string): Promise<void> {
+  await sql`
+    update identity.password_reset set used_at = now()
+    where tenant_id = ${tenantId} and user_id = ${userId} and used_at is null`.execute(trx);
+}
