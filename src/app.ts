@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
+import { DiskBlobStore } from './adapters/blob/disk.ts';
 import { OutboxBus } from './adapters/bus/outbox.ts';
 import { MemoryCounterStore } from './adapters/cache/memory.ts';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from './adapters/db/embedded.ts';
@@ -20,6 +21,7 @@ import { operatorVerifier } from './gateway/auth.ts';
 import type { ReadinessCheck } from './gateway/operations.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls } from './gateway/tls.ts';
+import { createFilesService, filesMigrations } from './services/files/plugin.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 
@@ -35,6 +37,7 @@ const environmentMigrations: MigrationSet[] = [
   { service: 'platform', folder: path.join(here, 'adapters', 'db', 'migrations') },
   { service: 'bus', folder: path.join(here, 'adapters', 'bus', 'migrations') },
   ...identityMigrations.environment,
+  ...filesMigrations.environment,
 ];
 const controlMigrations: MigrationSet[] = [...identityMigrations.control];
 
@@ -95,6 +98,18 @@ export function createApp(config: Config, logger: Logger): App {
       : await readOrCreateSecret(path.join(secretsDir, 'operator-token'), () => `op_${randomToken()}`);
 
     bus = new OutboxBus(dbs, logger.child({ component: 'bus' }));
+    // One blob root per environment: live and test never share storage.
+    const blobs = {
+      live: await DiskBlobStore.open(dataPath(config.dataDir, 'blobs', 'live')),
+      test: await DiskBlobStore.open(dataPath(config.dataDir, 'blobs', 'test')),
+    };
+    const files = createFilesService({
+      databases: dbs,
+      blobs,
+      bus,
+      limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
+      logger: logger.child({ component: 'files' }),
+    });
     // Seals the JWT signing keys in the databases; losing it only means new keys (users log in again).
     const secretKey = config.secretKey ?? (await readOrCreateSecret(path.join(secretsDir, 'secret-key'))).value;
     const mailer: Mailer = config.smtpUrl
@@ -137,7 +152,7 @@ export function createApp(config: Config, logger: Logger): App {
       metrics,
       checks,
       verifiers: [operatorVerifier(operator.value), ...identity.verifiers],
-      routes: [...identity.routes],
+      routes: [...identity.routes, ...files.routes],
       rootRoutes: [...identity.rootRoutes],
       version: VERSION,
     });
@@ -148,6 +163,8 @@ export function createApp(config: Config, logger: Logger): App {
 
     await gw.listen({ host: config.host, port: config.port });
     closers.push(() => gw.close());
+    files.start();
+    closers.push(() => files.close());
     const port = (gw.server.address() as AddressInfo).port;
 
     let httpPort: number | undefined;

@@ -47,7 +47,7 @@ export function blobStoreContract(driver: string, harness: BlobStoreHarness): vo
       const stored = await store.put(Readable.from([data.subarray(0, 1000), data.subarray(1000)]));
       assert.equal(stored.sha256, sha(data));
       assert.equal(stored.size, data.length);
-      assert.ok(stored.key);
+      assert.equal(stored.key, stored.sha256);
       assert.deepEqual(await readAll(await store.get(stored.key)), data);
       assert.deepEqual(await readAll(await store.get(stored.key, { start: 10, end: 19 })), data.subarray(10, 20));
       assert.deepEqual(await readAll(await store.get(stored.key, { start: data.length - 1, end: data.length - 1 })), data.subarray(-1));

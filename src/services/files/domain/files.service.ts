@@ -1,0 +1,405 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
+import { AppError, Errors, fail } from '../../../core/errors.ts';
+import type { FileEventType } from '../../../core/events.ts';
+import { newId } from '../../../core/ids.ts';
+import { decodeCursor, pageOf } from '../../../core/pagination.ts';
+import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type StoredBlob } from '../../../core/ports.ts';
+import { actorOf, type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
+import * as repo from '../repo/files.repo.ts';
+import { normalizeContentType, normalizePath, validateName } from './names.ts';
+
+/** The contract's File object. `owner_id` is null for a file the tenant itself owns. */
+export interface FileObject {
+  id: string;
+  name: string;
+  path: string;
+  size: number;
+  content_type: string;
+  sha256: string;
+  version: number;
+  owner_id: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Usage {
+  files: number;
+  bytes: number;
+  versions: number;
+  backup_bytes: number;
+  quota_bytes: number | null;
+}
+
+export type FilesPrincipal = Exclude<Principal, { kind: 'operator' }>;
+
+export interface FilesLimits {
+  maxUploadBytes: number;
+  /** Per tenant and environment; null: unlimited. */
+  tenantQuotaBytes: number | null;
+}
+
+export interface FilesDeps {
+  databases: Databases;
+  blobs: Record<Environment, BlobStore>;
+  bus: EventBus;
+  limits: FilesLimits;
+  logger: Logger;
+}
+
+/** A request's Idempotency-Key and the fingerprint of what it asked. */
+export interface Idempotency {
+  key: string;
+  fingerprint: string;
+}
+
+/** What a write answers: the file, with the status, and whether it is the replay of an earlier answer. */
+export interface WriteAnswer {
+  status: number;
+  file: FileObject;
+  replayed: boolean;
+}
+
+export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+/** An unreferenced blob younger than this may belong to an upload whose transaction has not committed yet. */
+export const ORPHAN_BLOB_GRACE_MS = 3600 * 1000;
+
+export function toFileObject(row: repo.FileRow): FileObject {
+  return {
+    id: row.id,
+    name: row.name,
+    path: row.path,
+    size: row.size,
+    content_type: row.content_type,
+    sha256: row.sha256,
+    version: row.version,
+    owner_id: row.user_id,
+    created_at: row.created_at.toISOString(),
+    updated_at: row.updated_at.toISOString(),
+  };
+}
+
+/** Thrown inside a transaction to roll it back when a committed twin already holds the Idempotency-Key. */
+class KeyTaken extends Error {}
+
+const notFound = (id: string) => new AppError(Errors.notFound, `No file ${id}`);
+
+/** `If-Match: "<sha256>"` (a list, or `*`) against the current content. */
+export function etagMatches(header: string, sha256: string): boolean {
+  return header
+    .split(',')
+    .map((tag) => tag.trim().replace(/^W\//, ''))
+    .some((tag) => tag === '*' || tag === `"${sha256}"`);
+}
+
+/**
+ * The files service: metadata in PostgreSQL, bytes in the environment's BlobStore, and one
+ * File_* event per committed change, appended in the same transaction (outbox).
+ *
+ * Write order for content: the blob is made durable first (`storeContent`), then ONE
+ * transaction records the version, the usage, the idempotency answer and the event. A crash
+ * before the commit leaves at most an unreferenced blob (swept after a grace period), never
+ * a row without its bytes.
+ */
+export class FilesService {
+  constructor(private readonly deps: FilesDeps) {}
+
+  /** A user who is not an admin sees their own files only; keys and admins see the tenant's. */
+  private ownerScope(principal: FilesPrincipal): string | null {
+    return principal.kind === 'user' && !isTenantAdmin(principal) ? principal.userId : null;
+  }
+
+  private db(principal: FilesPrincipal) {
+    return this.deps.databases.environments[principal.environment];
+  }
+
+  private inTenant<T>(principal: FilesPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
+    return withTenant(this.db(principal), principal.tenantId, work);
+  }
+
+  /** Who owns what this principal uploads. Only account keys and admins may name an owner. */
+  resolveOwner(principal: FilesPrincipal, ownerId: string | undefined): string | null {
+    if (ownerId !== undefined) {
+      if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Only an account key or an admin user may set owner_id');
+      if (!/^[a-z0-9_]{1,100}$/.test(ownerId)) {
+        fail(Errors.validationFailed, 'owner_id is not a user id', { errors: [{ field: 'owner_id', message: 'is not a user id' }] });
+      }
+      return ownerId;
+    }
+    return principal.kind === 'user' ? principal.userId : null;
+  }
+
+  /** The largest upload this principal may send now, and whether the quota (not the size limit) sets it. */
+  async uploadLimit(principal: FilesPrincipal): Promise<{ maxBytes: number; byQuota: boolean }> {
+    const { maxUploadBytes, tenantQuotaBytes } = this.deps.limits;
+    if (tenantQuotaBytes === null) return { maxBytes: maxUploadBytes, byQuota: false };
+    const used = (await this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId))).bytes;
+    const left = Math.max(0, tenantQuotaBytes - used);
+    return left < maxUploadBytes ? { maxBytes: left, byQuota: true } : { maxBytes: maxUploadBytes, byQuota: false };
+  }
+
+  private tooLarge(limit: { maxBytes: number; byQuota: boolean }): AppError {
+    return limit.byQuota
+      ? new AppError(Errors.quotaExceeded, 'This upload would take the tenant over its storage quota; nothing was kept')
+      : new AppError(Errors.payloadTooLarge, `Uploads are limited to ${this.deps.limits.maxUploadBytes} bytes; nothing was kept`);
+  }
+
+  /**
+   * Checks a declared size (Content-Length) before any byte is read: a body known to be too
+   * large is refused at once. `slack` allows for multipart framing around the content.
+   */
+  async checkDeclaredSize(principal: FilesPrincipal, declared: number | undefined, slack = 0): Promise<{ maxBytes: number; byQuota: boolean }> {
+    const limit = await this.uploadLimit(principal);
+    if (declared !== undefined && declared > limit.maxBytes + slack) throw this.tooLarge(limit);
+    return limit;
+  }
+
+  /** Streams content into the environment's blob store (hashing as it goes); durable on return. */
+  async storeContent(principal: FilesPrincipal, source: AsyncIterable<Uint8Array>, limit: { maxBytes: number; byQuota: boolean }): Promise<StoredBlob> {
+    try {
+      return await this.deps.blobs[principal.environment].put(source, { maxBytes: limit.maxBytes });
+    } catch (error) {
+      if (error instanceof BlobTooLargeError) throw this.tooLarge(limit);
+      throw error;
+    }
+  }
+
+  /** Reads and hashes content without keeping it: enough to tell a retry from a different request. */
+  async hashContent(source: AsyncIterable<Uint8Array>, limit: { maxBytes: number; byQuota: boolean }): Promise<{ sha256: string; size: number }> {
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const chunk of source) {
+      size += chunk.byteLength;
+      // A replay carries a body as long as the first request's, which fitted then.
+      if (size > this.deps.limits.maxUploadBytes) throw this.tooLarge({ ...limit, byQuota: false });
+      hash.update(chunk);
+    }
+    return { sha256: hash.digest('hex'), size };
+  }
+
+  /** The live answer recorded under this principal's Idempotency-Key, if any. */
+  async recordedAnswer(principal: FilesPrincipal, key: string): Promise<repo.IdempotencyRow | null> {
+    return this.inTenant(principal, (trx) => repo.findIdempotency(trx, principal.tenantId, principalKey(principal), key));
+  }
+
+  /** Replays a recorded answer when the fingerprints agree; a different request under the same key is a 409. */
+  replay(recorded: repo.IdempotencyRow, fingerprint: string): WriteAnswer {
+    if (recorded.fingerprint !== fingerprint) {
+      fail(Errors.idempotencyConflict, 'This Idempotency-Key was used for a different request; use a new key for a new request');
+    }
+    return { status: recorded.status, file: recorded.response as FileObject, replayed: true };
+  }
+
+  /** Fails fast, before a byte is uploaded, on what can be known from the request line alone. */
+  async precheckCreate(principal: FilesPrincipal, input: { name: string; path: string; owner: string | null }): Promise<void> {
+    const taken = await this.inTenant(principal, (trx) => repo.nameTaken(trx, principal.tenantId, input.owner, input.path, input.name));
+    if (taken) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
+  }
+
+  /** Fails fast on a file the caller cannot see, or a stale If-Match, before the new content is uploaded. */
+  async precheckReplace(principal: FilesPrincipal, id: string, ifMatch: string | undefined): Promise<void> {
+    const file = await this.get(principal, id);
+    if (ifMatch !== undefined && !etagMatches(ifMatch, file.sha256)) {
+      fail(Errors.versionConflict, `The file's content is now "${file.sha256}" (version ${file.version})`);
+    }
+  }
+
+  async create(
+    principal: FilesPrincipal,
+    input: { name: string; path: string; owner: string | null; contentType?: string; blob: StoredBlob; idempotency?: Idempotency },
+  ): Promise<WriteAnswer> {
+    return this.recordWrite(principal, input.idempotency, 201, async (trx) => {
+      let row: repo.FileRow;
+      try {
+        row = await repo.insertFile(trx, {
+          id: newId('file'),
+          tenant_id: principal.tenantId,
+          user_id: input.owner,
+          name: input.name,
+          path: input.path,
+          size: input.blob.size,
+          content_type: normalizeContentType(input.contentType),
+          sha256: input.blob.sha256,
+          version: 1,
+        });
+      } catch (error) {
+        if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
+        throw error;
+      }
+      await repo.insertVersion(trx, row);
+      await this.addUsage(trx, principal, { files: 1, bytes: row.size, versions: 1 });
+      return { row, type: 'File_create' };
+    });
+  }
+
+  async replace(
+    principal: FilesPrincipal,
+    id: string,
+    input: { contentType?: string; blob: StoredBlob; ifMatch?: string; idempotency?: Idempotency },
+  ): Promise<WriteAnswer> {
+    return this.recordWrite(principal, input.idempotency, 200, async (trx) => {
+      const current = await this.lockVisible(trx, principal, id);
+      if (input.ifMatch !== undefined && !etagMatches(input.ifMatch, current.sha256)) {
+        fail(Errors.versionConflict, `The file's content is now "${current.sha256}" (version ${current.version})`);
+      }
+      const row = await repo.updateFile(trx, principal.tenantId, id, {
+        name: current.name,
+        path: current.path,
+        size: input.blob.size,
+        content_type: normalizeContentType(input.contentType),
+        sha256: input.blob.sha256,
+        version: current.version + 1,
+      });
+      await repo.insertVersion(trx, row);
+      await this.addUsage(trx, principal, { files: 0, bytes: row.size, versions: 1 });
+      return { row, type: 'File_update' };
+    });
+  }
+
+  /** Renames or moves. Every change makes a version (same bytes, new name or folder), so history shows it. */
+  async update(principal: FilesPrincipal, id: string, input: { name?: string; path?: string }): Promise<FileObject> {
+    const name = input.name === undefined ? undefined : validateName(input.name);
+    const path = input.path === undefined ? undefined : normalizePath(input.path);
+    const answer = await this.recordWrite(principal, undefined, 200, async (trx) => {
+      const current = await this.lockVisible(trx, principal, id);
+      const next = { name: name ?? current.name, path: path ?? current.path };
+      if (next.name === current.name && next.path === current.path) return { row: current, type: null };
+      let row: repo.FileRow;
+      try {
+        row = await repo.updateFile(trx, principal.tenantId, id, { ...current, ...next, version: current.version + 1 });
+      } catch (error) {
+        if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${next.path === '/' ? '' : next.path}/${next.name} already exists`);
+        throw error;
+      }
+      await repo.insertVersion(trx, row);
+      await this.addUsage(trx, principal, { files: 0, bytes: 0, versions: 1 });
+      return { row, type: 'File_update' };
+    });
+    return answer.file;
+  }
+
+  /** Deletes the live file; its versions stay recorded (and backed up). */
+  async remove(principal: FilesPrincipal, id: string): Promise<void> {
+    await this.recordWrite(principal, undefined, 204, async (trx) => {
+      const current = await this.lockVisible(trx, principal, id);
+      await repo.markDeleted(trx, principal.tenantId, id);
+      await this.addUsage(trx, principal, { files: -1, bytes: 0, versions: 0 });
+      return { row: current, type: 'File_delete' };
+    });
+  }
+
+  async get(principal: FilesPrincipal, id: string): Promise<FileObject> {
+    const row = await this.inTenant(principal, (trx) => repo.findFile(trx, principal.tenantId, id, this.ownerScope(principal)));
+    if (!row) throw notFound(id);
+    return toFileObject(row);
+  }
+
+  async list(principal: FilesPrincipal, query: { path?: string; limit: number; cursor?: string }) {
+    const before = decodeCursor(query.cursor);
+    const path = query.path === undefined ? undefined : normalizePath(query.path);
+    const rows = await this.inTenant(principal, (trx) =>
+      repo.listFiles(trx, principal.tenantId, { owner: this.ownerScope(principal), path, before, limit: query.limit + 1 }),
+    );
+    return pageOf(rows, query.limit, toFileObject);
+  }
+
+  /** A stream of a file's bytes (or of one range of them), from the caller's environment. */
+  async openContent(principal: FilesPrincipal, file: FileObject, range?: ByteRange) {
+    return this.deps.blobs[principal.environment].get(file.sha256, range);
+  }
+
+  async usage(principal: FilesPrincipal): Promise<Usage> {
+    const used = await this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId));
+    return { ...used, backup_bytes: 0, quota_bytes: this.deps.limits.tenantQuotaBytes };
+  }
+
+  /**
+   * Deletes idempotency answers past their 24 h, and blobs no version uses that are older than
+   * the grace period (left by a transaction that failed or a process that died after `put`).
+   */
+  async sweep(): Promise<{ idempotency: number; blobs: number }> {
+    let idempotency = 0;
+    let blobs = 0;
+    for (const environment of ENVIRONMENTS) {
+      const db = this.deps.databases.environments[environment];
+      idempotency += await repo.deleteExpiredIdempotency(db);
+      const cutoff = Date.now() - ORPHAN_BLOB_GRACE_MS;
+      for await (const blob of this.deps.blobs[environment].list()) {
+        if (blob.modifiedAt.getTime() >= cutoff) continue;
+        if (await repo.blobInUse(db, blob.key)) continue;
+        // Checked again just before deleting: a put of the same bytes refreshes the mtime.
+        const fresh = await this.deps.blobs[environment].stat(blob.key);
+        if (!fresh || fresh.modifiedAt.getTime() >= cutoff) continue;
+        await this.deps.blobs[environment].delete(blob.key);
+        blobs++;
+      }
+    }
+    if (idempotency || blobs) this.deps.logger.info({ idempotency, blobs }, 'files sweep removed expired answers and orphan blobs');
+    return { idempotency, blobs };
+  }
+
+  private async lockVisible(trx: Tx, principal: FilesPrincipal, id: string): Promise<repo.FileRow> {
+    const row = await repo.lockFile(trx, principal.tenantId, id);
+    const owner = this.ownerScope(principal);
+    if (!row || (owner !== null && row.user_id !== owner)) throw notFound(id);
+    return row;
+  }
+
+  private async addUsage(trx: Tx, principal: FilesPrincipal, delta: { files: number; bytes: number; versions: number }): Promise<void> {
+    if (!(await repo.addUsage(trx, principal.tenantId, delta, this.deps.limits.tenantQuotaBytes))) {
+      fail(Errors.quotaExceeded, 'This upload would take the tenant over its storage quota; nothing was kept');
+    }
+  }
+
+  /**
+   * One write transaction: `change` (which locks its file row first, when there is one) and,
+   * in the same commit, the idempotency answer and the File_* event carrying the File object.
+   */
+  private async recordWrite(
+    principal: FilesPrincipal,
+    idempotency: Idempotency | undefined,
+    status: number,
+    change: (trx: Tx) => Promise<{ row: repo.FileRow; type: FileEventType | null }>,
+  ): Promise<WriteAnswer> {
+    try {
+      return await this.inTenant(principal, async (trx) => {
+        const { row, type } = await change(trx);
+        const file = toFileObject(row);
+        if (idempotency) {
+          const recorded = await repo.insertIdempotency(trx, {
+            tenant_id: principal.tenantId,
+            principal: principalKey(principal),
+            key: idempotency.key,
+            fingerprint: idempotency.fingerprint,
+            status,
+            response: file,
+            ttlSeconds: IDEMPOTENCY_TTL_SECONDS,
+          });
+          if (!recorded) throw new KeyTaken();
+        }
+        if (type) {
+          await this.deps.bus.append(trx, principal.environment, {
+            type,
+            tenant_id: principal.tenantId,
+            actor: actorOf(principal),
+            owner_id: row.user_id,
+            data: { file },
+          });
+        }
+        return { status, file, replayed: false };
+      });
+    } catch (error) {
+      if (!(error instanceof KeyTaken) || !idempotency) throw error;
+      // A twin request with the same key committed while this one was uploading.
+      const recorded = await this.recordedAnswer(principal, idempotency.key);
+      if (!recorded) throw error;
+      return this.replay(recorded, idempotency.fingerprint);
+    }
+  }
+}
+
+/** Idempotency keys belong to one caller: a user, or a key. */
+export function principalKey(principal: FilesPrincipal): string {
+  return principal.kind === 'user' ? `user:${principal.userId}` : `key:${principal.keyId}`;
+}

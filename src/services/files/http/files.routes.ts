@@ -1,0 +1,312 @@
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import multipart from '@fastify/multipart';
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { AppError, Errors, fail } from '../../../core/errors.ts';
+import type { StoredBlob } from '../../../core/ports.ts';
+import { isTenantAdmin } from '../../../core/principal.ts';
+import { principalOf } from '../../../gateway/auth.ts';
+import { type FilesPrincipal, type FilesService, type Idempotency, principalKey, type WriteAnswer } from '../domain/files.service.ts';
+import { normalizePath, validateName } from '../domain/names.ts';
+import { contentDisposition, noneMatch, parseRange } from './download.ts';
+import { FileObject, FilePage, FileParams, ListFilesQuery, PatchFileBody, ReplaceHeaders, UploadHeaders, UploadQuery, Usage } from './files.schemas.ts';
+
+const READERS = ['account_key', 'application_key', 'user'] as const;
+/** Multipart framing and form fields around the content: a Content-Length beyond limit + this is refused unread. */
+const MULTIPART_SLACK = 1024 * 1024;
+
+const problem = { description: 'problem+json', type: 'object', additionalProperties: true } as const;
+
+function filesPrincipal(request: FastifyRequest): FilesPrincipal {
+  const principal = principalOf(request);
+  if (principal.kind === 'operator') fail(Errors.forbidden, 'The operator token does not own files');
+  return principal;
+}
+
+function declaredLength(request: FastifyRequest): number | undefined {
+  const header = request.headers['content-length'];
+  return header === undefined ? undefined : Number(header);
+}
+
+/** The content of an upload, and the form fields that came with it (multipart), once all are read. */
+interface Received {
+  blob: StoredBlob | { sha256: string; size: number };
+  contentType: string | undefined;
+  fields: Record<string, string>;
+  filename?: string;
+}
+
+/**
+ * Reads an upload, raw or multipart, handing the content stream to `consume` as it arrives.
+ * `consume` gets the fields seen before the content (and the part's filename), so a request
+ * doomed by them fails before its bytes are stored.
+ */
+async function receive(
+  request: FastifyRequest,
+  consume: (content: AsyncIterable<Uint8Array>, early: { fields: Record<string, string>; filename?: string }) => Promise<Received['blob']>,
+): Promise<Received> {
+  if (!request.isMultipart()) {
+    const contentType = request.headers['content-type'];
+    return { blob: await consume(request.raw, { fields: {} }), contentType, fields: {} };
+  }
+  const fields: Record<string, string> = {};
+  let received: Received | undefined;
+  for await (const part of request.parts({ limits: { parts: 20, fields: 10, fieldSize: 4096 } })) {
+    if (part.type === 'field') {
+      if (typeof part.value === 'string') fields[part.fieldname] = part.value;
+      continue;
+    }
+    if (part.fieldname !== 'file' || received) {
+      part.file.resume(); // not ours: read past it
+      if (part.fieldname === 'file') fail(Errors.validationFailed, 'Send one part named file', { errors: [{ field: 'file', message: 'appears twice' }] });
+      continue;
+    }
+    const raw: IncomingMessage = request.raw;
+    // busboy does not fail a part whose client went away: do it, so the store drops its temp file.
+    const onClose = () => {
+      if (!raw.complete) part.file.destroy(new Error('client disconnected during the upload'));
+    };
+    raw.once('close', onClose);
+    try {
+      const blob = await consume(part.file, { fields: { ...fields }, filename: part.filename });
+      received = { blob, contentType: part.mimetype, fields, filename: part.filename };
+    } finally {
+      raw.off('close', onClose);
+    }
+  }
+  if (!received) fail(Errors.validationFailed, 'A multipart upload needs a part named file', { errors: [{ field: 'file', message: 'is required' }] });
+  return received;
+}
+
+function fingerprint(request: FastifyRequest, principal: FilesPrincipal, sha256: string, params: unknown[]): string {
+  const path = request.url.split('?')[0];
+  return createHash('sha256').update(JSON.stringify([request.method, path, principalKey(principal), sha256, ...params])).digest('hex');
+}
+
+function sendAnswer(reply: FastifyReply, answer: WriteAnswer) {
+  if (answer.replayed) reply.header('idempotent-replayed', 'true');
+  return reply.code(answer.status).send(answer.file);
+}
+
+/**
+ * Upload routes live in a scope of their own: every body passes through unparsed (no JSON
+ * parser, no 1 MiB limit), multipart is parsed as a stream, and the content goes straight
+ * into the blob store while it is hashed.
+ */
+function uploadRoutes(files: FilesService) {
+  return async (app: FastifyInstance) => {
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser('*', (_request, _payload, done) => done(null));
+    await app.register(multipart, { throwFileSizeLimit: false });
+
+    // An answer sent before the body was read (413, 409, 422...) closes the connection:
+    // draining a large unwanted body would only waste both sides' time.
+    app.addHook('onSend', async (request, reply) => {
+      if (!request.raw.complete) reply.header('connection', 'close');
+    });
+
+    app.post(
+      '/files',
+      {
+        config: { auth: [...READERS], scope: 'files:write' },
+        schema: {
+          tags: ['files'],
+          summary: 'Upload a file',
+          description:
+            'multipart/form-data with a part `file` (and optional fields `path`, `name`, `owner_id`), or a raw body with its Content-Type and `?name=&path=`. ' +
+            'The content is streamed to storage while it is hashed. Optional Idempotency-Key: a retry replays the first answer and stores nothing twice.',
+          querystring: UploadQuery,
+          headers: UploadHeaders,
+          response: { 201: FileObject, 409: problem, 413: problem, 422: problem },
+        },
+      },
+      async (request, reply) => {
+        const principal = filesPrincipal(request);
+        const query = request.query as { name?: string; path?: string; owner_id?: string };
+        const key = request.headers['idempotency-key'] as string | undefined;
+        const multipartBody = request.isMultipart();
+        const limit = await files.checkDeclaredSize(principal, declaredLength(request), multipartBody ? MULTIPART_SLACK : 0);
+        const recorded = key ? await files.recordedAnswer(principal, key) : null;
+
+        const target = (fields: Record<string, string>, filename?: string) => {
+          const rawName = fields.name ?? query.name ?? filename;
+          if (rawName === undefined || rawName === '') {
+            fail(Errors.validationFailed, 'The file needs a name (?name= or the multipart filename)', { errors: [{ field: 'name', message: 'is required' }] });
+          }
+          return {
+            name: validateName(rawName),
+            path: normalizePath(fields.path ?? query.path),
+            owner: files.resolveOwner(principal, fields.owner_id ?? query.owner_id),
+          };
+        };
+
+        // A raw body names its target in the query: check it before reading a byte.
+        if (!multipartBody) {
+          const early = target({});
+          if (!recorded) await files.precheckCreate(principal, early);
+        }
+        const received = await receive(request, async (content, early) => {
+          if (multipartBody) {
+            const known = target(early.fields, early.filename);
+            if (!recorded) await files.precheckCreate(principal, known);
+          }
+          return recorded ? files.hashContent(content, limit) : files.storeContent(principal, content, limit);
+        });
+        const final = target(received.fields, received.filename);
+        const print = fingerprint(request, principal, received.blob.sha256, [final.name, final.path, final.owner, received.contentType ?? null]);
+        if (recorded) return sendAnswer(reply, files.replay(recorded, print));
+        const idempotency: Idempotency | undefined = key ? { key, fingerprint: print } : undefined;
+        const answer = await files.create(principal, { ...final, contentType: received.contentType, blob: received.blob as StoredBlob, idempotency });
+        return sendAnswer(reply, answer);
+      },
+    );
+
+    app.put(
+      '/files/:id/content',
+      {
+        config: { auth: [...READERS], scope: 'files:write' },
+        schema: {
+          tags: ['files'],
+          summary: 'Replace the content (a new version)',
+          description:
+            'Raw body or multipart part `file`. `If-Match: "<sha256>"` makes it conditional: when the content changed since, 412 version_conflict. ' +
+            'Without If-Match, concurrent replaces each make their own version; none is lost.',
+          params: FileParams,
+          headers: ReplaceHeaders,
+          response: { 200: FileObject, 404: problem, 412: problem, 413: problem },
+        },
+      },
+      async (request, reply) => {
+        const principal = filesPrincipal(request);
+        const { id } = request.params as { id: string };
+        const key = request.headers['idempotency-key'] as string | undefined;
+        const ifMatch = request.headers['if-match'];
+        const limit = await files.checkDeclaredSize(principal, declaredLength(request), request.isMultipart() ? MULTIPART_SLACK : 0);
+        const recorded = key ? await files.recordedAnswer(principal, key) : null;
+        if (!recorded) await files.precheckReplace(principal, id, ifMatch);
+        const received = await receive(request, (content) =>
+          recorded ? files.hashContent(content, limit) : files.storeContent(principal, content, limit),
+        );
+        const print = fingerprint(request, principal, received.blob.sha256, [ifMatch ?? null, received.contentType ?? null]);
+        if (recorded) return sendAnswer(reply, files.replay(recorded, print));
+        const answer = await files.replace(principal, id, {
+          contentType: received.contentType,
+          blob: received.blob as StoredBlob,
+          ifMatch,
+          idempotency: key ? { key, fingerprint: print } : undefined,
+        });
+        return sendAnswer(reply, answer);
+      },
+    );
+  };
+}
+
+export function filesRoutes(files: FilesService) {
+  return async (app: FastifyInstance) => {
+    await app.register(uploadRoutes(files));
+
+    app.get(
+      '/files',
+      {
+        config: { auth: [...READERS], scope: 'files:read' },
+        schema: { tags: ['files'], summary: 'List files, newest first', querystring: ListFilesQuery, response: { 200: FilePage } },
+      },
+      async (request) => {
+        const query = request.query as { limit: number; cursor?: string; path?: string };
+        return files.list(filesPrincipal(request), query);
+      },
+    );
+
+    app.get(
+      '/files/:id',
+      {
+        config: { auth: [...READERS], scope: 'files:read' },
+        schema: { tags: ['files'], summary: 'A file\'s metadata', params: FileParams, response: { 200: FileObject, 404: problem } },
+      },
+      async (request) => files.get(filesPrincipal(request), (request.params as { id: string }).id),
+    );
+
+    app.get(
+      '/files/:id/content',
+      {
+        config: { auth: [...READERS], scope: 'files:read' },
+        schema: {
+          tags: ['files'],
+          summary: 'Download the content',
+          description: 'ETag is "<sha256>". Supports Range (206; 416 when unsatisfiable), If-None-Match (304) and If-Range.',
+          params: FileParams,
+        },
+      },
+      async (request, reply) => {
+        const principal = filesPrincipal(request);
+        const file = await files.get(principal, (request.params as { id: string }).id);
+        const etag = `"${file.sha256}"`;
+        reply.headers({
+          etag,
+          'last-modified': new Date(file.updated_at).toUTCString(),
+          'cache-control': 'private, no-cache',
+          'accept-ranges': 'bytes',
+          'x-content-type-options': 'nosniff',
+        });
+        if (noneMatch(request.headers['if-none-match'], etag)) return reply.code(304).send();
+
+        const ifRange = request.headers['if-range'];
+        const range = ifRange && ifRange !== etag ? null : parseRange(request.headers.range, file.size);
+        if (range === 'unsatisfiable') {
+          reply.header('content-range', `bytes */${file.size}`);
+          throw new AppError(Errors.rangeNotSatisfiable, `The file has ${file.size} bytes`);
+        }
+        const stream = await files.openContent(principal, file, range ?? undefined);
+        reply.headers({ 'content-type': file.content_type, 'content-disposition': contentDisposition(file.name) });
+        if (range) {
+          reply.code(206).headers({ 'content-range': `bytes ${range.start}-${range.end}/${file.size}`, 'content-length': range.end - range.start + 1 });
+        } else {
+          reply.header('content-length', file.size);
+        }
+        return reply.send(stream);
+      },
+    );
+
+    app.patch(
+      '/files/:id',
+      {
+        config: { auth: [...READERS], scope: 'files:write' },
+        schema: {
+          tags: ['files'],
+          summary: 'Rename or move a file',
+          description: 'Makes a new version (same content, new name or folder).',
+          params: FileParams,
+          body: PatchFileBody,
+          response: { 200: FileObject, 404: problem, 409: problem },
+        },
+      },
+      async (request) => files.update(filesPrincipal(request), (request.params as { id: string }).id, request.body as { name?: string; path?: string }),
+    );
+
+    app.delete(
+      '/files/:id',
+      {
+        config: { auth: [...READERS], scope: 'files:write' },
+        schema: { tags: ['files'], summary: 'Delete a file (its history stays in the backups)', params: FileParams, response: { 204: Type.Null(), 404: problem } },
+      },
+      async (request, reply) => {
+        await files.remove(filesPrincipal(request), (request.params as { id: string }).id);
+        return reply.code(204).send();
+      },
+    );
+
+    app.get(
+      '/usage',
+      {
+        config: { auth: ['account_key', 'user'] },
+        schema: { tags: ['files'], summary: 'Storage use of the tenant in this environment (account key or admin)', response: { 200: Usage } },
+      },
+      async (request) => {
+        const principal = filesPrincipal(request);
+        if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Usage is for account keys and admin users');
+        return files.usage(principal);
+      },
+    );
+  };
+}

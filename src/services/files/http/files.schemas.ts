@@ -1,0 +1,64 @@
+import { Type } from '@sinclair/typebox';
+import { Page } from '../../../core/pagination.ts';
+
+export const FileObject = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    path: Type.String({ description: 'Folder, normalised: `/` or `/a/b`' }),
+    size: Type.Integer({ minimum: 0 }),
+    content_type: Type.String(),
+    sha256: Type.String({ description: 'Hex SHA-256 of the content; the download ETag is this in quotes' }),
+    version: Type.Integer({ minimum: 1, description: 'Counts every change: content, name or folder' }),
+    owner_id: Type.Union([Type.String(), Type.Null()], { description: 'Owning user; null when the tenant owns the file' }),
+    created_at: Type.String({ format: 'date-time' }),
+    updated_at: Type.String({ format: 'date-time' }),
+  },
+);
+
+export const FilePage = Page(FileObject);
+
+export const FileParams = Type.Object({ id: Type.String({ maxLength: 100 }) });
+
+export const ListFilesQuery = Type.Object(
+  {
+    limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+    cursor: Type.Optional(Type.String({ maxLength: 200 })),
+    path: Type.Optional(Type.String({ maxLength: 2048, description: 'Only files directly in this folder' })),
+  },
+  { additionalProperties: false },
+);
+
+export const UploadQuery = Type.Object(
+  {
+    name: Type.Optional(Type.String({ maxLength: 1024, description: 'File name (required for a raw body; multipart defaults to the part\'s filename)' })),
+    path: Type.Optional(Type.String({ maxLength: 2048, description: 'Folder, default `/`' })),
+    owner_id: Type.Optional(Type.String({ maxLength: 100, description: 'Owner of the new file (account key or admin only)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const PatchFileBody = Type.Object(
+  {
+    name: Type.Optional(Type.String({ maxLength: 1024 })),
+    path: Type.Optional(Type.String({ maxLength: 2048 })),
+  },
+  { additionalProperties: false },
+);
+
+export const Usage = Type.Object({
+  files: Type.Integer({ description: 'Live files' }),
+  bytes: Type.Integer({ description: 'Bytes of every kept version (the quota counts these)' }),
+  versions: Type.Integer(),
+  backup_bytes: Type.Integer(),
+  quota_bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'null: unlimited' }),
+});
+
+export const UploadHeaders = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Retry-safe: the same key and request replay the first answer for 24 h' })),
+});
+
+export const ReplaceHeaders = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+  'if-match': Type.Optional(Type.String({ maxLength: 1024, description: '"<sha256>" of the content you read; stale: 412 version_conflict' })),
+});

@@ -1,0 +1,175 @@
+import { sql } from 'kysely';
+import type { Db, Tx } from '../../../adapters/db/pg.ts';
+
+/**
+ * SQL of the files service. Every query names its tenant even though row-level security
+ * already binds the transaction to it: isolation is enforced twice.
+ * `owner` filters: a user sees their own files (owner = user id); null means every file.
+ */
+export interface FileRow {
+  id: string;
+  tenant_id: string;
+  user_id: string | null;
+  name: string;
+  path: string;
+  size: number;
+  content_type: string;
+  sha256: string;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface IdempotencyRow {
+  fingerprint: string;
+  status: number;
+  response: unknown;
+}
+
+const columns = sql`id, tenant_id, user_id, name, path, size, content_type, sha256, version, created_at, updated_at`;
+const ownerFilter = (owner: string | null) => (owner === null ? sql`true` : sql`user_id = ${owner}`);
+
+export function isUniqueViolation(error: unknown, constraint: string): boolean {
+  const pgError = error as { code?: string; constraint?: string };
+  return pgError?.code === '23505' && pgError.constraint === constraint;
+}
+
+export async function findFile(trx: Tx, tenantId: string, id: string, owner: string | null): Promise<FileRow | null> {
+  const result = await sql<FileRow>`
+    select ${columns} from files.file
+    where tenant_id = ${tenantId} and id = ${id} and deleted_at is null and ${ownerFilter(owner)}`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+/**
+ * Locks a live file row. Writers call this as the FIRST statement of their transaction: the
+ * transaction gets its id (xid) while holding the lock, so for one file the xid order of
+ * writers is their commit order, which is the order the outbox delivers their events in.
+ */
+export async function lockFile(trx: Tx, tenantId: string, id: string): Promise<FileRow | null> {
+  const result = await sql<FileRow>`
+    select ${columns} from files.file
+    where tenant_id = ${tenantId} and id = ${id} and deleted_at is null
+    for update`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+export async function nameTaken(trx: Tx, tenantId: string, owner: string | null, path: string, name: string): Promise<boolean> {
+  const result = await sql`
+    select 1 from files.file
+    where tenant_id = ${tenantId} and coalesce(user_id, '') = ${owner ?? ''} and path = ${path} and name = ${name} and deleted_at is null`.execute(trx);
+  return result.rows.length > 0;
+}
+
+export async function listFiles(
+  trx: Tx,
+  tenantId: string,
+  options: { owner: string | null; path?: string; before?: string; limit: number },
+): Promise<FileRow[]> {
+  const result = await sql<FileRow>`
+    select ${columns} from files.file
+    where tenant_id = ${tenantId} and deleted_at is null and ${ownerFilter(options.owner)}
+      and ${options.path === undefined ? sql`true` : sql`path = ${options.path}`}
+      and ${options.before === undefined ? sql`true` : sql`id < ${options.before}`}
+    order by id desc limit ${options.limit}`.execute(trx);
+  return result.rows;
+}
+
+export async function insertFile(trx: Tx, file: Omit<FileRow, 'created_at' | 'updated_at'>): Promise<FileRow> {
+  const result = await sql<FileRow>`
+    insert into files.file (id, tenant_id, user_id, name, path, size, content_type, sha256, version)
+    values (${file.id}, ${file.tenant_id}, ${file.user_id}, ${file.name}, ${file.path}, ${file.size}, ${file.content_type}, ${file.sha256}, ${file.version})
+    returning ${columns}`.execute(trx);
+  return result.rows[0] as FileRow;
+}
+
+export async function updateFile(
+  trx: Tx,
+  tenantId: string,
+  id: string,
+  change: Pick<FileRow, 'name' | 'path' | 'size' | 'content_type' | 'sha256' | 'version'>,
+): Promise<FileRow> {
+  const result = await sql<FileRow>`
+    update files.file set name = ${change.name}, path = ${change.path}, size = ${change.size},
+      content_type = ${change.content_type}, sha256 = ${change.sha256}, version = ${change.version}, updated_at = now()
+    where tenant_id = ${tenantId} and id = ${id}
+    returning ${columns}`.execute(trx);
+  return result.rows[0] as FileRow;
+}
+
+export async function markDeleted(trx: Tx, tenantId: string, id: string): Promise<void> {
+  await sql`update files.file set deleted_at = now() where tenant_id = ${tenantId} and id = ${id}`.execute(trx);
+}
+
+export async function insertVersion(trx: Tx, file: FileRow): Promise<void> {
+  await sql`
+    insert into files.file_version (file_id, tenant_id, version, sha256, size, content_type, name, path)
+    values (${file.id}, ${file.tenant_id}, ${file.version}, ${file.sha256}, ${file.size}, ${file.content_type}, ${file.name}, ${file.path})`.execute(trx);
+}
+
+/**
+ * Adds to the tenant's usage, unless the bytes would go over `quota` (null: unlimited).
+ * Returns false when over: the conditional update serialises concurrent uploads on the row.
+ */
+export async function addUsage(
+  trx: Tx,
+  tenantId: string,
+  delta: { files: number; bytes: number; versions: number },
+  quota: number | null,
+): Promise<boolean> {
+  if (quota !== null && delta.bytes > quota) return false;
+  const result = await sql`
+    insert into files.usage as u (tenant_id, files, bytes, versions)
+    values (${tenantId}, ${delta.files}, ${delta.bytes}, ${delta.versions})
+    on conflict (tenant_id) do update
+      set files = u.files + excluded.files, bytes = u.bytes + excluded.bytes, versions = u.versions + excluded.versions
+      where ${quota === null ? sql`true` : sql`excluded.bytes <= 0 or u.bytes + excluded.bytes <= ${quota}`}
+    returning 1`.execute(trx);
+  return result.rows.length > 0;
+}
+
+export async function usageOf(trx: Tx, tenantId: string): Promise<{ files: number; bytes: number; versions: number }> {
+  const result = await sql<{ files: number; bytes: number; versions: number }>`
+    select files, bytes, versions from files.usage where tenant_id = ${tenantId}`.execute(trx);
+  return result.rows[0] ?? { files: 0, bytes: 0, versions: 0 };
+}
+
+export async function findIdempotency(trx: Tx, tenantId: string, principal: string, key: string): Promise<IdempotencyRow | null> {
+  const result = await sql<IdempotencyRow>`
+    select fingerprint, status, response from files.idempotency
+    where tenant_id = ${tenantId} and principal = ${principal} and key = ${key} and expires_at > now()`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+/**
+ * Records an answer under its key; an expired record of the same key is replaced. Returns
+ * false when a live record holds the key (a concurrent twin committed first): the caller
+ * rolls back and answers from that record.
+ */
+export async function insertIdempotency(
+  trx: Tx,
+  record: { tenant_id: string; principal: string; key: string; fingerprint: string; status: number; response: unknown; ttlSeconds: number },
+): Promise<boolean> {
+  const result = await sql`
+    insert into files.idempotency as i (tenant_id, principal, key, fingerprint, status, response, expires_at)
+    values (${record.tenant_id}, ${record.principal}, ${record.key}, ${record.fingerprint}, ${record.status},
+            ${JSON.stringify(record.response)}::jsonb, now() + make_interval(secs => ${record.ttlSeconds}))
+    on conflict (tenant_id, principal, key) do update
+      set fingerprint = excluded.fingerprint, status = excluded.status, response = excluded.response,
+          created_at = now(), expires_at = excluded.expires_at
+      where i.expires_at <= now()
+    returning 1`.execute(trx);
+  return result.rows.length > 0;
+}
+
+/** Across tenants (the sweeper's connection is not tenant-bound). */
+export async function deleteExpiredIdempotency(db: Db): Promise<number> {
+  const result = await sql`delete from files.idempotency where expires_at <= now()`.execute(db);
+  return Number(result.numAffectedRows ?? 0);
+}
+
+/** Across tenants: is this blob the bytes of any version? */
+export async function blobInUse(db: Db, sha256: string): Promise<boolean> {
+  const result = await sql`select 1 from files.file_version where sha256 = ${sha256} limit 1`.execute(db);
+  return result.rows.length > 0;
+}

@@ -1,0 +1,82 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
+import type { TestResponse, TestServer } from './server.ts';
+
+/** Small factories for the files end-to-end tests. */
+export const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+
+export function uploadRaw(
+  server: TestServer,
+  key: string,
+  content: Buffer | string,
+  options: { name?: string; path?: string; contentType?: string; headers?: Record<string, string>; query?: string } = {},
+): Promise<TestResponse> {
+  const params = new URLSearchParams();
+  if (options.name !== undefined) params.set('name', options.name);
+  if (options.path !== undefined) params.set('path', options.path);
+  const query = [params.toString(), options.query].filter(Boolean).join('&');
+  return server.request('POST', `/v1/files${query ? `?${query}` : ''}`, {
+    auth: key,
+    body: content,
+    headers: { 'content-type': options.contentType ?? 'application/octet-stream', ...options.headers },
+  });
+}
+
+/** A multipart/form-data body: fields first (in order), then the file part unless `file` is omitted. */
+export function multipartBody(
+  fields: Record<string, string>,
+  file?: { content: Buffer | string; filename?: string; contentType?: string; field?: string },
+): { body: Buffer; contentType: string } {
+  const boundary = `----bantu${randomBytes(8).toString('hex')}`;
+  const chunks: Buffer[] = [];
+  for (const [name, value] of Object.entries(fields)) {
+    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`));
+  }
+  if (file) {
+    const filename = file.filename === undefined ? '' : `; filename="${file.filename}"`;
+    chunks.push(
+      Buffer.from(
+        `--${boundary}\r\nContent-Disposition: form-data; name="${file.field ?? 'file'}"${filename}\r\nContent-Type: ${file.contentType ?? 'application/octet-stream'}\r\n\r\n`,
+      ),
+      Buffer.from(file.content),
+      Buffer.from('\r\n'),
+    );
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`));
+  return { body: Buffer.concat(chunks), contentType: `multipart/form-data; boundary=${boundary}` };
+}
+
+export async function createTenant(server: TestServer, name: string): Promise<{ live: { account_key: string; application_key: string }; test: { account_key: string; application_key: string } }> {
+  const response = await server.request('POST', '/v1/tenants', { auth: server.operatorToken, json: { name } });
+  if (response.status !== 201) throw new Error(`tenant creation failed: ${response.status} ${response.text}`);
+  return response.json.keys;
+}
+
+/** Events the files service appended for one file, in delivery order. */
+export async function eventsOf(server: TestServer, fileId: string, environment: 'live' | 'test' = 'test') {
+  const result = await sql<{ type: string; data: { file: Record<string, unknown> }; owner_id: string | null; tenant_id: string }>`
+    select type, data, owner_id, tenant_id from bus.outbox where data->'file'->>'id' = ${fileId} order by xid, id`.execute(
+    server.app.databases.environments[environment],
+  );
+  return result.rows;
+}
+
+/** Files under the blob store's temp folder: uploads in flight or left behind. */
+export async function tempFiles(server: TestServer, environment: 'live' | 'test' = 'test'): Promise<string[]> {
+  const fs = await import('node:fs/promises');
+  const path = await import('node:path');
+  return fs.readdir(path.join(server.dataDir, 'blobs', environment, 'tmp'));
+}
+
+/** How many blobs the environment's store holds. */
+export async function blobCount(server: TestServer, environment: 'live' | 'test' = 'test'): Promise<number> {
+  const fs = await import('node:fs/promises');
+  const path = await import('node:path');
+  const root = path.join(server.dataDir, 'blobs', environment);
+  let count = 0;
+  for (const folder of await fs.readdir(root)) {
+    if (folder === 'tmp') continue;
+    count += (await fs.readdir(path.join(root, folder))).length;
+  }
+  return count;
+}
