@@ -60,6 +60,16 @@ const CREDENTIALS: Array<{ method?: string; path: RegExp; credential: Credential
   { path: /^\/v1\/(files|exports)(\/|$)/, credential: 'accessToken' },
 ];
 
+/**
+ * Operations that take file bytes (multipart part `file`, or a raw body) per API.md, for
+ * when the route declares no requestBody (its body is parsed by a stream, not a schema).
+ * Postman gets a form-data body with a `file` part to pick.
+ */
+const UPLOADS: Array<{ method: string; path: RegExp }> = [
+  { method: 'post', path: /^\/v1\/files$/ },
+  { method: 'put', path: /^\/v1\/files\/\{[^}]+\}\/content$/ },
+];
+
 const KIND_TO_CREDENTIAL: Record<string, Credential> = {
   operator: 'operatorToken',
   user: 'accessToken',
@@ -207,6 +217,8 @@ function requestItem(doc: OpenApiDocument, method: string, path: string, operati
       sub.format === 'binary' || key === 'file' ? { key, type: 'file', src: [] } : { key, value: String(exampleOf(sub, doc, key) ?? ''), type: 'text' },
     );
     body = { mode: 'formdata', formdata: fields };
+  } else if (Object.keys(content).length === 0 && UPLOADS.some((u) => u.method === method && u.path.test(path))) {
+    body = { mode: 'formdata', formdata: [{ key: 'file', type: 'file', src: [] }] };
   } else {
     const [type] = Object.keys(content);
     if (type) {

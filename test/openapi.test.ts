@@ -4,6 +4,8 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { exampleOf, firstDifference, toPostmanCollection } from '../scripts/postman-collection.ts';
 import { generateDocs, OPENAPI_FILE, POSTMAN_FILE } from '../scripts/postman.ts';
+import { README_FILE, withCurrentTable } from '../scripts/readme-config.ts';
+import { configTable } from '../src/core/config.ts';
 
 const FIX = 'run `npm run postman` and commit docs/openapi.json and docs/postman/';
 
@@ -22,6 +24,14 @@ describe('committed API documents', () => {
         assert.fail(`${name} differs from the current routes (first difference at ${where}): ${FIX}`);
       }
     }
+  });
+});
+
+describe('README', () => {
+  it('has the current configuration table, with every variable of the config schema', async () => {
+    const readme = await fs.readFile(README_FILE, 'utf8');
+    for (const { variable } of configTable()) assert.ok(readme.includes(`\`${variable}\``), `README.md does not mention ${variable}: run \`npm run readme:config -- --write\``);
+    assert.ok(readme === withCurrentTable(readme), 'README.md configuration table is out of date: run `npm run readme:config -- --write`');
   });
 });
 
