@@ -22,9 +22,9 @@ export function parseRange(header: string | undefined, size: number): ByteRange 
     return { start: Math.max(0, size - suffix), end: size - 1 };
   }
   const start = Number(first);
-  const end = last === '' ? size - 1 : Number(last);
-  if (end < start) return null; // invalid, not unsatisfiable: ignored
+  if (last !== '' && Number(last) < start) return null; // invalid, not unsatisfiable: ignored
   if (start >= size) return 'unsatisfiable';
+  const end = last === '' ? size - 1 : Number(last);
   return { start, end: Math.min(end, size - 1) };
 }
 
