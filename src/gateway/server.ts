@@ -12,6 +12,7 @@ import { type CredentialVerifier, registerAuthentication } from './auth.ts';
 import { type ReadinessCheck, registerOperations } from './operations.ts';
 import { problemOf, registerProblemHandlers } from './problem.ts';
 import type { TlsMaterial } from './tls.ts';
+import { createValidatorCompiler } from './validation.ts';
 
 /** A service's HTTP routes, registered under `/v1`. */
 export type RoutesPlugin = (app: FastifyInstance) => Promise<void>;
@@ -47,6 +48,7 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: true } },
   }) as unknown as FastifyInstance;
+  app.setValidatorCompiler(createValidatorCompiler());
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);

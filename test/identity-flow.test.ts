@@ -1,0 +1,354 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { sql } from 'kysely';
+import { SMTPServer } from 'smtp-server';
+import { startServer, type TestServer } from './helpers/server.ts';
+
+/** The user's whole life over real HTTPS: register to password reset, by mail file and by SMTP. */
+const PASSWORD = 'correct horse battery staple';
+
+async function register(server: TestServer, email: string, password = PASSWORD, key = server.keys.test.application_key) {
+  const response = await server.request('POST', '/v1/auth/register', { basic: key, json: { email, password, name: 'Alice Example' } });
+  assert.equal(response.status, 201, response.text);
+  return response.json;
+}
+
+async function login(server: TestServer, email: string, password: string, key = server.keys.test.application_key) {
+  return server.request('POST', '/v1/auth/login', { basic: key, json: { email, password } });
+}
+
+/** Waits (bounded) until the mail folder holds `count` files; returns their names, oldest first. */
+async function waitForMails(dataDir: string, count: number): Promise<string[]> {
+  const folder = path.join(dataDir, 'mail');
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const files = (await fs.readdir(folder).catch(() => [] as string[])).filter((f) => f.endsWith('.eml')).sort();
+    if (files.length >= count) return files.map((f) => path.join(folder, f));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`expected ${count} mail(s) in ${folder}`);
+}
+
+/** The text of a quoted-printable mail body, as a mail client would show it. */
+const decodeQuotedPrintable = (mail: string) =>
+  mail.replace(/=\r?\n/g, '').replace(/=([0-9A-F]{2})/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)));
+
+const resetTokenIn = (mail: string) => {
+  const match = /prt_[A-Za-z0-9_-]{43}/.exec(decodeQuotedPrintable(mail));
+  assert.ok(match, 'the mail carries a reset token');
+  return match[0];
+};
+
+describe('identity flow over HTTPS (mail as .eml files)', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ BANTU_PUBLIC_URL: 'https://bantu.example.com' });
+  });
+  after(async () => server?.close());
+
+  it('registers a user and answers a duplicate email, in any case, with 409 email_taken', async () => {
+    const created = await register(server, 'alice@example.com');
+    assert.deepEqual(Object.keys(created).sort(), ['access_token', 'expires_in', 'refresh_token', 'token_type', 'user']);
+    assert.equal(created.token_type, 'Bearer');
+    assert.equal(created.expires_in, 900);
+    assert.match(created.user.id, /^usr_/);
+    assert.deepEqual(Object.keys(created.user).sort(), ['created_at', 'email', 'id', 'name', 'role', 'updated_at']);
+    assert.equal(created.user.role, 'user');
+    assert.ok(!JSON.stringify(created).includes(PASSWORD));
+
+    const duplicate = await server.request('POST', '/v1/auth/register', {
+      basic: server.keys.test.application_key,
+      json: { email: 'ALICE@Example.COM', password: PASSWORD, name: 'Other' },
+    });
+    assert.equal(duplicate.status, 409);
+    assert.equal(duplicate.json.code, 'email_taken');
+  });
+
+  it('stores the password as argon2id with m>=19456, t>=2, p>=1', async () => {
+    const { rows } = await sql<{ password_hash: string }>`select password_hash from identity.app_user where lower(email) = 'alice@example.com'`.execute(
+      server.app.databases.environments.test,
+    );
+    const stored = rows[0]?.password_hash ?? '';
+    assert.match(stored, /^\$argon2id\$/);
+    const params = Object.fromEntries((/\$m=(\d+),t=(\d+),p=(\d+)\$/.exec(stored) ?? []).slice(1).map((v, i) => [['m', 't', 'p'][i], Number(v)]));
+    assert.ok(params.m !== undefined && params.m >= 19456, stored);
+    assert.ok(params.t !== undefined && params.t >= 2, stored);
+    assert.ok(params.p !== undefined && params.p >= 1, stored);
+  });
+
+  it('refuses bad input with 422 validation_failed and keeps nothing', async () => {
+    const key = server.keys.test.application_key;
+    const cases: Array<{ body: unknown; raw?: string; field: string }> = [
+      { body: { email: 'short@example.com', password: 'short', name: 'X' }, field: 'password' },
+      { body: { email: 'long@example.com', password: 'x'.repeat(1025), name: 'X' }, field: 'password' },
+      { body: { email: 'missing@example.com', name: 'X' }, field: 'password' },
+      { body: { email: 'not-an-email', password: PASSWORD, name: 'X' }, field: 'email' },
+      { body: { email: 'types@example.com', password: 12345678, name: 'X' }, field: 'password' },
+      { body: { email: 'name@example.com', password: PASSWORD, name: 'n'.repeat(201) }, field: 'name' },
+      { body: { email: 'extra@example.com', password: PASSWORD, name: 'X', role: 'admin' }, field: 'role' },
+      { body: undefined, raw: '{"email": "broken@example.com", ', field: 'body' },
+    ];
+    for (const c of cases) {
+      const response = await server.request('POST', '/v1/auth/register', {
+        basic: key,
+        ...(c.raw ? { body: c.raw, headers: { 'content-type': 'application/json' } } : { json: c.body }),
+      });
+      assert.equal(response.status, 422, `${JSON.stringify(c.body ?? c.raw)} -> ${response.text}`);
+      assert.equal(response.json.code, 'validation_failed');
+      assert.ok(response.json.errors.some((e: { field: string }) => e.field === c.field), response.text);
+    }
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from identity.app_user where email <> 'alice@example.com'`.execute(
+      server.app.databases.environments.test,
+    );
+    assert.equal(rows[0]?.n, 0, 'no failed registration left a user behind');
+  });
+
+  it('logs in case-insensitively; wrong password and unknown email get the same 401', async () => {
+    const ok = await login(server, 'Alice@Example.com', PASSWORD);
+    assert.equal(ok.status, 200);
+    assert.equal(ok.json.user.email, 'alice@example.com');
+    const wrong = await login(server, 'alice@example.com', 'not the password');
+    const unknown = await login(server, 'nobody@example.com', 'not the password');
+    assert.equal(wrong.status, 401);
+    assert.equal(unknown.status, 401);
+    assert.equal(wrong.json.code, 'invalid_credentials');
+    const strip = (body: Record<string, unknown>) => ({ ...body, request_id: undefined });
+    assert.deepEqual(strip(wrong.json), strip(unknown.json));
+  });
+
+  it('reads and updates the caller with its access token; email and password changes need current_password', async () => {
+    const session = (await login(server, 'alice@example.com', PASSWORD)).json;
+    const me = await server.request('GET', '/v1/users/me', { auth: session.access_token });
+    assert.equal(me.status, 200);
+    assert.deepEqual(me.json, session.user);
+
+    const renamed = await server.request('PATCH', '/v1/users/me', { auth: session.access_token, json: { name: 'Alice Renamed' } });
+    assert.equal(renamed.status, 200);
+    assert.equal(renamed.json.name, 'Alice Renamed');
+
+    const noCurrent = await server.request('PATCH', '/v1/users/me', { auth: session.access_token, json: { email: 'alice2@example.com' } });
+    assert.equal(noCurrent.status, 422);
+    assert.equal(noCurrent.json.errors[0].field, 'current_password');
+    const wrongCurrent = await server.request('PATCH', '/v1/users/me', {
+      auth: session.access_token,
+      json: { email: 'alice2@example.com', current_password: 'wrong password' },
+    });
+    assert.equal(wrongCurrent.status, 401);
+    assert.equal(wrongCurrent.json.code, 'invalid_credentials');
+    const unknownField = await server.request('PATCH', '/v1/users/me', { auth: session.access_token, json: { role: 'admin' } });
+    assert.equal(unknownField.status, 422);
+
+    await register(server, 'taken@example.com');
+    const taken = await server.request('PATCH', '/v1/users/me', {
+      auth: session.access_token,
+      json: { email: 'TAKEN@example.com', current_password: PASSWORD },
+    });
+    assert.equal(taken.status, 409);
+    assert.equal(taken.json.code, 'email_taken');
+
+    const moved = await server.request('PATCH', '/v1/users/me', {
+      auth: session.access_token,
+      json: { email: 'alice2@example.com', current_password: PASSWORD },
+    });
+    assert.equal(moved.status, 200);
+    assert.equal(moved.json.email, 'alice2@example.com');
+    assert.equal((await login(server, 'alice2@example.com', PASSWORD)).status, 200);
+    assert.equal((await login(server, 'alice@example.com', PASSWORD)).status, 401);
+
+    // A new password ends the other sessions, not the caller's.
+    const other = (await login(server, 'alice2@example.com', PASSWORD)).json;
+    const changed = await server.request('PATCH', '/v1/users/me', {
+      auth: session.access_token,
+      json: { password: 'a brand new password', current_password: PASSWORD },
+    });
+    assert.equal(changed.status, 200);
+    const otherRefresh = await server.request('POST', '/v1/auth/refresh', { basic: server.keys.test.application_key, json: { refresh_token: other.refresh_token } });
+    assert.equal(otherRefresh.status, 400);
+    const ownRefresh = await server.request('POST', '/v1/auth/refresh', { basic: server.keys.test.application_key, json: { refresh_token: session.refresh_token } });
+    assert.equal(ownRefresh.status, 200);
+    // Back to the original for the rest of the suite.
+    const back = await server.request('PATCH', '/v1/users/me', {
+      auth: ownRefresh.json.access_token,
+      json: { email: 'alice@example.com', password: PASSWORD, current_password: 'a brand new password' },
+    });
+    assert.equal(back.status, 200);
+  });
+
+  it('rotates refresh tokens; a reused one revokes its whole family', async () => {
+    const key = server.keys.test.application_key;
+    const first = (await login(server, 'alice@example.com', PASSWORD)).json;
+    const second = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: first.refresh_token } });
+    assert.equal(second.status, 200);
+    assert.notEqual(second.json.refresh_token, first.refresh_token);
+    assert.notEqual(second.json.access_token, first.access_token);
+    const third = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: second.json.refresh_token } });
+    assert.equal(third.status, 200);
+
+    const replay = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: first.refresh_token } });
+    assert.equal(replay.status, 400);
+    assert.equal(replay.json.code, 'invalid_token');
+    const afterReplay = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: third.json.refresh_token } });
+    assert.equal(afterReplay.status, 400, 'the newest token of the family died with it');
+
+    const unrelated = (await login(server, 'alice@example.com', PASSWORD)).json;
+    const stillFine = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: unrelated.refresh_token } });
+    assert.equal(stillFine.status, 200, 'other sessions are untouched');
+
+    const audit = await server.request('GET', '/v1/audit?limit=200', { basic: server.keys.test.account_key });
+    assert.ok(audit.json.data.some((e: { type: string }) => e.type === 'refresh_token_reused'));
+  });
+
+  it('logs out: the session ends', async () => {
+    const session = (await login(server, 'alice@example.com', PASSWORD)).json;
+    const out = await server.request('POST', '/v1/auth/logout', { auth: session.access_token, json: { refresh_token: session.refresh_token } });
+    assert.equal(out.status, 204);
+    const refresh = await server.request('POST', '/v1/auth/refresh', { basic: server.keys.test.application_key, json: { refresh_token: session.refresh_token } });
+    assert.equal(refresh.status, 400);
+    const byKey = await server.request('POST', '/v1/auth/logout', { basic: server.keys.test.application_key, json: { refresh_token: session.refresh_token } });
+    assert.equal(byKey.status, 403, 'logout takes a user token');
+  });
+
+  it('recovers a password through a mailed single-use token', async () => {
+    const key = server.keys.test.application_key;
+    const before = (await login(server, 'alice@example.com', PASSWORD)).json;
+    const known = await server.request('POST', '/v1/auth/password/forgot', { basic: key, json: { email: 'ALICE@example.com' } });
+    const unknown = await server.request('POST', '/v1/auth/password/forgot', { basic: key, json: { email: 'ghost@example.com' } });
+    assert.equal(known.status, 202);
+    assert.equal(unknown.status, 202);
+    assert.deepEqual(known.json, unknown.json);
+
+    const [file] = await waitForMails(server.dataDir, 1);
+    const mail = await fs.readFile(file as string, 'utf8');
+    assert.match(mail, /^To: alice@example\.com$/m);
+    assert.match(mail, /^Subject: Reset your password$/m);
+    assert.match(decodeQuotedPrintable(mail), /https:\/\/bantu\.example\.com\/reset-password\?token=prt_/);
+    const token = resetTokenIn(mail);
+
+    const weak = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'short' } });
+    assert.equal(weak.status, 422);
+    const reset = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'reset password 123' } });
+    assert.equal(reset.status, 204);
+    const again = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'another password' } });
+    assert.equal(again.status, 400);
+    assert.equal(again.json.code, 'invalid_token');
+
+    const oldRefresh = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: before.refresh_token } });
+    assert.equal(oldRefresh.status, 400, 'the reset ended every session');
+    assert.equal((await login(server, 'alice@example.com', PASSWORD)).status, 401, 'the old password is refused');
+    assert.equal((await login(server, 'alice@example.com', 'reset password 123')).status, 200, 'the new one works');
+    assert.equal((await waitForMails(server.dataDir, 1)).length, 1, 'no mail for an unknown address');
+  });
+
+  it('refuses an expired reset token with 400 invalid_token', async () => {
+    const key = server.keys.test.application_key;
+    await server.request('POST', '/v1/auth/password/forgot', { basic: key, json: { email: 'taken@example.com' } });
+    const files = await waitForMails(server.dataDir, 2);
+    const token = resetTokenIn(await fs.readFile(files[1] as string, 'utf8'));
+    await sql`update identity.password_reset set expires_at = now() - interval '1 second' where used_at is null`.execute(server.app.databases.environments.test);
+    const expired = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'a fine new password' } });
+    assert.equal(expired.status, 400);
+    assert.equal(expired.json.code, 'invalid_token');
+    const bogus = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token: 'prt_nonsense', password: 'a fine new password' } });
+    assert.equal(bogus.status, 400);
+  });
+
+  it('throttles repeated failures per account with 429 and Retry-After, known or unknown alike', async () => {
+    await register(server, 'target@example.com');
+    for (const email of ['target@example.com', 'nobody-here@example.com']) {
+      for (let i = 0; i < 5; i++) assert.equal((await login(server, email, `wrong ${i}`)).status, 401);
+      const limited = await login(server, email, 'wrong again');
+      assert.equal(limited.status, 429);
+      assert.equal(limited.json.code, 'rate_limited');
+      assert.ok(Number(limited.headers['retry-after']) > 0);
+    }
+    const rightButLocked = await login(server, 'target@example.com', PASSWORD);
+    assert.equal(rightButLocked.status, 429, 'a correct guess does not slip through');
+    assert.equal((await login(server, 'alice@example.com', 'reset password 123')).status, 200, 'other accounts are not affected');
+  });
+
+  it('lists security events for the account key, newest first, with a cursor', async () => {
+    const key = server.keys.test.account_key;
+    const all: Array<{ id: string; type: string; created_at: string; ip: string | null }> = [];
+    let cursor: string | null = null;
+    do {
+      const page = await server.request('GET', `/v1/audit?limit=7${cursor ? `&cursor=${cursor}` : ''}`, { basic: key });
+      assert.equal(page.status, 200, page.text);
+      all.push(...page.json.data);
+      cursor = page.json.next_cursor;
+    } while (cursor);
+    const types = new Set(all.map((e) => e.type));
+    for (const type of ['user_created', 'login_succeeded', 'login_failed', 'login_throttled', 'password_reset', 'password_changed']) assert.ok(types.has(type), type);
+    const ids = all.map((e) => e.id);
+    assert.deepEqual(ids, [...ids].sort().reverse(), 'newest first');
+    assert.equal(new Set(ids).size, ids.length);
+    assert.ok(all.every((e) => e.ip === '127.0.0.1' || e.ip === '::ffff:127.0.0.1'));
+    assert.ok(!JSON.stringify(all).includes(PASSWORD), 'no password in the audit trail');
+    assert.equal((await server.request('GET', '/v1/audit', { basic: server.keys.test.application_key })).status, 403);
+  });
+
+  it('publishes the signing keys at /.well-known/jwks.json', async () => {
+    const response = await server.request('GET', '/.well-known/jwks.json');
+    assert.equal(response.status, 200);
+    assert.equal(response.json.keys.length, 2, 'one key per environment');
+    for (const key of response.json.keys) {
+      assert.equal(key.kty, 'OKP');
+      assert.equal(key.crv, 'Ed25519');
+      assert.equal(key.alg, 'EdDSA');
+      assert.ok(key.kid);
+      assert.equal(key.d, undefined, 'never the private part');
+    }
+  });
+});
+
+describe('identity mail over SMTP', () => {
+  let server: TestServer;
+  let smtp: SMTPServer;
+  const received: Array<{ to: string[]; data: string }> = [];
+  let notify: (() => void) | undefined;
+
+  before(async () => {
+    smtp = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['STARTTLS'],
+      logger: false,
+      onData(stream, session, callback) {
+        const chunks: Buffer[] = [];
+        stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+        stream.on('end', () => {
+          received.push({ to: session.envelope.rcptTo.map((r) => r.address), data: Buffer.concat(chunks).toString('utf8') });
+          notify?.();
+          callback();
+        });
+      },
+    });
+    await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', () => resolve()));
+    const { port } = smtp.server.address() as AddressInfo;
+    server = await startServer({ SMTP_URL: `smtp://127.0.0.1:${port}` });
+  });
+  after(async () => {
+    await server?.close();
+    await new Promise<void>((resolve) => smtp.close(() => resolve()));
+  });
+
+  it('delivers the reset mail to the SMTP server and the token works', async () => {
+    const key = server.keys.live.application_key;
+    await register(server, 'bob@example.com', PASSWORD, key);
+    const arrived = new Promise<void>((resolve) => {
+      notify = resolve;
+    });
+    const forgot = await server.request('POST', '/v1/auth/password/forgot', { basic: key, json: { email: 'bob@example.com' } });
+    assert.equal(forgot.status, 202);
+    await arrived;
+    assert.equal(received.length, 1, JSON.stringify(received));
+    assert.deepEqual(received[0]?.to, ['bob@example.com']);
+    assert.match(received[0]?.data ?? '', /Subject: Reset your password/);
+    const token = resetTokenIn(received[0]?.data ?? '');
+    const reset = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'smtp delivered pw' } });
+    assert.equal(reset.status, 204);
+    assert.equal((await login(server, 'bob@example.com', 'smtp delivered pw', key)).status, 200);
+    const files = await fs.readdir(path.join(server.dataDir, 'mail')).catch(() => []);
+    assert.equal(files.length, 0, 'with SMTP_URL no .eml file is written');
+  });
+});
