@@ -13,8 +13,13 @@ import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
  * Delivery order is (xid, id), and a row is read only once its writing transaction is
  * older than every running one (`xid < pg_snapshot_xmin(pg_current_snapshot())`). A plain
  * `id > cursor` reader would silently skip a row whose transaction got a smaller id but
- * committed after a larger one. Writers of one subject (a file) lock its row first, so
- * their xids follow their commit order and events of one subject arrive in commit order.
+ * committed after a larger one.
+ *
+ * Per-subject order: a writer of a subject (a file) calls `lockSubject` as the FIRST
+ * statement of its transaction. An advisory lock is taken without a transaction id, so
+ * the xid is assigned only once the lock is held: xids of one subject's writers then follow
+ * their commit order. (A row lock is not enough: UPDATE and SELECT FOR UPDATE take their
+ * xid before waiting, and two waiters may be granted the row in the other order.)
  *
  * Consumers wake on NOTIFY (sent by the same transaction, so only on commit) and poll as
  * a fallback. A failing event is retried with backoff, then set aside as a dead letter.
@@ -32,6 +37,14 @@ interface OutboxRow {
   actor: BusEvent['actor'];
   data: Record<string, unknown>;
   occurred_at: Date;
+}
+
+/**
+ * Serialises the writers of one subject until the end of the transaction. Call it before
+ * anything that writes, or the per-subject delivery order is lost.
+ */
+export async function lockSubject(trx: unknown, subject: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${subject}, 0))`.execute(trx as Tx);
 }
 
 export function eventIdOf(id: number | bigint): string {
@@ -164,7 +177,7 @@ export class OutboxBus implements EventBus {
       from bus.outbox
       where (xid, id) > (${after.xid}::xid8, ${after.id})
         and xid < pg_snapshot_xmin(pg_current_snapshot())
-      order by xid, id
+      order by outbox.xid, outbox.id -- the table column: the text alias "xid" would sort 1000 before 999
       limit ${limit}`.execute(db);
     return result.rows;
   }

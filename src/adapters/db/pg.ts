@@ -22,6 +22,8 @@ export type Tx = Transaction<any>;
 export const ENVIRONMENTS: readonly Environment[] = ['live', 'test'];
 
 export interface Databases {
+  /** URL of the control database; the environment databases share its server. */
+  controlUrl: string;
   control: Db;
   environments: Record<Environment, Db>;
   /** Connection settings of each environment database, for LISTEN connections. */
@@ -75,8 +77,10 @@ export async function openDatabases(baseUrl: string, controlName = databaseName(
   const names = { control: controlName, live: `${controlName}_live`, test: `${controlName}_test` };
   await ensureDatabases(baseUrl, Object.values(names));
   const environmentUrls = { live: withDatabase(baseUrl, names.live), test: withDatabase(baseUrl, names.test) };
+  const controlUrl = withDatabase(baseUrl, names.control);
   const databases: Databases = {
-    control: connect(withDatabase(baseUrl, names.control), 5),
+    controlUrl,
+    control: connect(controlUrl, 5),
     environments: { live: connect(environmentUrls.live), test: connect(environmentUrls.test) },
     environmentUrls,
     async close() {
