@@ -80,3 +80,72 @@ export async function blobCount(server: TestServer, environment: 'live' | 'test'
   }
   return count;
 }
+
+/**
+ * A hand-driven HTTPS upload: sends the headers, then `write` decides how much body to send.
+ * Resolves with the response (status and parsed body) as soon as one arrives, even mid-body.
+ */
+export async function streamUpload(
+  server: TestServer,
+  options: {
+    method?: string;
+    path: string;
+    key: string;
+    headers: Record<string, string | number>;
+    write: (request: import('node:http').ClientRequest) => Promise<void>;
+  },
+): Promise<{ status: number; json: any; headers: import('node:http').IncomingHttpHeaders }> {
+  const https = await import('node:https');
+  const url = new URL(options.path, server.url);
+  return new Promise((resolve, reject) => {
+    const request = https.request(url, {
+      method: options.method ?? 'POST',
+      ca: server.ca,
+      agent: false,
+      headers: { authorization: `Bearer ${options.key}`, ...options.headers },
+    });
+    let answered = false;
+    request.on('response', (response) => {
+      answered = true;
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        let json: unknown;
+        try {
+          json = text ? JSON.parse(text) : undefined;
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: response.statusCode ?? 0, json, headers: response.headers });
+        request.destroy();
+      });
+    });
+    // Writing after the server answered and closed may fail: the answer is what counts.
+    request.on('error', (error) => {
+      if (!answered) reject(error);
+    });
+    request.flushHeaders();
+    options.write(request).catch(() => undefined);
+  });
+}
+
+/** Writes `total` random bytes in chunks, waiting for drain; stops when the request is destroyed. */
+export async function writeChunks(request: import('node:http').ClientRequest, total: number, chunk = 64 * 1024, end = true): Promise<void> {
+  let sent = 0;
+  while (sent < total && !request.destroyed) {
+    const size = Math.min(chunk, total - sent);
+    sent += size;
+    if (!request.write(randomBytes(size))) await new Promise((resolve) => request.once('drain', resolve));
+  }
+  if (end && !request.destroyed) request.end();
+}
+
+/** Polls until `condition` holds (a wait, not a timing assertion: the limit only stops a hung test). */
+export async function until(condition: () => boolean | Promise<boolean>, what: string, limitMs = 60_000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

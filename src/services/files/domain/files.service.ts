@@ -209,7 +209,7 @@ export class FilesService {
     principal: FilesPrincipal,
     input: { name: string; path: string; owner: string | null; contentType?: string; blob: StoredBlob; idempotency?: Idempotency },
   ): Promise<WriteAnswer> {
-    return this.recordWrite(principal, input.idempotency, 201, async (trx) => {
+    return this.recordWrite(principal, input.idempotency, 201, null, async (trx) => {
       let row: repo.FileRow;
       try {
         row = await repo.insertFile(trx, {
@@ -238,8 +238,7 @@ export class FilesService {
     id: string,
     input: { contentType?: string; blob: StoredBlob; ifMatch?: string; idempotency?: Idempotency },
   ): Promise<WriteAnswer> {
-    return this.recordWrite(principal, input.idempotency, 200, async (trx) => {
-      const current = await this.lockVisible(trx, principal, id);
+    return this.recordWrite(principal, input.idempotency, 200, id, async (trx, current) => {
       if (input.ifMatch !== undefined && !etagMatches(input.ifMatch, current.sha256)) {
         fail(Errors.versionConflict, `The file's content is now "${current.sha256}" (version ${current.version})`);
       }
@@ -261,8 +260,7 @@ export class FilesService {
   async update(principal: FilesPrincipal, id: string, input: { name?: string; path?: string }): Promise<FileObject> {
     const name = input.name === undefined ? undefined : validateName(input.name);
     const path = input.path === undefined ? undefined : normalizePath(input.path);
-    const answer = await this.recordWrite(principal, undefined, 200, async (trx) => {
-      const current = await this.lockVisible(trx, principal, id);
+    const answer = await this.recordWrite(principal, undefined, 200, id, async (trx, current) => {
       const next = { name: name ?? current.name, path: path ?? current.path };
       if (next.name === current.name && next.path === current.path) return { row: current, type: null };
       let row: repo.FileRow;
@@ -281,8 +279,7 @@ export class FilesService {
 
   /** Deletes the live file; its versions stay recorded (and backed up). */
   async remove(principal: FilesPrincipal, id: string): Promise<void> {
-    await this.recordWrite(principal, undefined, 204, async (trx) => {
-      const current = await this.lockVisible(trx, principal, id);
+    await this.recordWrite(principal, undefined, 204, id, async (trx, current) => {
       await repo.markDeleted(trx, principal.tenantId, id);
       await this.addUsage(trx, principal, { files: -1, bytes: 0, versions: 0 });
       return { row: current, type: 'File_delete' };
@@ -353,31 +350,30 @@ export class FilesService {
   }
 
   /**
-   * One write transaction: `change` (which locks its file row first, when there is one) and,
-   * in the same commit, the idempotency answer and the File_* event carrying the File object.
+   * One write transaction, in this order: lock the file row (when `lockId` names one; it is
+   * the FIRST statement, see repo.lockFile), claim the Idempotency-Key, make the change, then
+   * record the answer and append the File_* event carrying the File object, all in one commit.
+   * Claiming the key before the change makes a concurrent twin wait on the key and then
+   * replay this answer, instead of failing on the change (file_exists, version_conflict).
    */
   private async recordWrite(
     principal: FilesPrincipal,
     idempotency: Idempotency | undefined,
     status: number,
-    change: (trx: Tx) => Promise<{ row: repo.FileRow; type: FileEventType | null }>,
+    lockId: string | null,
+    change: (trx: Tx, locked: repo.FileRow) => Promise<{ row: repo.FileRow; type: FileEventType | null }>,
   ): Promise<WriteAnswer> {
+    const scope = { tenant_id: principal.tenantId, principal: principalKey(principal) };
     try {
       return await this.inTenant(principal, async (trx) => {
-        const { row, type } = await change(trx);
-        const file = toFileObject(row);
+        const locked = lockId === null ? undefined : await this.lockVisible(trx, principal, lockId);
         if (idempotency) {
-          const recorded = await repo.insertIdempotency(trx, {
-            tenant_id: principal.tenantId,
-            principal: principalKey(principal),
-            key: idempotency.key,
-            fingerprint: idempotency.fingerprint,
-            status,
-            response: file,
-            ttlSeconds: IDEMPOTENCY_TTL_SECONDS,
-          });
-          if (!recorded) throw new KeyTaken();
+          const claimed = await repo.claimIdempotency(trx, { ...scope, key: idempotency.key, fingerprint: idempotency.fingerprint, ttlSeconds: IDEMPOTENCY_TTL_SECONDS });
+          if (!claimed) throw new KeyTaken();
         }
+        const { row, type } = await change(trx, locked as repo.FileRow);
+        const file = toFileObject(row);
+        if (idempotency) await repo.completeIdempotency(trx, { ...scope, key: idempotency.key, status, response: file });
         if (type) {
           await this.deps.bus.append(trx, principal.environment, {
             type,
@@ -391,7 +387,7 @@ export class FilesService {
       });
     } catch (error) {
       if (!(error instanceof KeyTaken) || !idempotency) throw error;
-      // A twin request with the same key committed while this one was uploading.
+      // A twin request with the same key committed first.
       const recorded = await this.recordedAnswer(principal, idempotency.key);
       if (!recorded) throw error;
       return this.replay(recorded, idempotency.fingerprint);

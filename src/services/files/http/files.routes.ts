@@ -52,7 +52,10 @@ async function receive(
   }
   const fields: Record<string, string> = {};
   let received: Received | undefined;
-  for await (const part of request.parts({ limits: { parts: 20, fields: 10, fieldSize: 4096 } })) {
+  // No fileSize limit here: busboy would silently truncate at it. The blob store enforces the
+  // upload limit itself, failing the upload (413) instead of keeping a cut file.
+  const limits = { parts: 20, fields: 10, fieldSize: 4096, fileSize: Number.MAX_SAFE_INTEGER };
+  for await (const part of request.parts({ limits })) {
     if (part.type === 'field') {
       if (typeof part.value === 'string') fields[part.fieldname] = part.value;
       continue;
@@ -141,15 +144,17 @@ function uploadRoutes(files: FilesService) {
           };
         };
 
-        // A raw body names its target in the query: check it before reading a byte.
+        // Fail fast, before the bytes are stored, on what the request already says. Not with an
+        // Idempotency-Key: a twin that committed meanwhile must be replayed, not refused.
+        const precheck = !key;
         if (!multipartBody) {
           const early = target({});
-          if (!recorded) await files.precheckCreate(principal, early);
+          if (precheck) await files.precheckCreate(principal, early);
         }
         const received = await receive(request, async (content, early) => {
           if (multipartBody) {
             const known = target(early.fields, early.filename);
-            if (!recorded) await files.precheckCreate(principal, known);
+            if (precheck) await files.precheckCreate(principal, known);
           }
           return recorded ? files.hashContent(content, limit) : files.storeContent(principal, content, limit);
         });
@@ -184,7 +189,7 @@ function uploadRoutes(files: FilesService) {
         const ifMatch = request.headers['if-match'];
         const limit = await files.checkDeclaredSize(principal, declaredLength(request), request.isMultipart() ? MULTIPART_SLACK : 0);
         const recorded = key ? await files.recordedAnswer(principal, key) : null;
-        if (!recorded) await files.precheckReplace(principal, id, ifMatch);
+        if (!recorded) await files.precheckReplace(principal, id, key ? undefined : ifMatch);
         const received = await receive(request, (content) =>
           recorded ? files.hashContent(content, limit) : files.storeContent(principal, content, limit),
         );

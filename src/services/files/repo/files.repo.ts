@@ -42,11 +42,18 @@ export async function findFile(trx: Tx, tenantId: string, id: string, owner: str
 }
 
 /**
- * Locks a live file row. Writers call this as the FIRST statement of their transaction: the
- * transaction gets its id (xid) while holding the lock, so for one file the xid order of
- * writers is their commit order, which is the order the outbox delivers their events in.
+ * Locks a live file for a write. Writers call this FIRST in their transaction, so that for
+ * one file the order of their transaction ids (xid) is their commit order, which is the order
+ * the outbox delivers their events in.
+ *
+ * The lock is a transaction-level advisory lock on the file id, taken before the row lock:
+ * a plain `select ... for update` is not enough, because a waiter that follows the row's
+ * update chain gets its xid while still waiting (heap_lock_updated_tuple), so under
+ * contention xids come out of commit order (seen with 20 concurrent replaces). An advisory
+ * lock never assigns an xid; the row lock taken after it, uncontended, assigns it.
  */
 export async function lockFile(trx: Tx, tenantId: string, id: string): Promise<FileRow | null> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${`files.file:${id}`}, 0))`.execute(trx);
   const result = await sql<FileRow>`
     select ${columns} from files.file
     where tenant_id = ${tenantId} and id = ${id} and deleted_at is null
@@ -142,24 +149,33 @@ export async function findIdempotency(trx: Tx, tenantId: string, principal: stri
 }
 
 /**
- * Records an answer under its key; an expired record of the same key is replaced. Returns
- * false when a live record holds the key (a concurrent twin committed first): the caller
- * rolls back and answers from that record.
+ * Claims a key for this transaction (an expired record of it is replaced). Returns false when
+ * a live record holds it. A concurrent claim of the same key waits on the primary key until
+ * this transaction ends, then sees the committed record (or claims the key after a rollback).
  */
-export async function insertIdempotency(
+export async function claimIdempotency(
   trx: Tx,
-  record: { tenant_id: string; principal: string; key: string; fingerprint: string; status: number; response: unknown; ttlSeconds: number },
+  claim: { tenant_id: string; principal: string; key: string; fingerprint: string; ttlSeconds: number },
 ): Promise<boolean> {
   const result = await sql`
     insert into files.idempotency as i (tenant_id, principal, key, fingerprint, status, response, expires_at)
-    values (${record.tenant_id}, ${record.principal}, ${record.key}, ${record.fingerprint}, ${record.status},
-            ${JSON.stringify(record.response)}::jsonb, now() + make_interval(secs => ${record.ttlSeconds}))
+    values (${claim.tenant_id}, ${claim.principal}, ${claim.key}, ${claim.fingerprint}, 0, '{}'::jsonb,
+            now() + make_interval(secs => ${claim.ttlSeconds}))
     on conflict (tenant_id, principal, key) do update
-      set fingerprint = excluded.fingerprint, status = excluded.status, response = excluded.response,
-          created_at = now(), expires_at = excluded.expires_at
+      set fingerprint = excluded.fingerprint, status = 0, response = '{}'::jsonb, created_at = now(), expires_at = excluded.expires_at
       where i.expires_at <= now()
     returning 1`.execute(trx);
   return result.rows.length > 0;
+}
+
+/** Stores the answer of a claimed key, in the transaction that claimed it. */
+export async function completeIdempotency(
+  trx: Tx,
+  answer: { tenant_id: string; principal: string; key: string; status: number; response: unknown },
+): Promise<void> {
+  await sql`
+    update files.idempotency set status = ${answer.status}, response = ${JSON.stringify(answer.response)}::jsonb
+    where tenant_id = ${answer.tenant_id} and principal = ${answer.principal} and key = ${answer.key}`.execute(trx);
 }
 
 /** Across tenants (the sweeper's connection is not tenant-bound). */

@@ -1,0 +1,230 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { sql } from 'kysely';
+import { blobCount, eventsOf, multipartBody, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
+import { startServer, type TestServer } from './helpers/server.ts';
+
+const MiB = 1024 * 1024;
+
+async function fileCount(server: TestServer): Promise<number> {
+  const result = await sql<{ n: number }>`select count(*)::int as n from files.file`.execute(server.app.databases.environments.test);
+  return result.rows[0]?.n ?? 0;
+}
+
+describe('upload limits, disconnects and idempotency', () => {
+  let server: TestServer;
+  let key: string;
+  before(async () => {
+    server = await startServer({ BANTU_MAX_UPLOAD_BYTES: String(MiB) });
+    key = server.keys.test.account_key;
+  });
+  after(async () => server?.close());
+
+  it('answers 413 from Content-Length before reading the body, keeping nothing', async () => {
+    const [blobs, files] = [await blobCount(server), await fileCount(server)];
+    const response = await streamUpload(server, {
+      path: '/v1/files?name=big.bin',
+      key,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': MiB + 1 },
+      write: async () => undefined, // not one byte of body: the answer comes from the header alone
+    });
+    assert.equal(response.status, 413);
+    assert.equal(response.json.code, 'payload_too_large');
+    assert.equal(response.headers.connection, 'close');
+    assert.equal(await blobCount(server), blobs);
+    assert.equal(await fileCount(server), files);
+    assert.deepEqual(await tempFiles(server), []);
+  });
+
+  it('answers 413 mid-stream for a chunked body with no Content-Length, raw or multipart, keeping nothing', async () => {
+    const [blobs, files] = [await blobCount(server), await fileCount(server)];
+    const raw = await streamUpload(server, {
+      path: '/v1/files?name=chunked.bin',
+      key,
+      headers: { 'content-type': 'application/octet-stream' },
+      write: (request) => writeChunks(request, 3 * MiB),
+    });
+    assert.equal(raw.status, 413);
+    assert.equal(raw.json.code, 'payload_too_large');
+
+    const boundary = 'xBoundaryx';
+    const multipart = await streamUpload(server, {
+      path: '/v1/files',
+      key,
+      headers: { 'content-type': `multipart/form-data; boundary=${boundary}` },
+      write: async (request) => {
+        request.write(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="mp.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`);
+        await writeChunks(request, 3 * MiB, 64 * 1024, false);
+      },
+    });
+    assert.equal(multipart.status, 413);
+    assert.equal(multipart.json.code, 'payload_too_large');
+    await until(async () => (await tempFiles(server)).length === 0, 'temp files to go');
+    assert.equal(await blobCount(server), blobs);
+    assert.equal(await fileCount(server), files);
+
+    const exact = await uploadRaw(server, key, randomBytes(MiB), { name: 'exactly-the-limit.bin' });
+    assert.equal(exact.status, 201, 'the limit itself is allowed');
+  });
+
+  for (const kind of ['raw', 'multipart'] as const) {
+    it(`leaves nothing behind when the client disconnects mid-upload (${kind})`, async () => {
+      const [blobs, files] = [await blobCount(server), await fileCount(server)];
+      const https = await import('node:https');
+      const boundary = 'yBoundaryy';
+      const request = https.request(new URL(kind === 'raw' ? '/v1/files?name=cut.bin' : '/v1/files', server.url), {
+        method: 'POST',
+        ca: server.ca,
+        agent: false,
+        headers: {
+          authorization: `Bearer ${key}`,
+          'content-type': kind === 'raw' ? 'application/octet-stream' : `multipart/form-data; boundary=${boundary}`,
+          'content-length': 900 * 1024,
+        },
+      });
+      request.on('error', () => undefined);
+      if (kind === 'multipart') request.write(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n\r\n`);
+      await writeChunks(request, 300 * 1024, 16 * 1024, false);
+      await until(async () => (await tempFiles(server)).length > 0, 'the upload to reach the store');
+      request.destroy();
+      await until(async () => (await tempFiles(server)).length === 0, 'the temp file to be removed');
+      assert.equal(await blobCount(server), blobs);
+      assert.equal(await fileCount(server), files);
+      const after = await server.request('GET', '/healthz');
+      assert.equal(after.status, 200, 'the server is fine');
+    });
+  }
+
+  it('replays a retried create with the same Idempotency-Key, storing nothing twice; another request under it is 409', async () => {
+    const content = randomBytes(10_000);
+    const headers = { 'idempotency-key': 'create-once-1' };
+    const first = await uploadRaw(server, key, content, { name: 'idem.bin', headers });
+    assert.equal(first.status, 201, first.text);
+    const [blobs, files] = [await blobCount(server), await fileCount(server)];
+    const retry = await uploadRaw(server, key, content, { name: 'idem.bin', headers });
+    assert.equal(retry.status, 201);
+    assert.deepEqual(retry.json, first.json);
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.equal(await blobCount(server), blobs);
+    assert.equal(await fileCount(server), files);
+    assert.equal((await eventsOf(server, first.json.id)).length, 1, 'one event');
+
+    const otherBody = await uploadRaw(server, key, randomBytes(10_000), { name: 'idem.bin', headers });
+    assert.equal(otherBody.status, 409);
+    assert.equal(otherBody.json.code, 'idempotency_conflict');
+    const otherName = await uploadRaw(server, key, content, { name: 'idem-2.bin', headers });
+    assert.equal(otherName.status, 409);
+    assert.equal(otherName.json.code, 'idempotency_conflict');
+    assert.equal(await blobCount(server), blobs, 'a refused retry keeps no bytes');
+
+    // The same key from another caller is another key.
+    const otherCaller = await uploadRaw(server, server.keys.live.account_key, content, { name: 'idem.bin', headers });
+    assert.equal(otherCaller.status, 201);
+    assert.notEqual(otherCaller.json.id, first.json.id);
+  });
+
+  it('answers concurrent twins of one create with one file', async () => {
+    const content = randomBytes(50_000);
+    const responses = await Promise.all(
+      Array.from({ length: 5 }, () => uploadRaw(server, key, content, { name: 'twins.bin', headers: { 'idempotency-key': 'twins-1' } })),
+    );
+    for (const response of responses) assert.equal(response.status, 201, response.text);
+    assert.equal(new Set(responses.map((r) => r.json.id)).size, 1);
+    const rows = await sql`select id from files.file where name = 'twins.bin'`.execute(server.app.databases.environments.test);
+    assert.equal(rows.rows.length, 1);
+  });
+
+  it('replays a retried replace with the same Idempotency-Key: one new version, not two', async () => {
+    const created = (await uploadRaw(server, key, 'v1', { name: 'idem-replace.txt' })).json;
+    const put = () =>
+      server.request('PUT', `/v1/files/${created.id}/content`, {
+        auth: key,
+        body: 'v2',
+        headers: { 'content-type': 'text/plain', 'idempotency-key': 'replace-1', 'if-match': `"${created.sha256}"` },
+      });
+    const first = await put();
+    assert.equal(first.status, 200);
+    assert.equal(first.json.version, 2);
+    const retry = await put();
+    assert.equal(retry.status, 200, 'a replay, not a 412, although If-Match is now stale');
+    assert.deepEqual(retry.json, first.json);
+    const versions = await sql`select version from files.file_version where file_id = ${created.id}`.execute(server.app.databases.environments.test);
+    assert.equal(versions.rows.length, 2);
+  });
+
+  it('keeps every one of 20 concurrent replaces: 21 distinct versions, events in version order', async () => {
+    const created = (await uploadRaw(server, key, 'base', { name: 'contended.txt' })).json;
+    const contents = Array.from({ length: 20 }, (_, i) => Buffer.from(`replace number ${i} ${randomBytes(8).toString('hex')}`));
+    const responses = await Promise.all(
+      contents.map((body) => server.request('PUT', `/v1/files/${created.id}/content`, { auth: key, body, headers: { 'content-type': 'text/plain' } })),
+    );
+    for (const response of responses) assert.equal(response.status, 200, response.text);
+    assert.deepEqual(responses.map((r) => r.json.version).sort((a, b) => a - b), Array.from({ length: 20 }, (_, i) => i + 2));
+    const versions = await sql<{ version: number; sha256: string }>`
+      select version, sha256 from files.file_version where file_id = ${created.id} order by version`.execute(server.app.databases.environments.test);
+    assert.deepEqual(versions.rows.map((v) => v.version), Array.from({ length: 21 }, (_, i) => i + 1));
+    assert.equal(new Set(versions.rows.map((v) => v.sha256)).size, 21);
+    const expected = new Set([sha256('base'), ...contents.map((c) => sha256(c))]);
+    for (const v of versions.rows) assert.ok(expected.has(v.sha256));
+    const current = await server.request('GET', `/v1/files/${created.id}`, { auth: key });
+    assert.equal(current.json.version, 21);
+    // Delivery order (xid, id) follows commit order because each writer locks the row first.
+    const events = await eventsOf(server, created.id);
+    assert.deepEqual(events.map((e) => e.data.file.version), Array.from({ length: 21 }, (_, i) => i + 1));
+  });
+});
+
+describe('tenant storage quota', () => {
+  let server: TestServer;
+  let key: string;
+  before(async () => {
+    server = await startServer({ BANTU_TENANT_QUOTA_BYTES: '100000' });
+    key = server.keys.test.account_key;
+  });
+  after(async () => server?.close());
+
+  it('answers 413 quota_exceeded over the quota, known or mid-stream, keeping nothing', async () => {
+    assert.equal((await uploadRaw(server, key, randomBytes(60_000), { name: 'a.bin' })).status, 201);
+    const blobs = await blobCount(server);
+    const known = await uploadRaw(server, key, randomBytes(50_000), { name: 'b.bin' });
+    assert.equal(known.status, 413);
+    assert.equal(known.json.code, 'quota_exceeded');
+    const chunked = await streamUpload(server, {
+      path: '/v1/files?name=c.bin',
+      key,
+      headers: { 'content-type': 'application/octet-stream' },
+      write: (request) => writeChunks(request, 50_000, 8 * 1024),
+    });
+    assert.equal(chunked.status, 413);
+    assert.equal(chunked.json.code, 'quota_exceeded');
+    const replace = await streamUpload(server, {
+      method: 'PUT',
+      path: `/v1/files/${(await server.request('GET', '/v1/files', { auth: key })).json.data[0].id}/content`,
+      key,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': 50_000 },
+      write: (request) => writeChunks(request, 50_000),
+    });
+    assert.equal(replace.status, 413);
+    assert.equal(replace.json.code, 'quota_exceeded');
+    await until(async () => (await tempFiles(server)).length === 0, 'temp files to go');
+    assert.equal(await blobCount(server), blobs);
+
+    const usage = await server.request('GET', '/v1/usage', { auth: key });
+    assert.deepEqual(usage.json, { files: 1, bytes: 60_000, versions: 1, backup_bytes: 0, quota_bytes: 100_000 });
+    assert.equal((await uploadRaw(server, key, randomBytes(40_000), { name: 'fits.bin' })).status, 201, 'up to the quota itself');
+    const other = await server.request('GET', '/v1/usage', { auth: server.keys.live.account_key });
+    assert.equal(other.json.bytes, 0, 'each environment has its own count');
+  });
+
+  it('holds the quota under concurrent uploads', async () => {
+    const fresh = await server.request('POST', '/v1/tenants', { auth: server.operatorToken, json: { name: 'Quota race' } });
+    const tenantKey = fresh.json.keys.test.account_key;
+    const responses = await Promise.all(Array.from({ length: 6 }, (_, i) => uploadRaw(server, tenantKey, randomBytes(30_000), { name: `r${i}.bin` })));
+    const accepted = responses.filter((r) => r.status === 201).length;
+    assert.equal(accepted, 3, responses.map((r) => r.status).join(','));
+    for (const r of responses) if (r.status !== 201) assert.equal(r.json.code, 'quota_exceeded');
+    const usage = await server.request('GET', '/v1/usage', { auth: tenantKey });
+    assert.equal(usage.json.bytes, 90_000);
+  });
+});
