@@ -10,7 +10,8 @@
  *   (see CREDENTIALS below), or the operation's `x-bantu-auth` list when the gateway adds it;
  * - example JSON bodies built from the request schemas;
  * - responses that carry `access_token` / `refresh_token` store them in the collection
- *   variables, so "register" or "login" followed by any user route just works.
+ *   variables, so "register" or "login" followed by any user route just works; a create
+ *   (`POST /v1/files` -> 201 {id}) stores `{{fileId}}`, which the item routes use.
  */
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -129,12 +130,11 @@ export function exampleOf(schema: Schema | undefined, doc: OpenApiDocument, name
     case 'object': {
       const out: Record<string, Json> = {};
       const required = new Set<string>(schema.required ?? []);
-      for (const [key, sub] of Object.entries((schema.properties ?? {}) as Record<string, Schema>)) {
-        // Examples show what must be sent plus the optional fields a reader would want to see,
-        // except secrets that the API reads only to confirm a change.
-        if (!required.has(key) && /^current_/.test(key)) continue;
-        out[key] = exampleOf(sub, doc, key, depth + 1);
-      }
+      const entries = Object.entries((schema.properties ?? {}) as Record<string, Schema>);
+      // What must be sent; for a body of optional fields only (a PATCH), its first field:
+      // a sample that the server accepts as it stands beats one that shows every field.
+      const shown = required.size > 0 ? entries.filter(([key]) => required.has(key)) : entries.slice(0, 1);
+      for (const [key, sub] of shown) out[key] = exampleOf(sub, doc, key, depth + 1);
       return out;
     }
     case 'array':
@@ -198,9 +198,14 @@ function requestItem(doc: OpenApiDocument, method: string, path: string, operati
         ...(p.required ? {} : { disabled: true }),
       };
     });
+  const idVariable = resourceIdVariable(path);
   const variable = parameters
     .filter((p) => p.in === 'path')
-    .map((p) => ({ key: p.name, value: '', description: p.description ?? `the ${p.name} (from a create or list answer)` }));
+    .map((p) => {
+      const named = p.schema?.examples?.[0] ?? p.schema?.example ?? p.schema?.default;
+      const value = p.name === 'id' && idVariable ? `{{${idVariable}}}` : named === undefined ? '' : String(named);
+      return { key: p.name, value, description: p.description ?? (p.name === 'id' && idVariable ? `{{${idVariable}}} is set by the last create in this folder` : `the ${p.name}`) };
+    });
   const headers: Json[] = parameters
     .filter((p) => p.in === 'header' && p.name.toLowerCase() !== 'authorization')
     .map((p) => ({ key: p.name, value: '', disabled: !p.required, ...(p.description ? { description: p.description } : {}) }));
@@ -210,7 +215,11 @@ function requestItem(doc: OpenApiDocument, method: string, path: string, operati
   const json = content['application/json'];
   if (json) {
     headers.push({ key: 'Content-Type', value: 'application/json' });
-    body = { mode: 'raw', raw: JSON.stringify(exampleOf(json.schema, doc), null, 2), options: { raw: { language: 'json' } } };
+    let raw = JSON.stringify(exampleOf(json.schema, doc), null, 2);
+    // register, login and forgot share one address so they follow on from each other; any
+    // other email (a user an admin creates) is fresh each time, so it never collides with them.
+    if (!path.startsWith('/v1/auth/')) raw = raw.replaceAll('"ada@example.com"', '"{{$randomEmail}}"');
+    body = { mode: 'raw', raw, options: { raw: { language: 'json' } } };
   } else if (content['multipart/form-data']) {
     const schema = content['multipart/form-data'].schema ?? {};
     const fields: Json[] = Object.entries((schema.properties ?? { file: { format: 'binary' } }) as Record<string, Schema>).map(([key, sub]): Json =>
@@ -246,8 +255,8 @@ function requestItem(doc: OpenApiDocument, method: string, path: string, operati
   if (description) request.description = description;
 
   const item: Record<string, Json> = { name: operation.summary ?? `${method.toUpperCase()} ${path}`, request };
-  const tests = tokenCapture(operation);
-  if (tests) item.event = [{ listen: 'test', script: { type: 'text/javascript', exec: tests } }];
+  const tests = [...(tokenCapture(operation) ?? []), ...(idCapture(method, path, operation) ?? [])];
+  if (tests.length > 0) item.event = [{ listen: 'test', script: { type: 'text/javascript', exec: tests } }];
   return item;
 }
 
@@ -282,9 +291,30 @@ function tokenCapture(operation: Operation): string[] | undefined {
   return lines;
 }
 
+/** `/v1/files/{id}/...` -> `fileId`: the collection variable that holds the id of that resource. */
+export function resourceIdVariable(path: string): string | undefined {
+  const match = /^\/v1\/([a-z_]+)\/\{id\}/.exec(path) ?? /^\/v1\/([a-z_]+)$/.exec(path);
+  if (!match?.[1]) return undefined;
+  const resource = match[1].replace(/ies$/, 'y').replace(/s$/, '');
+  return `${resource.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase())}Id`;
+}
+
+/** A create (`POST /v1/<things>` answering 201 with an `id`) stores that id for the item routes. */
+function idCapture(method: string, path: string, operation: Operation): string[] | undefined {
+  if (method !== 'post' || !/^\/v1\/[a-z_]+$/.test(path)) return undefined;
+  const created = operation.responses?.['201'];
+  const schema = created?.content?.['application/json']?.schema;
+  if (created && schema && !('id' in (schema.properties ?? {}))) return undefined;
+  if (!created && !UPLOADS.some((u) => u.method === method && u.path.test(path))) return undefined;
+  return [`if (pm.response.code === 201) pm.collectionVariables.set('${resourceIdVariable(path)}', pm.response.json().id);`];
+}
+
 export function toPostmanCollection(doc: OpenApiDocument, baseUrl = DEFAULT_BASE_URL): Json {
   const folders = new Map<string, Json[]>();
+  const idVariables = new Set<string>();
   for (const [path, operations] of Object.entries(doc.paths)) {
+    const id = /\{id\}/.test(path) ? resourceIdVariable(path) : undefined;
+    if (id) idVariables.add(id);
     for (const method of METHODS) {
       const operation = operations[method];
       if (!operation) continue;
@@ -311,6 +341,7 @@ export function toPostmanCollection(doc: OpenApiDocument, baseUrl = DEFAULT_BASE
       { key: 'accessToken', value: '', type: 'string', description: 'set by register, login and refresh' },
       { key: 'refreshToken', value: '', type: 'string', description: 'set by register, login and refresh' },
       { key: 'operatorToken', value: '', type: 'string', description: 'printed at first start; <data dir>/secrets/operator-token' },
+      ...[...idVariables].map((key) => ({ key, value: '', type: 'string', description: 'set by the create request of its folder' })),
     ],
   };
 }

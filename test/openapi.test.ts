@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { exampleOf, firstDifference, toPostmanCollection } from '../scripts/postman-collection.ts';
+import { exampleOf, firstDifference, resourceIdVariable, toPostmanCollection } from '../scripts/postman-collection.ts';
 import { generateDocs, OPENAPI_FILE, POSTMAN_FILE } from '../scripts/postman.ts';
 import { README_FILE, withCurrentTable } from '../scripts/readme-config.ts';
 import { configTable } from '../src/core/config.ts';
@@ -62,7 +62,7 @@ describe('Postman collection generator', () => {
     assert.deepEqual(collection.item.map((f: { name: string }) => f.name), ['operations', 'tenants', 'keys', 'auth', 'files']);
     assert.deepEqual(
       collection.variable.map((v: { key: string }) => v.key),
-      ['baseUrl', 'accountKey', 'applicationKey', 'accessToken', 'refreshToken', 'operatorToken'],
+      ['baseUrl', 'accountKey', 'applicationKey', 'accessToken', 'refreshToken', 'operatorToken', 'keyId'],
     );
     assert.equal(collection.variable[0].value, 'https://127.0.0.1:8443');
   });
@@ -87,8 +87,31 @@ describe('Postman collection generator', () => {
 
   it('builds examples that satisfy simple constraints', () => {
     assert.deepEqual(
-      exampleOf({ type: 'object', properties: { email: { type: 'string', format: 'email' }, password: { type: 'string', minLength: 40 }, limit: { type: 'integer', minimum: 1, maximum: 200 }, kind: { anyOf: [{ const: 'account' }, { const: 'application' }] } } }, doc),
+      exampleOf(
+        {
+          type: 'object',
+          required: ['email', 'password', 'limit', 'kind'],
+          properties: {
+            email: { type: 'string', format: 'email' },
+            password: { type: 'string', minLength: 40 },
+            limit: { type: 'integer', minimum: 1, maximum: 200 },
+            kind: { anyOf: [{ const: 'account' }, { const: 'application' }] },
+            role: { type: 'string' },
+          },
+        },
+        doc,
+      ),
       { email: 'ada@example.com', password: 'correct horse battery staplexxxxxxxxxxxx', limit: 1, kind: 'account' },
+      'required fields only',
     );
+    // A body of optional fields only (a PATCH) shows its first field, so it is valid as it stands.
+    assert.deepEqual(exampleOf({ type: 'object', properties: { name: { type: 'string' }, email: { type: 'string' }, password: { type: 'string' } } }, doc), { name: 'Example' });
+  });
+
+  it('keeps the id of a created resource for the routes of one item', () => {
+    assert.equal(resourceIdVariable('/v1/files/{id}/content'), 'fileId');
+    assert.equal(resourceIdVariable('/v1/users'), 'userId');
+    assert.equal(resourceIdVariable('/v1/keys/{id}'), 'keyId');
+    assert.equal(request('keys').request.url.variable[0].value, '{{keyId}}');
   });
 });
