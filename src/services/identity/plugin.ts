@@ -14,6 +14,7 @@ import { UserRevocations } from './domain/revocations.ts';
 import { SecretBox } from './domain/secret-box.ts';
 import { TenantsService } from './domain/tenants.service.ts';
 import { ACCESS_TOKEN_SECONDS, TokenService } from './domain/tokens.service.ts';
+import { UserCache } from './domain/user-cache.ts';
 import { UsersService } from './domain/users.service.ts';
 import type { UserPrincipal } from './domain/users.ts';
 import { authRoutes } from './http/auth.routes.ts';
@@ -66,6 +67,7 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
   const passwords = new PasswordHasher();
   const throttle = new LoginThrottle(deps.counters, deps.loginLimits);
   const revocations = new UserRevocations((ACCESS_TOKEN_SECONDS + 60) * 1000);
+  const cache = new UserCache();
   const auth = new AuthService({
     databases: deps.databases,
     tokens,
@@ -73,11 +75,12 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     throttle,
     counters: deps.counters,
     audit,
+    cache,
     mailer: deps.mailer,
     linkBase: deps.publicUrl,
     logger: deps.logger.child({ component: 'identity' }),
   });
-  const users = new UsersService({ databases: deps.databases, passwords, throttle, audit, revocations });
+  const users = new UsersService({ databases: deps.databases, passwords, throttle, audit, revocations, cache });
 
   const userTokens: CredentialVerifier = {
     async verify(credential) {

@@ -11,6 +11,7 @@ import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 import type { LoginThrottle } from './login-throttle.ts';
 import type { PasswordHasher } from './passwords.ts';
 import type { TokenService } from './tokens.service.ts';
+import type { UserCache } from './user-cache.ts';
 import { hashToken, type KeyPrincipal, newOpaqueToken, normaliseEmail, toUser, type User, type UserPrincipal } from './users.ts';
 
 /**
@@ -40,6 +41,7 @@ export interface AuthDeps {
   throttle: LoginThrottle;
   counters: CounterStore;
   audit: AuditLog;
+  cache: UserCache;
   mailer: Mailer;
   /** Base URL for links in mails (BANTU_PUBLIC_URL, or the gateway's URL). */
   linkBase: () => string;
@@ -225,6 +227,7 @@ export class AuthService {
       return user;
     });
     if (!user) throw new AppError(Errors.invalidToken, 'The reset token is invalid, used or expired');
+    this.deps.cache.forget(principal.environment, principal.tenantId, user.id);
     // Whoever proved control of the mailbox may log in again at once.
     await this.deps.throttle.succeeded(`${principal.environment}:${principal.tenantId}:${user.email.toLowerCase()}`);
   }

@@ -24,6 +24,12 @@ const CLOCK_SKEW_SECONDS = 60;
 const ALGORITHM = 'EdDSA';
 /** An unknown kid reloads the key set (another process may have rotated), at most this often. */
 const RELOAD_MIN_MS = 5_000;
+/**
+ * Verified tokens are remembered until they expire: a client sends the same token for
+ * minutes, and a signature check costs far more than the rest of a small request.
+ * Bounded; when full it is emptied (the next requests simply verify again).
+ */
+const VERIFIED_CACHE_MAX = 10_000;
 
 export interface AccessClaims {
   userId: string;
@@ -52,6 +58,7 @@ const purposeOf = (environment: Environment, kid: string) => `signing-key:${envi
 export class TokenService {
   private readonly sets = new Map<Environment, KeySet>();
   private readonly reloading = new Map<Environment, Promise<void>>();
+  private readonly verified = new Map<string, { claims: AccessClaims; expiresAtMs: number; kid: string }>();
 
   constructor(
     private readonly deps: {
@@ -151,6 +158,15 @@ export class TokenService {
    * issuer or audience, and a token of another type.
    */
   async verify(token: string): Promise<AccessClaims | null> {
+    const cached = this.verified.get(token);
+    if (cached) {
+      // Still checked on every use: expiry, and the key still being in its environment's set.
+      if (cached.expiresAtMs + CLOCK_SKEW_SECONDS * 1000 > this.now() && this.sets.get(cached.claims.environment)?.verification.has(cached.kid)) {
+        return cached.claims;
+      }
+      this.verified.delete(token);
+      return null;
+    }
     let kid: unknown;
     let environment: unknown;
     try {
@@ -174,10 +190,14 @@ export class TokenService {
         clockTolerance: CLOCK_SKEW_SECONDS,
         currentDate: new Date(this.now()),
       });
-      const { sub, tid, env, role, sid, iat } = payload;
+      const { sub, tid, env, role, sid, iat, exp } = payload;
       if (typeof sub !== 'string' || typeof tid !== 'string' || env !== environment || typeof sid !== 'string' || typeof iat !== 'number') return null;
       if (role !== 'user' && role !== 'admin') return null;
-      return { userId: sub, tenantId: tid, environment, role, sessionId: sid, issuedAt: iat };
+      if (typeof exp !== 'number') return null;
+      const claims: AccessClaims = { userId: sub, tenantId: tid, environment, role, sessionId: sid, issuedAt: iat };
+      if (this.verified.size >= VERIFIED_CACHE_MAX) this.verified.clear();
+      this.verified.set(token, { claims, expiresAtMs: exp * 1000, kid });
+      return claims;
     } catch {
       return null;
     }

@@ -10,6 +10,7 @@ import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 import type { LoginThrottle } from './login-throttle.ts';
 import type { PasswordHasher } from './passwords.ts';
 import type { UserRevocations } from './revocations.ts';
+import type { UserCache } from './user-cache.ts';
 import { normaliseEmail, type Role, type TenantBound, toUser, type User, type UserPrincipal } from './users.ts';
 
 /**
@@ -26,6 +27,7 @@ export interface UsersDeps {
   throttle: LoginThrottle;
   audit: AuditLog;
   revocations: UserRevocations;
+  cache: UserCache;
 }
 
 export interface ProfileChanges {
@@ -53,9 +55,13 @@ export class UsersService {
 
   /** The caller itself. A token of a user deleted since it was issued answers 401. */
   async me(principal: UserPrincipal): Promise<User> {
+    const cached = this.deps.cache.get(principal.environment, principal.tenantId, principal.userId);
+    if (cached) return cached;
     const row = await withTenant(this.db(principal.environment), principal.tenantId, (trx) => usersRepo.findUser(trx, principal.tenantId, principal.userId));
     if (!row) throw new AppError(Errors.unauthorized, 'This user no longer exists');
-    return toUser(row);
+    const user = toUser(row);
+    this.deps.cache.set(principal.environment, principal.tenantId, user);
+    return user;
   }
 
   async updateMe(principal: UserPrincipal, changes: ProfileChanges, context: RequestContext): Promise<User> {
@@ -77,7 +83,7 @@ export class UsersService {
       }
     }
     const passwordHash = changes.password === undefined ? undefined : await this.deps.passwords.hash(changes.password);
-    return this.write(principal.environment, principal.tenantId, async (trx) => {
+    return this.write(principal.environment, principal.tenantId, principal.userId, async (trx) => {
       const row = await usersRepo.updateUser(trx, principal.tenantId, principal.userId, {
         name: changes.name?.trim(),
         email: changes.email === undefined ? undefined : normaliseEmail(changes.email),
@@ -102,12 +108,15 @@ export class UsersService {
   }
 
   /** Runs a write and turns a taken email into 409. */
-  private async write<T>(environment: Environment, tenantId: string, work: (trx: Tx) => Promise<T>): Promise<T> {
+  private async write<T>(environment: Environment, tenantId: string, userId: string, work: (trx: Tx) => Promise<T>): Promise<T> {
     try {
       return await withTenant(this.db(environment), tenantId, work);
     } catch (error) {
       if (usersRepo.isUniqueViolation(error)) fail(Errors.emailTaken, 'An account with this email already exists');
       throw error;
+    } finally {
+      // Whether it committed or not, the next read of this user goes to the database.
+      this.deps.cache.forget(environment, tenantId, userId);
     }
   }
 
@@ -132,7 +141,7 @@ export class UsersService {
       await withTenant(this.db(principal.environment), principal.tenantId, (trx) => this.assertAdmin(trx, principal));
     }
     const passwordHash = await this.deps.passwords.hash(input.password);
-    return this.write(principal.environment, principal.tenantId, async (trx) => {
+    return this.write(principal.environment, principal.tenantId, '', async (trx) => {
       await this.assertAdmin(trx, principal);
       const row = await usersRepo.insertUser(trx, {
         id: newId('usr'),
@@ -177,7 +186,7 @@ export class UsersService {
   async update(principal: TenantBound, id: string, changes: AdminChanges, context: RequestContext): Promise<User> {
     if (principal.kind === 'user') await withTenant(this.db(principal.environment), principal.tenantId, (trx) => this.assertManages(trx, principal, id));
     const passwordHash = changes.password === undefined ? undefined : await this.deps.passwords.hash(changes.password);
-    return this.write(principal.environment, principal.tenantId, async (trx) => {
+    return this.write(principal.environment, principal.tenantId, id, async (trx) => {
       await this.assertManages(trx, principal, id);
       const before = await usersRepo.lockUser(trx, principal.tenantId, id);
       if (!before) throw notFound();
@@ -204,7 +213,7 @@ export class UsersService {
   }
 
   async delete(principal: TenantBound, id: string, context: RequestContext): Promise<void> {
-    await this.write(principal.environment, principal.tenantId, async (trx) => {
+    await this.write(principal.environment, principal.tenantId, id, async (trx) => {
       await this.assertManages(trx, principal, id);
       // Sessions and reset tokens go with the user (on delete cascade).
       const row = await usersRepo.deleteUser(trx, principal.tenantId, id);
