@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -90,6 +91,8 @@ export class DiskBlobStore implements BlobStore {
     const hash = createHash('sha256');
     let size = 0;
     let renamed = false;
+    // `flush` fsyncs the file before it is closed; the pipeline settles after the close.
+    const sink = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true, highWaterMark: this.bufferBytes });
     try {
       await pipeline(
         source,
@@ -101,8 +104,7 @@ export class DiskBlobStore implements BlobStore {
             yield chunk;
           }
         },
-        // `flush` fsyncs the file before it is closed; the pipeline settles after the close.
-        createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true, highWaterMark: this.bufferBytes }),
+        sink,
       );
       const sha256 = hash.digest('hex');
       const target = this.pathOf(sha256);
@@ -113,6 +115,9 @@ export class DiskBlobStore implements BlobStore {
       await fsyncPath(path.dirname(target));
       return { key: sha256, sha256, size };
     } catch (error) {
+      // The stream opens its file asynchronously: wait for it to close, or the open could
+      // create the temp file after we removed it.
+      if (!sink.closed) await once(sink, 'close').catch(() => undefined);
       if (!renamed) await fs.rm(temp, { force: true });
       throw error;
     }
