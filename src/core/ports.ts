@@ -18,6 +18,12 @@ export interface ConsumerOptions {
   maxAttempts?: number;
 }
 
+export interface EventFilter {
+  tenantId: string;
+  /** Only the events of this owner's subjects. */
+  ownerId?: string;
+}
+
 export interface ConsumerStatus {
   consumer: string;
   environment: Environment;
@@ -35,8 +41,12 @@ export interface ConsumerStatus {
 export interface EventBus {
   append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent>;
   consume(name: string, handler: EventHandler, options?: ConsumerOptions): void;
-  /** Events after `afterEventId` (exclusive; from the start when null), in delivery order. */
-  readSince(environment: Environment, afterEventId: string | null, limit: number): Promise<BusEvent[] | null>;
+  /**
+   * Events after `afterEventId` (exclusive; from the start when null), in delivery order,
+   * optionally only one tenant's (and one owner's). Null when `afterEventId` is unknown,
+   * pruned, or outside the filter: the caller cannot resume from it.
+   */
+  readSince(environment: Environment, afterEventId: string | null, limit: number, filter?: EventFilter): Promise<BusEvent[] | null>;
   status(name: string): Promise<ConsumerStatus[]>;
   start(): Promise<void>;
   close(): Promise<void>;

@@ -3,7 +3,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
-import type { ConsumerOptions, ConsumerStatus, EventBus, EventHandler } from '../../core/ports.ts';
+import type { ConsumerOptions, ConsumerStatus, EventBus, EventFilter, EventHandler } from '../../core/ports.ts';
 import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
 
 /**
@@ -139,17 +139,36 @@ export class OutboxBus implements EventBus {
     await Promise.allSettled(this.listeners.map((client) => client.end()));
   }
 
-  async readSince(environment: Environment, afterEventId: string | null, limit: number): Promise<BusEvent[] | null> {
+  async readSince(environment: Environment, afterEventId: string | null, limit: number, filter?: EventFilter): Promise<BusEvent[] | null> {
     const db = this.databases.environments[environment];
     let after: { xid: string; id: number } = { xid: '0', id: 0 };
     if (afterEventId !== null) {
       const id = outboxIdOf(afterEventId);
       if (id === null) return null;
-      const found = await sql<{ xid: string; id: number }>`select xid::text as xid, id from bus.outbox where id = ${id}`.execute(db);
-      if (!found.rows[0]) return null;
-      after = found.rows[0];
+      const found = await sql<{ xid: string; id: number; tenant_id: string }>`
+        select xid::text as xid, id, tenant_id from bus.outbox where id = ${id}`.execute(db);
+      const row = found.rows[0];
+      if (!row || (filter && row.tenant_id !== filter.tenantId)) return null;
+      after = row;
     }
-    return (await this.readBatch(db, after, limit)).map((row) => toEvent(row, environment));
+    return (await this.readBatch(db, after, limit, filter)).map((row) => toEvent(row, environment));
+  }
+
+  /**
+   * Deletes events older than the retention that every consumer has passed: they are
+   * the history `readSince` replays from, so they stay at least `retentionHours`.
+   */
+  async prune(retentionHours: number): Promise<number> {
+    let removed = 0;
+    for (const environment of ENVIRONMENTS) {
+      const result = await sql`
+        delete from bus.outbox o
+        where o.occurred_at < now() - make_interval(hours => ${retentionHours})
+          and not exists (select 1 from bus.consumer_cursor c where (c.xid, c.id) < (o.xid, o.id))
+          and not exists (select 1 from bus.dead_letter d where d.event_id = o.id)`.execute(this.databases.environments[environment]);
+      removed += Number(result.numAffectedRows ?? 0);
+    }
+    return removed;
   }
 
   async status(name: string): Promise<ConsumerStatus[]> {
@@ -171,14 +190,18 @@ export class OutboxBus implements EventBus {
     );
   }
 
-  private async readBatch(db: Db, after: { xid: string; id: number }, limit: number): Promise<OutboxRow[]> {
+  private async readBatch(db: Db, after: { xid: string; id: number }, limit: number, filter?: EventFilter): Promise<OutboxRow[]> {
+    const tenant = filter ? sql`and tenant_id = ${filter.tenantId}` : sql``;
+    const owner = filter?.ownerId !== undefined ? sql`and owner_id = ${filter.ownerId}` : sql``;
     const result = await sql<OutboxRow>`
       select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
       from bus.outbox
       where (xid, id) > (${after.xid}::xid8, ${after.id})
         and xid < pg_snapshot_xmin(pg_current_snapshot())
-      order by outbox.xid, outbox.id -- the table column: the text alias "xid" would sort 1000 before 999
+        ${tenant} ${owner}
+      order by outbox.xid, outbox.id
       limit ${limit}`.execute(db);
+    // Order by the table column: the text alias "xid" would sort 1000 before 999.
     return result.rows;
   }
 

@@ -11,7 +11,8 @@ create table if not exists bus.outbox (
   owner_id    text,
   actor       jsonb not null,
   data        jsonb not null,
-  occurred_at timestamptz not null default now()
+  -- clock time, not now(): now() is the transaction's start, which a slow upload makes stale
+  occurred_at timestamptz not null default clock_timestamp()
 );
 create index if not exists outbox_delivery_order on bus.outbox (xid, id);
 create index if not exists outbox_occurred_at on bus.outbox (occurred_at);

@@ -1,0 +1,33 @@
+import type https from 'node:https';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { EventBus } from '../../core/ports.ts';
+import type { CredentialVerifier } from '../../gateway/auth.ts';
+import { NotificationsHub } from './socket/notifications.socket.ts';
+
+/**
+ * Notifications: real-time file changes over Socket.IO, fed by the durable bus.
+ * It owns no tables: the history it replays is the bus's outbox.
+ */
+export interface NotificationsService {
+  /** Mounts the Socket.IO endpoint on the gateway's HTTPS server. */
+  attach(server: https.Server): void;
+  close(): Promise<void>;
+}
+
+export function createNotificationsService(deps: {
+  bus: EventBus;
+  verifiers: CredentialVerifier[];
+  logger: Logger;
+  metrics: Registry;
+  corsOrigins: string[];
+  authTimeoutMs: number;
+  recheckMs?: number;
+}): NotificationsService {
+  const hub = new NotificationsHub({ ...deps, recheckMs: deps.recheckMs ?? 30_000 });
+  hub.registerConsumer();
+  return {
+    attach: (server) => hub.attach(server),
+    close: () => hub.close(),
+  };
+}

@@ -1,0 +1,308 @@
+import type https from 'node:https';
+import type { Logger } from 'pino';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Server, type Socket } from 'socket.io';
+import type { BusEvent } from '../../../core/events.ts';
+import type { EventBus } from '../../../core/ports.ts';
+import type { Principal } from '../../../core/principal.ts';
+import type { CredentialVerifier } from '../../../gateway/auth.ts';
+import {
+  adminRoom,
+  type ConnectEvent,
+  type ConnectFailure,
+  canSee,
+  isFileEvent,
+  parseConnectPayload,
+  roomOf,
+  type Subscription,
+  subscriptionFor,
+  toNotification,
+  tokenExpiry,
+  userRoom,
+} from '../domain/notifications.ts';
+
+/**
+ * The Socket.IO endpoint of the notifications service, on the gateway's HTTPS server.
+ *
+ * Live path: the bus consumer emits each file event once to the rooms allowed to see it
+ * (the tenant's admin room and the owner's user room), so Socket.IO encodes it once.
+ *
+ * Replay (`since`): a socket that asks for history is not in its room yet. Live events for
+ * it are buffered while the history is read from the outbox; then the buffer is flushed
+ * without what the history already sent, and the socket receives events one by one until
+ * the live consumer passes the last event the history sent; only then does it join its
+ * room. So the seam has no gap and no duplicate, and events keep their order.
+ */
+export interface NotificationsOptions {
+  bus: EventBus;
+  verifiers: CredentialVerifier[];
+  logger: Logger;
+  metrics: Registry;
+  corsOrigins: string[];
+  /** A socket with no successful connect within this time is disconnected. */
+  authTimeoutMs: number;
+  /** How often a subscription's credential is checked again (revoked keys, deleted users). */
+  recheckMs: number;
+}
+
+interface CatchingUp {
+  socket: Socket;
+  subscription: Subscription;
+  /** Event ids sent to this socket individually (history, flush, tail). */
+  sent: Set<string>;
+  /** Live events that arrived while the history was being read. */
+  buffer: BusEvent[] | null;
+  /** The last event the history sent: once the live consumer passes it, the socket joins its room. */
+  joinAfter: string | null;
+}
+
+const REPLAY_PAGE = 500;
+const REPLAY_MAX = 100_000;
+const RECENT_MAX = 4096;
+
+export class NotificationsHub {
+  private io: Server | undefined;
+  private readonly catchingUp = new Set<CatchingUp>();
+  /** Ids of the latest events the live consumer has emitted, oldest first. */
+  private readonly recent: string[] = [];
+  private readonly recentSet = new Set<string>();
+  private readonly sockets: Gauge;
+  private readonly deliveries: Counter;
+  private readonly latency: Histogram;
+
+  constructor(private readonly options: NotificationsOptions) {
+    const registers = [options.metrics];
+    this.sockets = new Gauge({ name: 'bantu_notifications_sockets', help: 'Connected Socket.IO clients', registers });
+    this.deliveries = new Counter({ name: 'bantu_notifications_deliveries_total', help: 'Notifications emitted to sockets', registers });
+    this.latency = new Histogram({
+      name: 'bantu_notifications_delivery_seconds',
+      help: 'From the commit of a change to the emission of its notification',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+      registers,
+    });
+  }
+
+  /** Registers the durable bus consumer; call before the bus starts. */
+  registerConsumer(): void {
+    this.options.bus.consume('notifications', async (event) => this.deliver(event), { types: ['File_create', 'File_update', 'File_delete'] });
+  }
+
+  attach(server: https.Server): void {
+    const origins = this.options.corsOrigins;
+    this.io = new Server(server, {
+      path: '/socket.io/',
+      allowEIO3: true, // Socket.IO v3 clients
+      cors: { origin: origins.includes('*') ? true : origins, credentials: false },
+      serveClient: false,
+      connectTimeout: this.options.authTimeoutMs,
+      // CORS headers alone only ask browsers to behave: refuse other origins outright.
+      // Clients that send no Origin (servers, CLIs, mobile apps) are not browsers and pass.
+      allowRequest: (request, callback) => {
+        const origin = request.headers.origin;
+        callback(null, origin === undefined || origins.includes('*') || origins.includes(origin));
+      },
+    });
+    // Credentials in the handshake (`auth: {token}` or `auth: {key}`) subscribe at once; bad ones are refused.
+    this.io.use(async (socket, next) => {
+      const auth = socket.handshake.auth as Record<string, unknown> | undefined;
+      if (!auth || (auth.token === undefined && auth.key === undefined)) return next();
+      const event: ConnectEvent = auth.key !== undefined ? 'Admin_connect' : 'User_connect';
+      const result = await this.authenticate(event, auth).catch(() => ({ ok: false as const, code: 'unauthorized' as const }));
+      if (!result.ok) return next(Object.assign(new Error(result.code), { data: { code: result.code } }));
+      socket.data.pending = { event, payload: auth };
+      next();
+    });
+    this.io.on('connection', (socket) => this.onConnection(socket));
+  }
+
+  /** Disconnects every socket. The gateway closes the HTTPS server itself. */
+  async close(): Promise<void> {
+    const io = this.io;
+    if (!io) return;
+    this.io = undefined;
+    io.disconnectSockets(true);
+    io.engine.close();
+  }
+
+  private onConnection(socket: Socket): void {
+    this.sockets.inc();
+    const timeout = setTimeout(() => {
+      if (!socket.data.subscription) socket.disconnect(true);
+    }, this.options.authTimeoutMs);
+    socket.once('disconnect', () => {
+      this.sockets.dec();
+      clearTimeout(timeout);
+      clearInterval(socket.data.recheck);
+      clearTimeout(socket.data.expiry);
+      for (const entry of this.catchingUp) if (entry.socket === socket) this.catchingUp.delete(entry);
+    });
+
+    const onConnect = (event: ConnectEvent) => async (payload: unknown, ack?: unknown) => {
+      const answer = await this.subscribe(socket, event, payload).catch((error) => {
+        this.options.logger.error({ err: error }, 'subscription failed');
+        return { ok: false as const, code: 'unauthorized' as ConnectFailure };
+      });
+      if (typeof ack === 'function') ack(answer);
+      else socket.emit(`${event}_ack`, answer); // tools that cannot send acks still see the answer
+    };
+    socket.on('User_connect', onConnect('User_connect'));
+    socket.on('Admin_connect', onConnect('Admin_connect'));
+    // Anything else a client emits, File_* included, changes nothing and reaches nobody.
+    socket.onAny((event: string, ...args: unknown[]) => {
+      if (event === 'User_connect' || event === 'Admin_connect') return;
+      const ack = args[args.length - 1];
+      if (typeof ack === 'function') ack({ ok: false, code: isFileEvent(event) ? 'forbidden' : 'unknown_event' });
+    });
+
+    const pending = socket.data.pending as { event: ConnectEvent; payload: unknown } | undefined;
+    if (pending) {
+      void onConnect(pending.event)(pending.payload, (answer: unknown) => socket.emit(`${pending.event}_ack`, answer));
+    }
+  }
+
+  private async authenticate(event: ConnectEvent, payload: unknown) {
+    const request = parseConnectPayload(event, payload);
+    if (!request) return { ok: false as const, code: 'invalid_payload' as ConnectFailure };
+    const principal = await this.verify(request.credential);
+    const subscription = principal ? subscriptionFor(event, principal) : null;
+    if (!subscription) return { ok: false as const, code: 'unauthorized' as ConnectFailure };
+    return { ok: true as const, request, subscription };
+  }
+
+  private async verify(credential: string): Promise<Principal | null> {
+    for (const verifier of this.options.verifiers) {
+      const principal = await verifier.verify(credential);
+      if (principal) return principal;
+    }
+    return null;
+  }
+
+  private async subscribe(socket: Socket, event: ConnectEvent, payload: unknown) {
+    const result = await this.authenticate(event, payload);
+    if (!result.ok) return result;
+    const { request, subscription } = result;
+    if (request.since !== null) {
+      const probe = await this.options.bus.readSince(subscription.environment, request.since, 1, { tenantId: subscription.tenantId });
+      if (probe === null) return { ok: false as const, code: 'replay_unavailable' as ConnectFailure };
+    }
+
+    this.unsubscribe(socket);
+    socket.data.subscription = subscription;
+    this.watchCredential(socket, request.credential);
+    const ack = { ok: true as const, user_id: subscription.userId };
+    if (request.since === null) {
+      socket.join(roomOf(subscription));
+      return ack;
+    }
+    // Live events are buffered from now on; the history is sent after the ack, so a client
+    // that starts listening when it reads the ack misses nothing.
+    const entry: CatchingUp = { socket, subscription, sent: new Set(), buffer: [], joinAfter: null };
+    this.catchingUp.add(entry);
+    setImmediate(() => void this.replay(entry, request.since as string));
+    return ack;
+  }
+
+  private unsubscribe(socket: Socket): void {
+    for (const room of socket.rooms) if (room !== socket.id) socket.leave(room);
+    for (const entry of this.catchingUp) if (entry.socket === socket) this.catchingUp.delete(entry);
+    clearInterval(socket.data.recheck);
+    clearTimeout(socket.data.expiry);
+  }
+
+  /** Expired, revoked or deleted credentials end the subscription. */
+  private watchCredential(socket: Socket, credential: string): void {
+    const end = (code: string) => {
+      socket.emit('Subscription_end', { code });
+      socket.disconnect(true);
+    };
+    const exp = tokenExpiry(credential);
+    if (exp !== null) {
+      const ms = exp * 1000 - Date.now();
+      socket.data.expiry = setTimeout(() => end('token_expired'), Math.max(0, Math.min(ms, 2 ** 31 - 1)));
+    }
+    socket.data.recheck = setInterval(() => {
+      this.verify(credential).then(
+        (principal) => {
+          if (!principal) end('unauthorized');
+        },
+        () => undefined,
+      );
+    }, this.options.recheckMs);
+    socket.data.recheck.unref?.();
+  }
+
+  private async replay(entry: CatchingUp, since: string): Promise<void> {
+    const { socket, subscription } = entry;
+    const filter = { tenantId: subscription.tenantId, ownerId: subscription.scope === 'user' ? subscription.userId : undefined };
+    let after = since;
+    try {
+      for (let total = 0; total < REPLAY_MAX; ) {
+        const page = await this.options.bus.readSince(subscription.environment, after, REPLAY_PAGE, filter);
+        if (page === null) break; // pruned under us: what was sent stays sent, live follows
+        for (const event of page) this.sendOne(entry, event);
+        total += page.length;
+        if (page.length < REPLAY_PAGE) break;
+        after = (page[page.length - 1] as BusEvent).event_id;
+      }
+    } catch (error) {
+      this.options.logger.warn({ err: error }, 'replay failed; continuing live');
+    }
+    if (!socket.connected || !this.catchingUp.has(entry)) return;
+    // From here to the end of this function nothing awaits: no live event can slip between.
+    const buffered = entry.buffer ?? [];
+    entry.buffer = null;
+    for (const event of buffered) this.sendOne(entry, event);
+    const lastSent = [...entry.sent].pop() ?? null;
+    if (lastSent === null || this.recentSet.has(lastSent)) this.join(entry);
+    else entry.joinAfter = lastSent;
+  }
+
+  private join(entry: CatchingUp): void {
+    this.catchingUp.delete(entry);
+    entry.socket.join(roomOf(entry.subscription));
+  }
+
+  private sendOne(entry: CatchingUp, event: BusEvent): void {
+    if (entry.sent.has(event.event_id) || !canSee(entry.subscription, event)) return;
+    entry.sent.add(event.event_id);
+    entry.socket.emit(`Notify_${event.type}`, toNotification(event));
+    this.deliveries.inc();
+  }
+
+  /** The bus consumer: one emission per event to every room allowed to see it. */
+  private deliver(event: BusEvent): void {
+    if (!isFileEvent(event.type)) return;
+    this.latency.observe(Math.max(0, Date.now() - Date.parse(event.occurred_at)) / 1000);
+    const io = this.io;
+    if (io) {
+      const rooms = [adminRoom(event.environment, event.tenant_id)];
+      if (event.owner_id) rooms.push(userRoom(event.environment, event.tenant_id, event.owner_id));
+      let reach = 0;
+      for (const room of rooms) reach += io.sockets.adapter.rooms.get(room)?.size ?? 0;
+      if (reach > 0) {
+        io.to(rooms).emit(`Notify_${event.type}`, toNotification(event));
+        this.deliveries.inc(reach);
+      }
+    }
+    for (const entry of this.catchingUp) {
+      if (!canSee(entry.subscription, event)) continue;
+      if (entry.buffer) {
+        entry.buffer.push(event);
+        continue;
+      }
+      // Tail: the live consumer is catching up with what the history sent. The history sent
+      // every visible event up to its end, so a visible event it did not send is past the end.
+      const isNew = !entry.sent.has(event.event_id);
+      this.sendOne(entry, event);
+      if (isNew || entry.joinAfter === event.event_id) this.join(entry);
+    }
+    this.remember(event.event_id);
+  }
+
+  private remember(eventId: string): void {
+    this.recent.push(eventId);
+    this.recentSet.add(eventId);
+    if (this.recent.length > RECENT_MAX) this.recentSet.delete(this.recent.shift() as string);
+  }
+}
+

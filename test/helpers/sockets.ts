@@ -1,0 +1,53 @@
+import { io, type Socket } from 'socket.io-client';
+import type { TestServer } from './server.ts';
+
+/**
+ * Real Socket.IO clients for the notifications tests, trusting the server's certificate.
+ * `Inbox` records every Notify_* a socket receives, in arrival order.
+ */
+export interface Inbox {
+  socket: Socket;
+  events: Array<{ name: string; payload: { event_id: string; type: string; file: { id: string; name: string; version: number }; actor: unknown; occurred_at: string } }>;
+  /** Waits until a notification matches, and returns it. */
+  waitFor(match: (event: Inbox['events'][number]) => boolean, what: string, limitMs?: number): Promise<Inbox['events'][number]>;
+  close(): void;
+}
+
+export function connect(server: TestServer, options: Record<string, unknown> = {}): Inbox {
+  const socket = io(server.url, { path: '/socket.io/', transports: ['websocket'], ca: server.ca, reconnection: false, ...options });
+  return record(socket);
+}
+
+export function record(socket: Socket): Inbox {
+  const events: Inbox['events'] = [];
+  socket.onAny((name: string, payload: Inbox['events'][number]['payload']) => {
+    if (name.startsWith('Notify_')) events.push({ name, payload });
+  });
+  return {
+    socket,
+    events,
+    async waitFor(match, what, limitMs = 20_000) {
+      const deadline = Date.now() + limitMs;
+      while (Date.now() < deadline) {
+        const found = events.find(match);
+        if (found) return found;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(events.map((e) => `${e.name}:${e.payload.file?.name}`))}`);
+    },
+    close: () => socket.close(),
+  };
+}
+
+/** Emits a connect event and resolves with its acknowledgement. */
+export function emitWithAck(socket: Socket, event: string, payload: unknown): Promise<{ ok: boolean; code?: string; user_id?: string | null }> {
+  return socket.timeout(10_000).emitWithAck(event, payload);
+}
+
+export function connected(socket: Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (socket.connected) return resolve();
+    socket.once('connect', () => resolve());
+    socket.once('connect_error', (error) => reject(error));
+  });
+}

@@ -1,0 +1,206 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { io as ioV3 } from 'socket.io-client-v3';
+import { createTenant, uploadRaw } from './helpers/files.ts';
+import { startServer, type TestServer } from './helpers/server.ts';
+import { connect, connected, emitWithAck, type Inbox, record } from './helpers/sockets.ts';
+
+const PASSWORD = 'correct horse battery';
+
+interface User {
+  access_token: string;
+  user: { id: string };
+}
+
+describe('notifications over Socket.IO', () => {
+  let server: TestServer;
+  let alice: User;
+  let bob: User;
+  let boss: User;
+  let other: Awaited<ReturnType<typeof createTenant>>;
+  const open: Inbox[] = [];
+  const track = (inbox: Inbox) => (open.push(inbox), inbox);
+
+  async function register(email: string, key = server.keys.test.application_key): Promise<User> {
+    const response = await server.request('POST', '/v1/auth/register', { basic: key, json: { email, password: PASSWORD, name: email } });
+    assert.equal(response.status, 201, response.text);
+    return response.json;
+  }
+
+  async function upload(token: string, name: string, content = `content of ${name}`) {
+    const response = await uploadRaw(server, token, content, { name, contentType: 'text/plain' });
+    assert.equal(response.status, 201, response.text);
+    return response.json as { id: string; name: string; sha256: string };
+  }
+
+  async function subscribe(event: 'User_connect' | 'Admin_connect', payload: Record<string, unknown>, options = {}): Promise<Inbox> {
+    const inbox = track(connect(server, options));
+    await connected(inbox.socket);
+    const ack = await emitWithAck(inbox.socket, event, payload);
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    return inbox;
+  }
+
+  before(async () => {
+    server = await startServer({ BANTU_CORS_ORIGINS: 'https://tool.example.com', BANTU_SOCKET_AUTH_TIMEOUT_MS: '1500', BANTU_SOCKET_RECHECK_MS: '300' });
+    alice = await register('alice@example.com');
+    bob = await register('bob@example.com');
+    const created = await server.request('POST', '/v1/users', {
+      basic: server.keys.test.account_key,
+      json: { email: 'boss@example.com', password: PASSWORD, name: 'Boss', role: 'admin' },
+    });
+    assert.equal(created.status, 201, created.text);
+    const login = await server.request('POST', '/v1/auth/login', { basic: server.keys.test.application_key, json: { email: 'boss@example.com', password: PASSWORD } });
+    boss = login.json;
+    other = await createTenant(server, 'Other Co');
+  });
+  after(async () => {
+    for (const inbox of open) inbox.close();
+    await server?.close();
+  });
+
+  it("a user sees their own files' changes, in order, and not another user's", async () => {
+    const inbox = await subscribe('User_connect', { token: alice.access_token });
+    await upload(bob.access_token, 'bob-secret.txt');
+    const file = await upload(alice.access_token, 'alice-1.txt');
+    const renamed = await server.request('PATCH', `/v1/files/${file.id}`, { auth: alice.access_token, json: { name: 'alice-1-renamed.txt' } });
+    assert.equal(renamed.status, 200, renamed.text);
+    const deleted = await server.request('DELETE', `/v1/files/${file.id}`, { auth: alice.access_token });
+    assert.equal(deleted.status, 204);
+    await inbox.waitFor((e) => e.name === 'Notify_File_delete', 'the delete');
+
+    assert.deepEqual(inbox.events.map((e) => e.name), ['Notify_File_create', 'Notify_File_update', 'Notify_File_delete']);
+    const [create, update, remove] = inbox.events.map((e) => e.payload);
+    assert.equal(create?.type, 'File_create');
+    assert.equal(create?.file.id, file.id);
+    assert.equal(create?.file.name, 'alice-1.txt');
+    assert.deepEqual(create?.actor, { type: 'user', id: alice.user.id });
+    assert.match(create?.event_id ?? '', /^evt_/);
+    assert.ok(!Number.isNaN(Date.parse(create?.occurred_at ?? '')));
+    assert.equal(update?.file.name, 'alice-1-renamed.txt');
+    assert.equal(remove?.type, 'File_delete');
+    assert.equal(remove?.file.id, file.id, 'a delete carries the last state');
+    assert.ok(!JSON.stringify(inbox.events).includes('bob-secret'), "another user's file never reaches her");
+  });
+
+  it('an admin, by account key or by admin user token, sees every file of the tenant and environment', async () => {
+    const byKey = await subscribe('Admin_connect', { key: server.keys.test.account_key });
+    const byToken = await subscribe('Admin_connect', { token: boss.access_token });
+    await upload(alice.access_token, 'for-admins-a.txt');
+    await upload(bob.access_token, 'for-admins-b.txt');
+    for (const inbox of [byKey, byToken]) {
+      await inbox.waitFor((e) => e.payload.file.name === 'for-admins-a.txt', "alice's file");
+      await inbox.waitFor((e) => e.payload.file.name === 'for-admins-b.txt', "bob's file");
+    }
+  });
+
+  it('keeps tenants and environments apart', async () => {
+    const otherTenant = await subscribe('Admin_connect', { key: other.test.account_key });
+    const liveEnv = await subscribe('Admin_connect', { key: server.keys.live.account_key });
+    await upload(alice.access_token, 'tenant-one-test-env.txt');
+    // A marker in each subscriber's own scope: once it arrives, anything leaked would have too.
+    await uploadRaw(server, other.test.account_key, 'm', { name: 'marker-other.txt' });
+    await uploadRaw(server, server.keys.live.account_key, 'm', { name: 'marker-live.txt' });
+    await otherTenant.waitFor((e) => e.payload.file.name === 'marker-other.txt', 'the other tenant marker');
+    await liveEnv.waitFor((e) => e.payload.file.name === 'marker-live.txt', 'the live marker');
+    assert.deepEqual(otherTenant.events.map((e) => e.payload.file.name), ['marker-other.txt']);
+    assert.deepEqual(liveEnv.events.map((e) => e.payload.file.name), ['marker-live.txt']);
+  });
+
+  it('relays nothing a client emits as File_*', async () => {
+    const watcher = await subscribe('Admin_connect', { key: server.keys.test.account_key });
+    const forger = await subscribe('User_connect', { token: alice.access_token });
+    for (const type of ['File_create', 'File_update', 'File_delete']) {
+      const ack = await emitWithAck(forger.socket, type, { event_id: 'evt_forged', type, file: { id: 'forged', name: 'forged.txt' } });
+      assert.equal(ack.ok, false);
+    }
+    await upload(alice.access_token, 'after-forgery.txt');
+    await watcher.waitFor((e) => e.payload.file.name === 'after-forgery.txt', 'the real change');
+    assert.ok(!JSON.stringify([...watcher.events, ...forger.events]).includes('forged'));
+  });
+
+  it('replays exactly the changes missed while disconnected, in order, then continues live without duplicates', async () => {
+    const first = await subscribe('User_connect', { token: alice.access_token });
+    const seen = await upload(alice.access_token, 'replay-0.txt');
+    const last = await first.waitFor((e) => e.payload.file.id === seen.id, 'the first change');
+    first.close();
+
+    const missed = [await upload(alice.access_token, 'replay-1.txt'), await upload(alice.access_token, 'replay-2.txt')];
+    const patched = await server.request('PATCH', `/v1/files/${missed[0]?.id}`, { auth: alice.access_token, json: { name: 'replay-1b.txt' } });
+    assert.equal(patched.status, 200);
+    await upload(bob.access_token, 'not-for-alice.txt');
+
+    const second = await subscribe('User_connect', { token: alice.access_token, since: last.payload.event_id });
+    await second.waitFor((e) => e.payload.file.name === 'replay-1b.txt', 'the replayed rename');
+    const live = await upload(alice.access_token, 'replay-live.txt');
+    await second.waitFor((e) => e.payload.file.id === live.id, 'the live change after the replay');
+    assert.deepEqual(
+      second.events.map((e) => `${e.name}:${e.payload.file.name}`),
+      ['Notify_File_create:replay-1.txt', 'Notify_File_create:replay-2.txt', 'Notify_File_update:replay-1b.txt', 'Notify_File_create:replay-live.txt'],
+    );
+    assert.equal(new Set(second.events.map((e) => e.payload.event_id)).size, second.events.length, 'no duplicate at the seam');
+  });
+
+  it('answers bad connects with a stable code', async () => {
+    const inbox = track(connect(server));
+    await connected(inbox.socket);
+    assert.deepEqual(await emitWithAck(inbox.socket, 'User_connect', {}), { ok: false, code: 'invalid_payload' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'User_connect', 'a string'), { ok: false, code: 'invalid_payload' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'User_connect', { token: 'not.a.jwt' }), { ok: false, code: 'unauthorized' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'Admin_connect', { token: alice.access_token }), { ok: false, code: 'unauthorized' }, 'a plain user is no admin');
+    assert.deepEqual(await emitWithAck(inbox.socket, 'User_connect', { token: alice.access_token, since: 'evt_999999999999' }), { ok: false, code: 'replay_unavailable' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'Admin_connect', { key: other.live.account_key, since: 'evt_000000000001' }), { ok: false, code: 'replay_unavailable' }, "another tenant's event id is unknown here");
+  });
+
+  it('accepts the credentials in the handshake, and refuses bad ones there', async () => {
+    const inbox = track(connect(server, { auth: { token: alice.access_token } }));
+    await connected(inbox.socket);
+    await new Promise((resolve) => inbox.socket.once('User_connect_ack', resolve));
+    const file = await upload(alice.access_token, 'handshake.txt');
+    await inbox.waitFor((e) => e.payload.file.id === file.id, 'the change');
+
+    const refused = track(connect(server, { auth: { key: 'acc_wrong_test' } }));
+    await assert.rejects(connected(refused.socket), /unauthorized/);
+  });
+
+  it('works with a Socket.IO v3 client and with the polling transport', async () => {
+    const v3 = ioV3(server.url, { path: '/socket.io/', transports: ['websocket'], ca: server.ca, reconnection: false } as Parameters<typeof ioV3>[1]);
+    const v3Inbox = track(record(v3 as unknown as Inbox['socket']));
+    await new Promise<void>((resolve, reject) => {
+      v3.once('connect', () => resolve());
+      v3.once('connect_error', reject);
+    });
+    const v3Ack = await new Promise<{ ok: boolean }>((resolve) => v3.emit('User_connect', { token: alice.access_token }, resolve));
+    assert.equal(v3Ack.ok, true);
+
+    const polling = await subscribe('User_connect', { token: alice.access_token }, { transports: ['polling'] });
+    const file = await upload(alice.access_token, 'v3-and-polling.txt');
+    await v3Inbox.waitFor((e) => e.payload.file.id === file.id, 'the change on the v3 client');
+    await polling.waitFor((e) => e.payload.file.id === file.id, 'the change over polling');
+    assert.equal(polling.socket.io.engine.transport.name, 'polling');
+  });
+
+  it('disconnects a socket that does not authenticate in time', async () => {
+    const inbox = track(connect(server));
+    await connected(inbox.socket);
+    const reason = await new Promise<string>((resolve) => inbox.socket.once('disconnect', resolve));
+    assert.equal(reason, 'io server disconnect');
+  });
+
+  it('ends a subscription whose key is revoked', async () => {
+    const created = await server.request('POST', '/v1/keys', { basic: server.keys.test.account_key, json: { kind: 'account', name: 'short-lived' } });
+    assert.equal(created.status, 201, created.text);
+    const inbox = await subscribe('Admin_connect', { key: created.json.key });
+    const ended = new Promise<{ code: string }>((resolve) => inbox.socket.once('Subscription_end', resolve));
+    const revoked = await server.request('DELETE', `/v1/keys/${created.json.id}`, { basic: server.keys.test.account_key });
+    assert.equal(revoked.status, 204);
+    assert.deepEqual(await ended, { code: 'unauthorized' });
+  });
+
+  it('allows a configured browser origin and refuses another', async () => {
+    const allowed = track(connect(server, { transports: ['polling'], extraHeaders: { origin: 'https://tool.example.com' } }));
+    await connected(allowed.socket);
+    const refused = track(connect(server, { transports: ['polling'], extraHeaders: { origin: 'https://evil.example.com' } }));
+    await assert.rejects(connected(refused.socket));
+  });
+});
