@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import type http from 'node:http';
+import type https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +23,7 @@ import type { ReadinessCheck } from './gateway/operations.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls } from './gateway/tls.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
+import { createNotificationsService } from './services/notifications/plugin.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 
@@ -157,12 +159,30 @@ export function createApp(config: Config, logger: Logger): App {
       version: VERSION,
     });
     const gw = gateway;
+    const notifications = createNotificationsService({
+      bus,
+      verifiers: identity.verifiers,
+      logger: logger.child({ component: 'notifications' }),
+      metrics,
+      corsOrigins: config.corsOrigins,
+      authTimeoutMs: config.socketAuthTimeoutMs,
+      recheckMs: config.socketRecheckMs,
+    });
+    notifications.attach(gw.server as https.Server);
     await bus.start();
     const busRef = bus;
     closers.push(() => busRef.close());
+    // Replayable history is kept for the retention, then pruned once every consumer has passed it.
+    const prune = setInterval(() => {
+      busRef.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'));
+    }, 3600_000);
+    prune.unref();
+    closers.push(async () => clearInterval(prune));
 
     await gw.listen({ host: config.host, port: config.port });
     closers.push(() => gw.close());
+    // Sockets first: an open WebSocket would otherwise hold the HTTPS server's close.
+    closers.push(() => notifications.close());
     files.start();
     closers.push(() => files.close());
     const port = (gw.server.address() as AddressInfo).port;

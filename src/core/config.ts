@@ -36,6 +36,9 @@ export const EnvSchema = Type.Object({
   NATS_URL: Type.Optional(url('NATS JetStream (distributed mode)')),
   REDIS_URL: Type.Optional(url('Redis (distributed mode)')),
   SMTP_URL: Type.Optional(url('SMTP server for mail; without it mail is written as .eml files')),
+  BANTU_SOCKET_AUTH_TIMEOUT_MS: positiveInt('A Socket.IO client that has not sent User_connect or Admin_connect by then is disconnected', 10_000),
+  BANTU_SOCKET_RECHECK_MS: positiveInt('How often a live subscription re-checks its credential (revoked keys, deleted users end it)', 30_000),
+  BANTU_EVENT_RETENTION_HOURS: positiveInt('How long file events stay replayable with `since` (at least 24 h in production)', 72),
   MAIL_FROM: Type.String({ default: 'Bantu <no-reply@bantu.local>', description: 'Sender of mails' }),
 });
 
@@ -60,6 +63,9 @@ export interface Config {
   redisUrl?: string;
   smtpUrl?: string;
   mailFrom: string;
+  socketAuthTimeoutMs: number;
+  socketRecheckMs: number;
+  eventRetentionHours: number;
 }
 
 export interface ConfigProblem {
@@ -118,6 +124,9 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       redisUrl: e.REDIS_URL,
       smtpUrl: e.SMTP_URL,
       mailFrom: e.MAIL_FROM,
+      socketAuthTimeoutMs: e.BANTU_SOCKET_AUTH_TIMEOUT_MS,
+      socketRecheckMs: e.BANTU_SOCKET_RECHECK_MS,
+      eventRetentionHours: e.BANTU_EVENT_RETENTION_HOURS,
     },
   };
 }

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { BusEvent } from '../../../core/events.ts';
+import type { Principal } from '../../../core/principal.ts';
 import { canSee, parseConnectPayload, subscriptionFor, tokenExpiry } from './notifications.ts';
 
 const event = (over: Partial<BusEvent>): BusEvent => ({
@@ -29,7 +30,7 @@ describe('notification rules', () => {
     const user = { kind: 'user', userId: 'u1', tenantId: 't1', environment: 'test', role: 'user' } as const;
     const admin = { ...user, role: 'admin' } as const;
     const key = { kind: 'account_key', keyId: 'k', tenantId: 't1', environment: 'test' } as const;
-    const app = { kind: 'application_key', keyId: 'a', tenantId: 't1', environment: 'test', scopes: ['files:read'] } as const;
+    const app: Principal = { kind: 'application_key', keyId: 'a', tenantId: 't1', environment: 'test', scopes: ['files:read'] };
     assert.equal(subscriptionFor('User_connect', user)?.scope, 'user');
     assert.equal(subscriptionFor('User_connect', key), null);
     assert.equal(subscriptionFor('Admin_connect', user), null);
