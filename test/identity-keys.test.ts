@@ -93,6 +93,18 @@ describe('API keys', () => {
     const writer = (await createKey({ kind: 'application', name: 'writer', scopes: ['users:write'] })).json.key;
     const created = await server.request('POST', '/v1/users', { basic: writer, json: { email: 'w@example.com', password: 'a good password', name: 'W' } });
     assert.equal(created.status, 201);
+    // users:write manages plain users only: no admin made, changed or deleted by an application key.
+    const makeAdmin = await server.request('POST', '/v1/users', { basic: writer, json: { email: 'adm@example.com', password: 'a good password', name: 'A', role: 'admin' } });
+    assert.equal(makeAdmin.status, 403);
+    const promote = await server.request('PATCH', `/v1/users/${created.json.id}`, { basic: writer, json: { role: 'admin' } });
+    assert.equal(promote.status, 403);
+    const boss = await server.request('POST', '/v1/users', {
+      basic: server.keys.test.account_key,
+      json: { email: 'boss@example.com', password: 'a good password', name: 'Boss', role: 'admin' },
+    });
+    assert.equal((await server.request('PATCH', `/v1/users/${boss.json.id}`, { basic: writer, json: { password: 'taken over now' } })).status, 403);
+    assert.equal((await server.request('DELETE', `/v1/users/${boss.json.id}`, { basic: writer })).status, 403);
+    assert.equal((await server.request('PATCH', `/v1/users/${created.json.id}`, { basic: writer, json: { name: 'Renamed' } })).status, 200, 'plain users are fine');
     // Without any scope an application key still signs users in.
     const login = await server.request('POST', '/v1/auth/login', { basic: bare, json: { email: 'w@example.com', password: 'a good password' } });
     assert.equal(login.status, 200);

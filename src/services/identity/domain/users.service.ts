@@ -46,6 +46,15 @@ export interface AdminChanges {
 
 const notFound = () => new AppError(Errors.notFound, 'No such user');
 
+/**
+ * Application keys with `users:write` manage plain users only. Such a key lives in a client
+ * application; if it could make admins, or reset an admin's password, a leaked CRM key
+ * would become the tenant's admin power.
+ */
+function assertKeyMayTouch(principal: TenantBound, role: Role | undefined): void {
+  if (principal.kind === 'application_key' && role === 'admin') fail(Errors.forbidden, 'Application keys may not create, change or delete admin users');
+}
+
 export class UsersService {
   constructor(private readonly deps: UsersDeps) {}
 
@@ -136,6 +145,7 @@ export class UsersService {
   }
 
   async create(principal: TenantBound, input: { email: string; password: string; name: string; role?: Role }, context: RequestContext): Promise<User> {
+    assertKeyMayTouch(principal, input.role);
     if (principal.kind === 'user') {
       // Fail fast before the costly hash; checked again in the transaction.
       await withTenant(this.db(principal.environment), principal.tenantId, (trx) => this.assertAdmin(trx, principal));
@@ -184,12 +194,14 @@ export class UsersService {
   }
 
   async update(principal: TenantBound, id: string, changes: AdminChanges, context: RequestContext): Promise<User> {
+    assertKeyMayTouch(principal, changes.role);
     if (principal.kind === 'user') await withTenant(this.db(principal.environment), principal.tenantId, (trx) => this.assertManages(trx, principal, id));
     const passwordHash = changes.password === undefined ? undefined : await this.deps.passwords.hash(changes.password);
     return this.write(principal.environment, principal.tenantId, id, async (trx) => {
       await this.assertManages(trx, principal, id);
       const before = await usersRepo.lockUser(trx, principal.tenantId, id);
       if (!before) throw notFound();
+      assertKeyMayTouch(principal, before.role);
       const row = await usersRepo.updateUser(trx, principal.tenantId, id, {
         name: changes.name?.trim(),
         email: changes.email === undefined ? undefined : normaliseEmail(changes.email),
@@ -215,6 +227,9 @@ export class UsersService {
   async delete(principal: TenantBound, id: string, context: RequestContext): Promise<void> {
     await this.write(principal.environment, principal.tenantId, id, async (trx) => {
       await this.assertManages(trx, principal, id);
+      const target = await usersRepo.lockUser(trx, principal.tenantId, id);
+      if (!target) throw notFound();
+      assertKeyMayTouch(principal, target.role);
       // Sessions and reset tokens go with the user (on delete cascade).
       const row = await usersRepo.deleteUser(trx, principal.tenantId, id);
       if (!row) throw notFound();
