@@ -133,9 +133,13 @@ describe('transactional outbox', () => {
     await kill(first);
     const afterFirst = lines().length;
     assert.ok(afterFirst < expected.rows.length, 'killed before the end of the stream');
+    const expectedIds = expected.rows.map((r) => `evt_${String(r.id).padStart(12, '0')}`);
     const second = run();
     try {
-      await until(() => new Set(lines().map((l) => l.event_id)).size >= expected.rows.length, `the restarted consumer to catch up (${expected.rows.length} events; seen ${new Set(lines().map((l) => l.event_id)).size})`, 120_000);
+      await until(() => {
+        const seen = new Set(lines().map((l) => l.event_id));
+        return expectedIds.every((id) => seen.has(id));
+      }, `the restarted consumer to catch up (${expected.rows.length} events)`, 120_000);
     } finally {
       await kill(second);
     }
@@ -147,7 +151,6 @@ describe('transactional outbox', () => {
       firstSeen.push(line.event_id);
     }
     // The consumer also saw the earlier tests' Late_event events; compare the Test_events only.
-    const expectedIds = expected.rows.map((r) => `evt_${String(r.id).padStart(12, '0')}`);
     const wanted = new Set(expectedIds);
     assert.deepEqual(firstSeen.filter((id) => wanted.has(id)), expectedIds, 'every event exactly once after dedupe, in delivery order');
   });
