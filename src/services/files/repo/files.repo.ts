@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import { lockSubject } from '../../../adapters/bus/outbox.ts';
 import type { Db, Tx } from '../../../adapters/db/pg.ts';
 
 /**
@@ -46,14 +47,12 @@ export async function findFile(trx: Tx, tenantId: string, id: string, owner: str
  * one file the order of their transaction ids (xid) is their commit order, which is the order
  * the outbox delivers their events in.
  *
- * The lock is a transaction-level advisory lock on the file id, taken before the row lock:
- * a plain `select ... for update` is not enough, because a waiter that follows the row's
- * update chain gets its xid while still waiting (heap_lock_updated_tuple), so under
- * contention xids come out of commit order (seen with 20 concurrent replaces). An advisory
- * lock never assigns an xid; the row lock taken after it, uncontended, assigns it.
+ * The bus's subject lock (an advisory lock, which assigns no xid) comes before the row lock:
+ * a plain `select ... for update` is not enough, because a waiter gets its xid while still
+ * waiting, so under contention xids come out of commit order (seen with 20 concurrent replaces).
  */
 export async function lockFile(trx: Tx, tenantId: string, id: string): Promise<FileRow | null> {
-  await sql`select pg_advisory_xact_lock(hashtextextended(${`files.file:${id}`}, 0))`.execute(trx);
+  await lockSubject(trx, `files.file:${id}`);
   const result = await sql<FileRow>`
     select ${columns} from files.file
     where tenant_id = ${tenantId} and id = ${id} and deleted_at is null
