@@ -1,13 +1,18 @@
 import assert from 'node:assert/strict';
-import { createHmac, createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createHmac, createPrivateKey, generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { base64url, decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
 import { sql } from 'kysely';
+import pino from 'pino';
+import { Agent, request as undiciRequest } from 'undici';
+import { dropDatabases } from '../src/adapters/db/pg.ts';
+import { createApp } from '../src/app.ts';
+import { loadConfig } from '../src/core/config.ts';
 import type { Environment } from '../src/core/principal.ts';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
-import { startServer, type TestServer } from './helpers/server.ts';
+import { makeTempDir, startServer, type TestServer } from './helpers/server.ts';
 
 /**
  * Attacks on user access tokens. Each forged token is made with jose or node:crypto; the
@@ -213,6 +218,78 @@ describe('user access tokens (JWT) under attack', () => {
   it('refuses garbage in every shape without a 500', async () => {
     for (const token of ['eyJ', 'eyJ.eyJ.', 'eyJhbGciOiJFZERTQSJ9.e30.', 'a.b.c', `${'eyJ'.repeat(3000)}.x.y`, 'eyJ0eXAiOiJhdCtqd3QifQ.!!!.###']) {
       await refused(token, `garbage ${token.slice(0, 20)}`);
+    }
+  });
+});
+
+describe('signing keys across restarts', () => {
+  it('keeps the keys (sealed) in the database: a token survives a restart; another secret key is refused at start', async () => {
+    const dataDir = await makeTempDir();
+    const external = process.env.BANTU_TEST_DATABASE_URL;
+    let databaseUrl: string | undefined;
+    if (external) {
+      const url = new URL(external);
+      url.pathname = `/bantu_t_${randomBytes(5).toString('hex')}`;
+      databaseUrl = url.toString();
+    }
+    const configWith = (env: Record<string, string>) => {
+      const result = loadConfig({ BANTU_DATA_DIR: dataDir, BANTU_PORT: '0', BANTU_LOG_LEVEL: 'silent', BANTU_PUBLIC_URL: 'https://bantu.example.com', ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}), ...env });
+      assert.ok(result.ok);
+      return result.config;
+    };
+    const client = async (url: string, ca: string, method: string, pathname: string, options: { basic?: string; auth?: string; json?: unknown }) => {
+      const headers: Record<string, string> = {};
+      if (options.basic) headers.authorization = `Basic ${Buffer.from(`${options.basic}:`).toString('base64')}`;
+      if (options.auth) headers.authorization = `Bearer ${options.auth}`;
+      if (options.json) headers['content-type'] = 'application/json';
+      const agent = new Agent({ connect: { ca } });
+      try {
+        const response = await undiciRequest(`${url}${pathname}`, { method: method as 'GET', headers, body: options.json ? JSON.stringify(options.json) : undefined, dispatcher: agent });
+        return { status: response.statusCode, json: (await response.body.json().catch(() => undefined)) as any };
+      } finally {
+        await agent.close();
+      }
+    };
+    try {
+      const first = createApp(configWith({}), pino({ level: 'silent' }));
+      let token: string;
+      let kid: unknown;
+      try {
+        const started = await first.start();
+        const ca = await fs.readFile(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+        const keys = JSON.parse(await fs.readFile(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8')).keys;
+        const registered = await client(started.url, ca, 'POST', '/v1/auth/register', { basic: keys.test.application_key, json: { email: 'r@example.com', password: PASSWORD, name: 'R' } });
+        assert.equal(registered.status, 201);
+        token = registered.json.access_token;
+        kid = decodeProtectedHeader(token).kid;
+        const { rows } = await sql<{ private_enc: Buffer }>`select private_enc from identity.signing_key`.execute(first.databases.environments.test);
+        assert.equal(rows.length, 1);
+        assert.equal(rows[0]?.private_enc[0], 1, 'sealed, version 1');
+      } finally {
+        await first.close();
+      }
+
+      const second = createApp(configWith({}), pino({ level: 'silent' }));
+      try {
+        const started = await second.start();
+        const ca = await fs.readFile(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+        const me = await client(started.url, ca, 'GET', '/v1/users/me', { auth: token });
+        assert.equal(me.status, 200, 'the token of the first run verifies after a restart');
+        const jwks = await client(started.url, ca, 'GET', '/.well-known/jwks.json', {});
+        assert.ok(jwks.json.keys.some((k: { kid: string }) => k.kid === kid), 'same key, not a new one');
+      } finally {
+        await second.close();
+      }
+
+      const wrongSecret = createApp(configWith({ BANTU_SECRET_KEY: 'x'.repeat(40) }), pino({ level: 'silent' }));
+      try {
+        await assert.rejects(wrongSecret.start(), /cannot decrypt the (live|test) JWT signing key/);
+      } finally {
+        await wrongSecret.close();
+      }
+    } finally {
+      if (databaseUrl) await dropDatabases(databaseUrl);
+      await fs.rm(dataDir, { recursive: true, force: true });
     }
   });
 });
