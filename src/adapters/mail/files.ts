@@ -22,6 +22,8 @@ export class FileMailer implements Mailer {
   ) {}
 
   async send(message: MailMessage): Promise<void> {
+    // An SMTP server would refuse it; so does this driver, so both fail the same way.
+    if (!/^[^@\s<>]+@[^@\s<>]+$/.test(message.to)) throw new Error(`not a mail address: ${JSON.stringify(message.to)}`);
     const info = await this.composer.sendMail({ from: this.from, to: message.to, subject: message.subject, text: message.text, html: message.html });
     await fs.mkdir(this.folder, { recursive: true, mode: 0o700 });
     const name = `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomBytes(4).toString('hex')}.eml`;
