@@ -27,6 +27,8 @@ import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
 const CHANNEL = 'bantu_outbox';
 const BATCH = 200;
 const POLL_MS = 1000;
+/** First re-check after activity; doubles up to POLL_MS while nothing new shows up. */
+const RECHECK_MS = 5;
 
 interface OutboxRow {
   id: number;
@@ -219,8 +221,11 @@ export class OutboxBus implements EventBus {
     let wake: (() => void) | undefined;
     const wakers = this.wakers.get(environment) as Set<() => void>;
     let poked = false;
+    let wokenByNotify = false;
+    let idleWaitMs = RECHECK_MS;
     const onWake = () => {
       poked = true;
+      wokenByNotify = true;
       wake?.();
     };
     wakers.add(onWake);
@@ -248,9 +253,16 @@ export class OutboxBus implements EventBus {
                     where consumer = ${consumer.name}`.execute(db);
         }
         if (rows.length < BATCH && !poked) {
+          // A NOTIFY'd row can still be hidden behind an older transaction that is about to
+          // end without notifying (a cursor update, a login): look again soon after any
+          // activity, backing off to the plain poll when all is quiet.
+          const pollMs = this.options.pollMs ?? POLL_MS;
+          const waitMs = rows.length > 0 || wokenByNotify ? RECHECK_MS : Math.min(idleWaitMs * 2, pollMs);
+          idleWaitMs = waitMs;
+          wokenByNotify = false;
           await new Promise<void>((resolve) => {
             wake = resolve;
-            setTimeout(resolve, this.options.pollMs ?? POLL_MS).unref();
+            setTimeout(resolve, waitMs).unref();
           });
           wake = undefined;
         }
