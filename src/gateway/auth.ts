@@ -70,7 +70,11 @@ export function registerAuthentication(app: FastifyInstance, verifiers: Credenti
     // Document each protected route's credentials in the OpenAPI document.
     const auth = route.config?.auth;
     if (auth && route.schema && !route.schema.security) {
-      (route.schema as Record<string, unknown>).security = [{ basicKey: [] }, { bearer: [] }];
+      const schema = route.schema as Record<string, unknown>;
+      schema.security = [{ basicKey: [] }, { bearer: [] }];
+      // Which kinds of credential the route accepts, for readers and generated clients.
+      schema['x-bantu-auth'] = auth;
+      if (route.config?.scope) schema['x-bantu-scope'] = route.config.scope;
     }
   });
   app.addHook('preHandler', async (request: FastifyRequest) => {
