@@ -286,6 +286,61 @@ export class FilesService {
     });
   }
 
+  /**
+   * Makes an earlier version current again, as the next version (history is never rewritten):
+   * the backup service's restore. A deleted file comes back under its id (File_create);
+   * a live one gets a File_update. The bytes are read from `open` (the backup store) only when
+   * this store lacks them, and are durable here before the row that points at them commits.
+   */
+  async restoreVersion(
+    principal: FilesPrincipal,
+    id: string,
+    version: { sha256: string; size: number; content_type: string; name: string; path: string },
+    open: () => Promise<AsyncIterable<Uint8Array>>,
+  ): Promise<FileObject> {
+    const owner = this.ownerScope(principal);
+    const visible = (row: (repo.FileRow & { deleted: boolean }) | null) => row !== null && (owner === null || row.user_id === owner);
+    const before = await this.inTenant(principal, (trx) => repo.lockFileForRestore(trx, principal.tenantId, id));
+    if (!visible(before)) throw notFound(id);
+    const blobs = this.deps.blobs[principal.environment];
+    if (!(await blobs.stat(version.sha256))) {
+      const stored = await blobs.put(await open());
+      if (stored.sha256 !== version.sha256 || stored.size !== version.size) {
+        throw new Error(`restore of ${id}: the backup's bytes hash to ${stored.sha256} (${stored.size} bytes), not ${version.sha256}`);
+      }
+    }
+    const name = `${version.path === '/' ? '' : version.path}/${version.name}`;
+    return this.inTenant(principal, async (trx) => {
+      const current = await repo.lockFileForRestore(trx, principal.tenantId, id);
+      if (!current || !visible(current)) throw notFound(id);
+      let row: repo.FileRow;
+      try {
+        row = await repo.restoreFile(trx, principal.tenantId, id, {
+          name: version.name,
+          path: version.path,
+          size: version.size,
+          content_type: version.content_type,
+          sha256: version.sha256,
+          version: current.version + 1,
+        });
+      } catch (error) {
+        if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${name} already exists`);
+        throw error;
+      }
+      await repo.insertVersion(trx, row);
+      await this.addUsage(trx, principal, { files: current.deleted ? 1 : 0, bytes: row.size, versions: 1 });
+      const file = toFileObject(row);
+      await this.deps.bus.append(trx, principal.environment, {
+        type: current.deleted ? 'File_create' : 'File_update',
+        tenant_id: principal.tenantId,
+        actor: actorOf(principal),
+        owner_id: row.user_id,
+        data: { file },
+      });
+      return file;
+    });
+  }
+
   async get(principal: FilesPrincipal, id: string): Promise<FileObject> {
     const row = await this.inTenant(principal, (trx) => repo.findFile(trx, principal.tenantId, id, this.ownerScope(principal)));
     if (!row) throw notFound(id);

@@ -188,3 +188,32 @@ export async function blobInUse(db: Db, sha256: string): Promise<boolean> {
   const result = await sql`select 1 from files.file_version where sha256 = ${sha256} limit 1`.execute(db);
   return result.rows.length > 0;
 }
+
+/**
+ * For a restore: the file whether live or deleted (a deleted file may come back), locked as
+ * `lockFile` does, subject lock first, so its events keep their commit order.
+ */
+export async function lockFileForRestore(trx: Tx, tenantId: string, id: string): Promise<(FileRow & { deleted: boolean }) | null> {
+  await lockSubject(trx, `files.file:${id}`);
+  const result = await sql<FileRow & { deleted: boolean }>`
+    select ${columns}, deleted_at is not null as deleted from files.file
+    where tenant_id = ${tenantId} and id = ${id}
+    for update`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+/** Makes a version current again (and a deleted file live again) as the next version. */
+export async function restoreFile(
+  trx: Tx,
+  tenantId: string,
+  id: string,
+  change: Pick<FileRow, 'name' | 'path' | 'size' | 'content_type' | 'sha256' | 'version'>,
+): Promise<FileRow> {
+  const result = await sql<FileRow>`
+    update files.file set name = ${change.name}, path = ${change.path}, size = ${change.size},
+      content_type = ${change.content_type}, sha256 = ${change.sha256}, version = ${change.version},
+      updated_at = now(), deleted_at = null
+    where tenant_id = ${tenantId} and id = ${id}
+    returning ${columns}`.execute(trx);
+  return result.rows[0] as FileRow;
+}
