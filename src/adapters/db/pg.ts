@@ -151,8 +151,8 @@ export async function migrate(db: Db, sets: MigrationSet[]): Promise<string[]> {
  */
 export async function withTenant<T>(db: Db, tenantId: string, work: (trx: Tx) => Promise<T>): Promise<T> {
   return db.transaction().execute(async (trx) => {
-    await sql`select set_config('bantu.tenant_id', ${tenantId}, true)`.execute(trx);
-    await sql`set local role bantu_app`.execute(trx);
+    // One round trip: setting the `role` parameter locally is SET LOCAL ROLE.
+    await sql`select set_config('bantu.tenant_id', ${tenantId}, true), set_config('role', 'bantu_app', true)`.execute(trx);
     return work(trx);
   });
 }
