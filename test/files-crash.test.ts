@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { dropDatabases } from '../src/adapters/db/pg.ts';
 import { sha256, until } from './helpers/files.ts';
 import { makeTempDir } from './helpers/server.ts';
+import { isProcessAlive } from '../src/adapters/local/data-dir.ts';
 
 /**
  * kill -9 of a real `bantu start` while uploads are in flight, then a restart on the same
@@ -30,14 +31,6 @@ async function freePort(): Promise<number> {
   });
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 interface Attempt {
   name: string;
@@ -147,10 +140,10 @@ describe('files survive kill -9', () => {
     killed = true;
     await new Promise((resolve) => child.once('exit', resolve));
     await Promise.all(workers);
-    if (pgPid) assert.ok(isAlive(pgPid), 'kill -9 left the embedded PostgreSQL running (the case the restart must handle)');
+    if (pgPid) assert.ok(isProcessAlive(pgPid), 'kill -9 left the embedded PostgreSQL running (the case the restart must handle)');
 
     child = await start();
-    if (pgPid) assert.ok(!isAlive(pgPid), 'the restart stopped the orphaned PostgreSQL');
+    if (pgPid) assert.ok(!isProcessAlive(pgPid), 'the restart stopped the orphaned PostgreSQL');
     assert.deepEqual(await fs.readdir(path.join(dataDir, 'blobs', 'test', 'tmp')), [], 'the restart removed orphan temp files');
 
     const visible = new Map<string, { id: string; sha256: string; size: number }>();

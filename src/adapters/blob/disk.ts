@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StoredBlob } from '../../core/ports.ts';
+import { isProcessAlive } from '../local/data-dir.ts';
 
 /**
  * The local-folder blob store: one root per environment (`<data dir>/blobs/<env>/`).
@@ -25,15 +26,6 @@ const READ_BUFFER = 1024 * 1024;
 export interface DiskBlobStoreOptions {
   /** How many bytes the store writes at a time; also the read chunk size. */
   bufferBytes?: number;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function fsyncPath(target: string): Promise<void> {
@@ -73,7 +65,7 @@ export class DiskBlobStore implements BlobStore {
     for (const name of await fs.readdir(tmp)) {
       const pid = Number.parseInt(name.split('-')[0] ?? '', 10);
       // Ours (an upload in flight here) or another live writer's (a second process on a shared volume).
-      if (pid === process.pid || (Number.isInteger(pid) && pid > 0 && isAlive(pid))) continue;
+      if (pid === process.pid || (Number.isInteger(pid) && pid > 0 && isProcessAlive(pid))) continue;
       await fs.rm(path.join(tmp, name), { force: true });
       removed.push(name);
     }

