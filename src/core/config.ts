@@ -31,6 +31,12 @@ export const EnvSchema = Type.Object({
   ),
   BANTU_SECRET_KEY: Type.Optional(Type.String({ minLength: 32, description: 'Key that encrypts signing keys at rest; generated under the data dir when unset' })),
   BANTU_BACKUP_DIR: Type.Optional(Type.String({ minLength: 1, description: 'Backup store root (default <data dir>/backups)' })),
+  BANTU_BACKUP_WORKER: Type.Union([Type.Literal('on'), Type.Literal('off')], {
+    default: 'on',
+    description: 'Run the backup worker in this process; off when `bantu serve backup` runs it elsewhere',
+  }),
+  BANTU_BACKUP_MAX_ATTEMPTS: positiveInt('Tries of one file event before the backup sets it aside as a dead letter', 5),
+  BANTU_BACKUP_SWEEP_MINUTES: positiveInt('How often the backup enforces retention and removes unreferenced backup blobs', 60),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one')),
   NATS_URL: Type.Optional(url('NATS JetStream (distributed mode)')),
@@ -57,6 +63,9 @@ export interface Config {
   logLevel: string;
   secretKey?: string;
   backupDir: string;
+  backupWorker: boolean;
+  backupMaxAttempts: number;
+  backupSweepMinutes: number;
   publicUrl?: string;
   databaseUrl?: string;
   natsUrl?: string;
@@ -118,6 +127,9 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       logLevel: e.BANTU_LOG_LEVEL,
       secretKey: e.BANTU_SECRET_KEY,
       backupDir: e.BANTU_BACKUP_DIR ? path.resolve(cwd, e.BANTU_BACKUP_DIR) : path.join(dataDir, 'backups'),
+      backupWorker: e.BANTU_BACKUP_WORKER === 'on',
+      backupMaxAttempts: e.BANTU_BACKUP_MAX_ATTEMPTS,
+      backupSweepMinutes: e.BANTU_BACKUP_SWEEP_MINUTES,
       publicUrl: e.BANTU_PUBLIC_URL,
       databaseUrl: e.DATABASE_URL,
       natsUrl: e.NATS_URL,

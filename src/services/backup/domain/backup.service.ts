@@ -1,0 +1,432 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
+import { AppError, Errors, fail } from '../../../core/errors.ts';
+import type { BusEvent } from '../../../core/events.ts';
+import type { BlobStore, ByteRange, EventBus } from '../../../core/ports.ts';
+import { type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
+import * as repo from '../repo/backup.repo.ts';
+
+/** The bus consumer name: its cursor and dead letters are kept under it. */
+export const BACKUP_CONSUMER = 'backup';
+
+export type BackupPrincipal = Exclude<Principal, { kind: 'operator' }>;
+
+/** The File object as the files service puts it in its events (only what the backup needs). */
+export interface FileSnapshot {
+  id: string;
+  name: string;
+  path: string;
+  size: number;
+  content_type: string;
+  sha256: string;
+  version: number;
+  owner_id: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** What the files service must offer the backup: reads, deletes, and restores as new versions. */
+export interface FilesPort {
+  get(principal: BackupPrincipal, id: string): Promise<FileSnapshot>;
+  list(principal: BackupPrincipal, query: { limit: number; cursor?: string }): Promise<{ data: FileSnapshot[]; next_cursor: string | null }>;
+  remove(principal: BackupPrincipal, id: string): Promise<void>;
+  restoreVersion(
+    principal: BackupPrincipal,
+    id: string,
+    version: { sha256: string; size: number; content_type: string; name: string; path: string },
+    open: () => Promise<AsyncIterable<Uint8Array>>,
+  ): Promise<FileSnapshot>;
+}
+
+/** Observers the composition root may hang metrics on. */
+export interface BackupObserver {
+  recorded?(environment: Environment, lagSeconds: number): void;
+}
+
+export interface BackupDeps {
+  databases: Databases;
+  /** The files service's blob stores: where the bytes of each version are copied from. */
+  sources: Record<Environment, BlobStore>;
+  /** The backup store, one root per environment (BANTU_BACKUP_DIR). */
+  store: Record<Environment, BlobStore>;
+  bus: Pick<EventBus, 'status'>;
+  /** Absent where nothing is restored (the worker alone, verify). */
+  files?: FilesPort;
+  logger: Logger;
+  observer?: BackupObserver;
+}
+
+export interface VersionEntry {
+  version: number;
+  event: repo.VersionEvent;
+  name: string;
+  path: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+  created_at: string;
+  backed_up_at: string;
+}
+
+export type RetentionPolicy = { keep: 'all' } | { keep_last: number } | { keep_days: number };
+
+export interface BackupStatus {
+  pending_events: number;
+  last_backup_at: string | null;
+  versions: number;
+  bytes: number;
+  dead_letters: number;
+}
+
+export interface DamagedBlob {
+  environment: Environment;
+  sha256: string;
+  reason: string;
+  versions: Array<{ tenant_id: string; file_id: string; version: number; event: string }>;
+}
+
+export interface AsOfPlan {
+  remove: FileSnapshot[];
+  restore: repo.VersionRow[];
+  unchanged: number;
+  /** Live files that existed before `asOf` but have no backed-up history yet: left as they are. */
+  notBackedUp: FileSnapshot[];
+}
+
+const FILE_EVENTS = new Set<string>(['File_create', 'File_update', 'File_delete']);
+const SHA256 = /^[0-9a-f]{64}$/;
+
+function toEntry(row: repo.VersionRow): VersionEntry {
+  return {
+    version: row.version,
+    event: row.event,
+    name: row.name,
+    path: row.path,
+    size: row.size,
+    sha256: row.sha256,
+    content_type: row.content_type,
+    created_at: row.created_at.toISOString(),
+    backed_up_at: row.backed_up_at.toISOString(),
+  };
+}
+
+/** An event's File object, checked: a malformed one fails (and so ends as a dead letter) instead of recording garbage. */
+export function snapshotOf(event: BusEvent): FileSnapshot {
+  const file = (event.data as { file?: Partial<FileSnapshot> }).file;
+  if (
+    !file ||
+    typeof file.id !== 'string' ||
+    typeof file.name !== 'string' ||
+    typeof file.path !== 'string' ||
+    typeof file.size !== 'number' ||
+    typeof file.content_type !== 'string' ||
+    typeof file.sha256 !== 'string' ||
+    !SHA256.test(file.sha256) ||
+    typeof file.version !== 'number' ||
+    typeof file.updated_at !== 'string'
+  ) {
+    throw new Error(`event ${event.event_id} (${event.type}) carries no valid File object`);
+  }
+  return file as FileSnapshot;
+}
+
+const notFound = (id: string) => new AppError(Errors.notFound, `No file ${id}`);
+
+/**
+ * The backup service: copies every version's bytes into its own content-addressed store,
+ * records each File_* event as an entry of the file's history, and serves that history
+ * (list, download, restore through the files service).
+ *
+ * Record order for one event: the bytes are durable in the backup store (and their SHA-256
+ * checked) before the history row commits, and the handler returns (acknowledges) only
+ * after that commit. A crash anywhere leaves at most an unreferenced blob; the redelivered
+ * event then finds the blob and records the row. A second delivery changes nothing.
+ */
+export class BackupService {
+  constructor(private readonly deps: BackupDeps) {}
+
+  private db(environment: Environment) {
+    return this.deps.databases.environments[environment];
+  }
+
+  private inTenant<T>(principal: BackupPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
+    return withTenant(this.db(principal.environment), principal.tenantId, work);
+  }
+
+  /** The bus handler. Throws on anything that must be retried (and, after the tries, set aside). */
+  async record(event: BusEvent): Promise<void> {
+    if (!FILE_EVENTS.has(event.type)) return;
+    const file = snapshotOf(event);
+    const environment = event.environment;
+    const store = this.deps.store[environment];
+    if (!(await store.stat(file.sha256))) await this.copy(environment, file);
+    const inserted = await withTenant(this.db(environment), event.tenant_id, async (trx) => {
+      await repo.lockBlob(trx, file.sha256);
+      // The sweep deletes unreferenced blobs under the same lock: make sure ours survived.
+      if (!(await store.stat(file.sha256))) throw new Error(`backup blob ${file.sha256} was swept before its version was recorded; retrying`);
+      return repo.insertVersion(trx, {
+        tenant_id: event.tenant_id,
+        file_id: file.id,
+        version: file.version,
+        event: event.type as repo.VersionEvent,
+        event_id: event.event_id,
+        owner_id: file.owner_id ?? null,
+        name: file.name,
+        path: file.path,
+        size: file.size,
+        content_type: file.content_type,
+        sha256: file.sha256,
+        created_at: new Date(event.type === 'File_delete' ? event.occurred_at : file.updated_at),
+        occurred_at: new Date(event.occurred_at),
+      });
+    });
+    if (inserted) this.deps.observer?.recorded?.(environment, Math.max(0, (Date.now() - Date.parse(event.occurred_at)) / 1000));
+  }
+
+  /** Copies one version's bytes from the files store, checking they are the bytes the event names. */
+  private async copy(environment: Environment, file: FileSnapshot): Promise<void> {
+    let source: AsyncIterable<Uint8Array>;
+    try {
+      source = await this.deps.sources[environment].get(file.sha256);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`the files store has no blob ${file.sha256} (file ${file.id} version ${file.version})`);
+      throw error;
+    }
+    const stored = await this.deps.store[environment].put(source);
+    if (stored.sha256 !== file.sha256 || stored.size !== file.size) {
+      // Stored under its real hash, which nothing references: the sweep removes it.
+      throw new Error(`checksum mismatch for file ${file.id} version ${file.version}: expected ${file.sha256} (${file.size} bytes), read ${stored.sha256} (${stored.size} bytes)`);
+    }
+  }
+
+  /** A user who is not an admin sees the history of their own files only; others' are 404. */
+  private async assertVisible(trx: Tx, principal: BackupPrincipal, fileId: string): Promise<void> {
+    const owner = await repo.ownerOf(trx, principal.tenantId, fileId);
+    if (!owner) throw notFound(fileId);
+    if (principal.kind === 'user' && !isTenantAdmin(principal) && owner.owner_id !== principal.userId) throw notFound(fileId);
+  }
+
+  async listVersions(principal: BackupPrincipal, fileId: string, query: { limit: number; cursor?: string }) {
+    const after = decodeVersionCursor(query.cursor);
+    const rows = await this.inTenant(principal, async (trx) => {
+      await this.assertVisible(trx, principal, fileId);
+      return repo.listVersions(trx, principal.tenantId, fileId, { after, limit: query.limit + 1 });
+    });
+    const page = rows.slice(0, query.limit);
+    const last = page[page.length - 1];
+    return {
+      data: page.map(toEntry),
+      next_cursor: rows.length > query.limit && last ? Buffer.from(`${last.version}.${last.rank}`).toString('base64url') : null,
+    };
+  }
+
+  async findVersion(principal: BackupPrincipal, fileId: string, version: number): Promise<VersionEntry> {
+    const row = await this.inTenant(principal, async (trx) => {
+      await this.assertVisible(trx, principal, fileId);
+      return repo.findVersion(trx, principal.tenantId, fileId, version);
+    });
+    if (!row) fail(Errors.notFound, `File ${fileId} has no version ${version} in the backups`);
+    return toEntry(row);
+  }
+
+  /** A stream of one backed-up version's bytes (or a range of them), from the backup store. */
+  async openVersion(principal: BackupPrincipal, entry: VersionEntry, range?: ByteRange) {
+    return this.deps.store[principal.environment].get(entry.sha256, range);
+  }
+
+  /**
+   * Makes a backed-up version the file's current content again, as a NEW version made by the
+   * files service (with its own File_* event, which the backup records in turn). A deleted
+   * file comes back under the same id.
+   */
+  async restore(principal: BackupPrincipal, fileId: string, version: number) {
+    const files = this.deps.files;
+    if (!files) throw new Error('restore needs the files service');
+    const entry = await this.findVersion(principal, fileId, version);
+    const store = this.deps.store[principal.environment];
+    return files.restoreVersion(principal, fileId, entry, () => store.get(entry.sha256));
+  }
+
+  /** The newest version of a file that had content (the one a restore without --version brings back). */
+  async latestVersion(principal: BackupPrincipal, fileId: string): Promise<number> {
+    const row = await this.inTenant(principal, async (trx) => {
+      await this.assertVisible(trx, principal, fileId);
+      return repo.latestContentVersion(trx, principal.tenantId, fileId);
+    });
+    if (!row) fail(Errors.notFound, `File ${fileId} has no backed-up content`);
+    return row.version;
+  }
+
+  async status(principal: BackupPrincipal): Promise<BackupStatus> {
+    if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Backup status is for account keys and admin users');
+    const [stats, consumers] = await Promise.all([
+      this.inTenant(principal, (trx) => repo.tenantStats(trx, principal.tenantId)),
+      this.deps.bus.status(BACKUP_CONSUMER),
+    ]);
+    const consumer = consumers.find((c) => c.environment === principal.environment);
+    return {
+      pending_events: consumer?.pending ?? 0,
+      last_backup_at: stats.last_backup_at?.toISOString() ?? null,
+      versions: stats.versions,
+      bytes: stats.bytes,
+      dead_letters: consumer?.deadLetters ?? 0,
+    };
+  }
+
+  async getPolicy(principal: BackupPrincipal): Promise<RetentionPolicy> {
+    if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'The retention policy is for account keys and admin users');
+    const row = await this.inTenant(principal, (trx) => repo.getPolicy(trx, principal.tenantId));
+    return policyOf(row);
+  }
+
+  async setPolicy(principal: BackupPrincipal, policy: RetentionPolicy): Promise<RetentionPolicy> {
+    if (principal.kind !== 'account_key') fail(Errors.forbidden, 'Only an account key may set the retention policy');
+    const row: repo.PolicyRow = {
+      tenant_id: principal.tenantId,
+      keep_last: 'keep_last' in policy ? policy.keep_last : null,
+      keep_days: 'keep_days' in policy ? policy.keep_days : null,
+    };
+    await this.inTenant(principal, (trx) => repo.setPolicy(trx, row));
+    return policyOf(row);
+  }
+
+  /**
+   * Enforces every tenant's retention, then deletes backup blobs no entry uses any more
+   * (including bytes a failed copy left behind). Never touches a file's newest version.
+   */
+  async sweep(): Promise<{ entries: number; blobs: number }> {
+    let entries = 0;
+    let blobs = 0;
+    for (const environment of ENVIRONMENTS) {
+      const db = this.db(environment);
+      for (const policy of await repo.allPolicies(db)) {
+        entries += await withTenant(db, policy.tenant_id, (trx) => repo.applyRetention(trx, policy));
+      }
+      const store = this.deps.store[environment];
+      for await (const blob of store.list()) {
+        if (await repo.blobInUse(db, blob.key)) continue;
+        const removed = await db.transaction().execute(async (trx) => {
+          await repo.lockBlob(trx, blob.key);
+          if (await repo.blobInUse(trx, blob.key)) return false;
+          await store.delete(blob.key);
+          return true;
+        });
+        if (removed) blobs++;
+      }
+    }
+    if (entries || blobs) this.deps.logger.info({ entries, blobs }, 'backup sweep removed expired versions and unreferenced blobs');
+    return { entries, blobs };
+  }
+
+  /**
+   * Re-hashes every stored blob against the SHA-256 and size its versions recorded.
+   * Returns the damaged ones (missing, truncated, altered), each with every version it holds.
+   */
+  async verify(onBlob?: (done: number, total: number) => void): Promise<{ blobs: number; versions: number; damaged: DamagedBlob[] }> {
+    const damaged: DamagedBlob[] = [];
+    let blobs = 0;
+    let versions = 0;
+    for (const environment of ENVIRONMENTS) {
+      const rows = await repo.blobsWithVersions(this.db(environment));
+      let done = 0;
+      for (const row of rows) {
+        blobs++;
+        versions += row.versions.length;
+        const reason = await this.checkBlob(environment, row.sha256, row.size);
+        if (reason) damaged.push({ environment, sha256: row.sha256, reason, versions: row.versions });
+        onBlob?.(++done, rows.length);
+      }
+    }
+    return { blobs, versions, damaged };
+  }
+
+  private async checkBlob(environment: Environment, sha256: string, size: number): Promise<string | null> {
+    const hash = createHash('sha256');
+    let read = 0;
+    try {
+      for await (const chunk of await this.deps.store[environment].get(sha256)) {
+        read += chunk.byteLength;
+        hash.update(chunk);
+      }
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : `unreadable: ${(error as Error).message}`;
+    }
+    const actual = hash.digest('hex');
+    if (actual !== sha256) return `checksum mismatch (read ${read} bytes hashing to ${actual})`;
+    if (read !== size) return `size mismatch (read ${read} bytes, expected ${size})`;
+    return null;
+  }
+
+  /**
+   * What restoring the tenant to its state at `asOf` takes: files live now that did not exist
+   * then (or were deleted by then) are removed; files whose content, name or folder differ, or
+   * that are deleted now, get the version they had then. Live files come from the files service
+   * (its truth); the past comes from the backup history.
+   */
+  async planAsOf(principal: BackupPrincipal, asOf: Date): Promise<AsOfPlan> {
+    const files = this.deps.files;
+    if (!files) throw new Error('restore needs the files service');
+    if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'A tenant restore needs an account key or an admin');
+    const then = new Map((await this.inTenant(principal, (trx) => repo.stateAsOf(trx, principal.tenantId, asOf))).map((row) => [row.file_id, row]));
+    const live = new Map<string, FileSnapshot>();
+    let cursor: string | undefined;
+    do {
+      const page = await files.list(principal, { limit: 200, cursor });
+      for (const file of page.data) live.set(file.id, file);
+      cursor = page.next_cursor ?? undefined;
+    } while (cursor);
+
+    const plan: AsOfPlan = { remove: [], restore: [], unchanged: 0, notBackedUp: [] };
+    for (const file of live.values()) {
+      const past = then.get(file.id);
+      if (!past) {
+        if (Date.parse(file.created_at) > asOf.getTime()) plan.remove.push(file);
+        else plan.notBackedUp.push(file);
+      } else if (past.event === 'File_delete') {
+        plan.remove.push(file);
+      } else if (past.sha256 !== file.sha256 || past.name !== file.name || past.path !== file.path || past.content_type !== file.content_type) {
+        plan.restore.push(past);
+      } else {
+        plan.unchanged++;
+      }
+    }
+    for (const past of then.values()) {
+      if (!live.has(past.file_id) && past.event !== 'File_delete') plan.restore.push(past);
+    }
+    return plan;
+  }
+
+  /** Carries out a plan: removals first, so that restored names are free again. */
+  async applyAsOf(principal: BackupPrincipal, plan: AsOfPlan, onStep?: (done: number, total: number, what: string) => void): Promise<void> {
+    const files = this.deps.files;
+    if (!files) throw new Error('restore needs the files service');
+    const total = plan.remove.length + plan.restore.length;
+    let done = 0;
+    for (const file of plan.remove) {
+      await files.remove(principal, file.id).catch((error) => {
+        if (!(error instanceof AppError && error.code === 'not_found')) throw error;
+      });
+      onStep?.(++done, total, `removed ${file.id} (${file.name})`);
+    }
+    for (const past of plan.restore) {
+      await this.restore(principal, past.file_id, past.version);
+      onStep?.(++done, total, `restored ${past.file_id} (${past.name}) to version ${past.version}`);
+    }
+  }
+}
+
+function policyOf(row: Pick<repo.PolicyRow, 'keep_last' | 'keep_days'> | null): RetentionPolicy {
+  if (row?.keep_last != null) return { keep_last: row.keep_last };
+  if (row?.keep_days != null) return { keep_days: row.keep_days };
+  return { keep: 'all' };
+}
+
+function decodeVersionCursor(cursor: string | undefined): { version: number; rank: number } | undefined {
+  if (cursor === undefined) return undefined;
+  const match = /^(\d{1,9})\.([01])$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
+  if (!match) {
+    throw new AppError(Errors.validationFailed, 'The cursor is not one this server gave', { errors: [{ field: 'cursor', message: 'is invalid' }] });
+  }
+  return { version: Number(match[1]), rank: Number(match[2]) };
+}

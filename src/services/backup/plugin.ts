@@ -1,0 +1,134 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Gauge, Histogram, type Registry } from 'prom-client';
+import { type Databases, ENVIRONMENTS } from '../../adapters/db/pg.ts';
+import type { EventBus } from '../../core/ports.ts';
+import type { Environment } from '../../core/principal.ts';
+import type { MigrationSet } from '../../adapters/db/pg.ts';
+import type { RoutesPlugin } from '../../gateway/server.ts';
+import { BACKUP_CONSUMER, type BackupDeps, BackupService } from './domain/backup.service.ts';
+import { backupRoutes } from './http/backup.routes.ts';
+import * as repo from './repo/backup.repo.ts';
+import { registerBackupWorker } from './worker.ts';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** Backup: the history of every file version, its own content-addressed store, restores. */
+export const backupMigrations = {
+  environment: [{ service: 'backup', folder: path.join(here, 'migrations') }] as MigrationSet[],
+};
+
+export interface BackupOptions extends Omit<BackupDeps, 'bus' | 'observer'> {
+  bus: EventBus;
+  /** Run the worker in this process (embedded mode); off when `bantu serve backup` runs it. */
+  worker: boolean;
+  maxAttempts: number;
+  /** How often retention and unreferenced blobs are swept (also once at start). */
+  sweepEveryMs: number;
+  metrics?: Registry;
+}
+
+export interface BackupModule {
+  service: BackupService;
+  routes: RoutesPlugin[];
+  /** Starts the periodic sweep. Call after the bus has started. */
+  start(): void;
+  close(): Promise<void>;
+}
+
+/** Builds the service, registers its worker with the bus (before `bus.start()`), and its metrics. */
+export function createBackupService(options: BackupOptions): BackupModule {
+  const lag = options.metrics
+    ? new Histogram({
+        name: 'backup_record_lag_seconds',
+        help: 'Time from a file change committing to its version being durably backed up',
+        labelNames: ['environment'],
+        buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+        registers: [options.metrics],
+      })
+    : undefined;
+  const service = new BackupService({
+    ...options,
+    observer: { recorded: (environment, seconds) => lag?.observe({ environment }, seconds) },
+  });
+  if (options.metrics) registerBackupGauges(options.metrics, options.databases, options.bus);
+  if (options.worker) registerBackupWorker(options.bus, service, { maxAttempts: options.maxAttempts });
+
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<unknown> = Promise.resolve();
+  const sweep = () => {
+    running = service.sweep().catch((error) => options.logger.warn({ err: error }, 'backup sweep failed; retrying later'));
+  };
+  return {
+    service,
+    routes: [backupRoutes(service)],
+    start() {
+      // Only where the worker runs: one sweeper per deployment, next to the writer it races with.
+      if (!options.worker) return;
+      sweep();
+      timer = setInterval(sweep, options.sweepEveryMs);
+      timer.unref();
+    },
+    async close() {
+      if (timer) clearInterval(timer);
+      await running;
+    },
+  };
+}
+
+interface Snapshot {
+  pending: number;
+  deadLetters: number;
+  versions: number;
+  bytes: number;
+  lagSeconds: number;
+}
+
+/**
+ * Gauges read at scrape time. One snapshot serves every gauge of a scrape (prom-client
+ * collects them concurrently); a failing database keeps the last values instead of failing /metrics.
+ */
+function registerBackupGauges(metrics: Registry, databases: Databases, bus: EventBus): void {
+  let last: Record<Environment, Snapshot> = Object.fromEntries(
+    ENVIRONMENTS.map((env) => [env, { pending: 0, deadLetters: 0, versions: 0, bytes: 0, lagSeconds: 0 }]),
+  ) as Record<Environment, Snapshot>;
+  let inflight: Promise<Record<Environment, Snapshot>> | undefined;
+  const snapshot = () => {
+    inflight ??= (async () => {
+      try {
+        const consumers = await bus.status(BACKUP_CONSUMER);
+        const next = { ...last };
+        for (const environment of ENVIRONMENTS) {
+          const stats = await repo.environmentStats(databases.environments[environment]);
+          const consumer = consumers.find((c) => c.environment === environment);
+          const pending = consumer?.pending ?? 0;
+          // Behind by at least the time since the newest change recorded, while anything waits.
+          const newest = stats.newest_occurred_at?.getTime();
+          const lagSeconds = pending > 0 && newest !== undefined ? Math.max(0, (Date.now() - newest) / 1000) : 0;
+          next[environment] = { pending, deadLetters: consumer?.deadLetters ?? 0, versions: stats.versions, bytes: stats.bytes, lagSeconds };
+        }
+        last = next;
+      } catch {
+        // keep the last values
+      }
+      return last;
+    })().finally(() => setTimeout(() => (inflight = undefined), 500).unref());
+    return inflight;
+  };
+  const gauge = (name: string, help: string, pick: (s: Snapshot) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['environment'],
+      registers: [metrics],
+      async collect() {
+        const all = await snapshot();
+        for (const environment of ENVIRONMENTS) this.set({ environment }, pick(all[environment]));
+      },
+    });
+  gauge('backup_lag_events', 'File events not yet backed up', (s) => s.pending);
+  gauge('backup_lag_seconds', 'How far the backup is behind, in seconds (0 when nothing waits)', (s) => s.lagSeconds);
+  gauge('backup_versions', 'Version history entries held', (s) => s.versions);
+  gauge('backup_bytes', 'Distinct bytes held in the backup store', (s) => s.bytes);
+  gauge('backup_dead_letters', 'File events the backup gave up on after its tries', (s) => s.deadLetters);
+}

@@ -1,0 +1,173 @@
+import { sql } from 'kysely';
+import type { Db, Tx } from '../../../adapters/db/pg.ts';
+
+/**
+ * SQL of the backup service (schema `backup`). Tenant-bound functions take a transaction
+ * from `withTenant` and still name their tenant (isolation is enforced twice); the ones that
+ * take a `Db` work across tenants and are for the worker's sweeps, verification and metrics.
+ */
+export type VersionEvent = 'File_create' | 'File_update' | 'File_delete';
+
+export interface VersionRow {
+  tenant_id: string;
+  file_id: string;
+  version: number;
+  event: VersionEvent;
+  event_id: string;
+  owner_id: string | null;
+  name: string;
+  path: string;
+  size: number;
+  content_type: string;
+  sha256: string;
+  created_at: Date;
+  occurred_at: Date;
+  backed_up_at: Date;
+}
+
+export interface PolicyRow {
+  tenant_id: string;
+  keep_last: number | null;
+  keep_days: number | null;
+}
+
+const columns = sql`tenant_id, file_id, version, event, event_id, owner_id, name, path, size, content_type, sha256, created_at, occurred_at, backed_up_at`;
+/** Within one version, the content entry comes before the delete that closed it. */
+const rank = sql`(case when event = 'File_delete' then 1 else 0 end)`;
+
+/**
+ * Serialises the backup writers of one blob: the worker holds it while it checks the bytes
+ * are stored and records a version pointing at them; the sweep holds it while it checks
+ * a blob is unreferenced and deletes it. So no version ever points at a swept blob.
+ */
+export async function lockBlob(trx: Tx, sha256: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${`backup.blob:${sha256}`}, 0))`.execute(trx);
+}
+
+/** Records one event's version. False when it was already recorded (a redelivery). */
+export async function insertVersion(trx: Tx, row: Omit<VersionRow, 'backed_up_at'>): Promise<boolean> {
+  const result = await sql`
+    insert into backup.version (tenant_id, file_id, version, event, event_id, owner_id, name, path, size, content_type, sha256, created_at, occurred_at)
+    values (${row.tenant_id}, ${row.file_id}, ${row.version}, ${row.event}, ${row.event_id}, ${row.owner_id}, ${row.name}, ${row.path},
+            ${row.size}, ${row.content_type}, ${row.sha256}, ${row.created_at}, ${row.occurred_at})
+    on conflict do nothing`.execute(trx);
+  return Number(result.numAffectedRows ?? 0) > 0;
+}
+
+/** The owner recorded with the file's newest entry; undefined when the file has no history here. */
+export async function ownerOf(trx: Tx, tenantId: string, fileId: string): Promise<{ owner_id: string | null } | undefined> {
+  const result = await sql<{ owner_id: string | null }>`
+    select owner_id from backup.version where tenant_id = ${tenantId} and file_id = ${fileId}
+    order by version desc, ${rank} desc limit 1`.execute(trx);
+  return result.rows[0];
+}
+
+/** A file's history, oldest first, after the entry (version, rank) when given. */
+export async function listVersions(
+  trx: Tx,
+  tenantId: string,
+  fileId: string,
+  options: { after?: { version: number; rank: number }; limit: number },
+): Promise<Array<VersionRow & { rank: number }>> {
+  const after = options.after ? sql`and (version, ${rank}) > (${options.after.version}, ${options.after.rank})` : sql``;
+  const result = await sql<VersionRow & { rank: number }>`
+    select ${columns}, ${rank} as rank from backup.version
+    where tenant_id = ${tenantId} and file_id = ${fileId} ${after}
+    order by version, ${rank} limit ${options.limit}`.execute(trx);
+  return result.rows;
+}
+
+/** The content entry of one version (a delete entry repeats the bytes of the version it closed). */
+export async function findVersion(trx: Tx, tenantId: string, fileId: string, version: number): Promise<VersionRow | null> {
+  const result = await sql<VersionRow>`
+    select ${columns} from backup.version where tenant_id = ${tenantId} and file_id = ${fileId} and version = ${version}
+    order by ${rank} limit 1`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+/** The newest version that has content (not a delete entry): what a plain file restore brings back. */
+export async function latestContentVersion(trx: Tx, tenantId: string, fileId: string): Promise<VersionRow | null> {
+  const result = await sql<VersionRow>`
+    select ${columns} from backup.version where tenant_id = ${tenantId} and file_id = ${fileId} and event <> 'File_delete'
+    order by version desc limit 1`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+/** Each file's last entry committed at or before `asOf`: the tenant's state at that time. */
+export async function stateAsOf(trx: Tx, tenantId: string, asOf: Date): Promise<VersionRow[]> {
+  const result = await sql<VersionRow>`
+    select distinct on (file_id) ${columns} from backup.version
+    where tenant_id = ${tenantId} and occurred_at <= ${asOf}
+    order by file_id, occurred_at desc, version desc, ${rank} desc`.execute(trx);
+  return result.rows;
+}
+
+export async function tenantStats(trx: Tx, tenantId: string): Promise<{ versions: number; bytes: number; last_backup_at: Date | null }> {
+  const result = await sql<{ versions: number; bytes: number | null; last_backup_at: Date | null }>`
+    select (select count(*)::int from backup.version where tenant_id = ${tenantId}) as versions,
+           (select coalesce(sum(size), 0)::bigint from (select distinct sha256, size from backup.version where tenant_id = ${tenantId}) b) as bytes,
+           (select max(backed_up_at) from backup.version where tenant_id = ${tenantId}) as last_backup_at`.execute(trx);
+  const row = result.rows[0];
+  return { versions: row?.versions ?? 0, bytes: Number(row?.bytes ?? 0), last_backup_at: row?.last_backup_at ?? null };
+}
+
+export async function getPolicy(trx: Tx, tenantId: string): Promise<PolicyRow | null> {
+  const result = await sql<PolicyRow>`select tenant_id, keep_last, keep_days from backup.policy where tenant_id = ${tenantId}`.execute(trx);
+  return result.rows[0] ?? null;
+}
+
+export async function setPolicy(trx: Tx, policy: PolicyRow): Promise<void> {
+  await sql`
+    insert into backup.policy (tenant_id, keep_last, keep_days) values (${policy.tenant_id}, ${policy.keep_last}, ${policy.keep_days})
+    on conflict (tenant_id) do update set keep_last = excluded.keep_last, keep_days = excluded.keep_days, updated_at = now()`.execute(trx);
+}
+
+/**
+ * Removes the entries the tenant's policy no longer keeps. The newest version of every file
+ * (the current one, or a deleted file's last) is never removed: both rules spare it.
+ * Returns how many entries went.
+ */
+export async function applyRetention(trx: Tx, policy: PolicyRow): Promise<number> {
+  const newest = sql`(select max(w.version) from backup.version w where w.tenant_id = v.tenant_id and w.file_id = v.file_id)`;
+  let rule: ReturnType<typeof sql> | undefined;
+  if (policy.keep_last !== null) rule = sql`v.version <= ${newest} - ${policy.keep_last}`;
+  else if (policy.keep_days !== null) rule = sql`v.created_at < now() - make_interval(days => ${policy.keep_days}) and v.version < ${newest}`;
+  if (!rule) return 0;
+  const result = await sql`delete from backup.version v where v.tenant_id = ${policy.tenant_id} and ${rule}`.execute(trx);
+  return Number(result.numAffectedRows ?? 0);
+}
+
+/** Across tenants: every tenant with a retention other than "keep all". */
+export async function allPolicies(db: Db): Promise<PolicyRow[]> {
+  const result = await sql<PolicyRow>`
+    select tenant_id, keep_last, keep_days from backup.policy where keep_last is not null or keep_days is not null`.execute(db);
+  return result.rows;
+}
+
+/** Across tenants: does any recorded version use this blob? */
+export async function blobInUse(db: Db | Tx, sha256: string): Promise<boolean> {
+  const result = await sql`select 1 from backup.version where sha256 = ${sha256} limit 1`.execute(db);
+  return result.rows.length > 0;
+}
+
+/** Across tenants: every stored blob with the versions that use it (for `bantu backup verify`). */
+export async function blobsWithVersions(
+  db: Db,
+): Promise<Array<{ sha256: string; size: number; versions: Array<{ tenant_id: string; file_id: string; version: number; event: string }> }>> {
+  const result = await sql<{ sha256: string; size: number; versions: Array<{ tenant_id: string; file_id: string; version: number; event: string }> }>`
+    select sha256, size,
+           json_agg(json_build_object('tenant_id', tenant_id, 'file_id', file_id, 'version', version, 'event', event)
+                    order by tenant_id, file_id, version) as versions
+    from backup.version group by sha256, size order by sha256`.execute(db);
+  return result.rows;
+}
+
+/** Across tenants: totals for the metrics. */
+export async function environmentStats(db: Db): Promise<{ versions: number; bytes: number; newest_occurred_at: Date | null }> {
+  const result = await sql<{ versions: number; bytes: number | null; newest_occurred_at: Date | null }>`
+    select (select count(*)::int from backup.version) as versions,
+           (select coalesce(sum(size), 0)::bigint from (select distinct sha256, size from backup.version) b) as bytes,
+           (select max(occurred_at) from backup.version) as newest_occurred_at`.execute(db);
+  const row = result.rows[0];
+  return { versions: row?.versions ?? 0, bytes: Number(row?.bytes ?? 0), newest_occurred_at: row?.newest_occurred_at ?? null };
+}

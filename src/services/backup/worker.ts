@@ -1,0 +1,14 @@
+import { FILE_EVENT_TYPES } from '../../core/events.ts';
+import type { EventBus } from '../../core/ports.ts';
+import { BACKUP_CONSUMER, type BackupService } from './domain/backup.service.ts';
+
+/**
+ * The backup worker: a durable consumer of every File_* event of every tenant and environment.
+ * The bus delivers at least once, in commit order per file, and moves its cursor only past
+ * events whose handler returned; `record` returns only once the version is durable and
+ * recorded. A handler that keeps failing (the bytes are gone, or are not the bytes the event
+ * names) is retried with backoff, then set aside as a dead letter, and later events go on.
+ */
+export function registerBackupWorker(bus: EventBus, backup: BackupService, options: { maxAttempts: number }): void {
+  bus.consume(BACKUP_CONSUMER, (event) => backup.record(event), { types: FILE_EVENT_TYPES, maxAttempts: options.maxAttempts });
+}

@@ -1,0 +1,215 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createTenant, sha256, uploadRaw, until } from './helpers/files.ts';
+import { startServer, type TestServer } from './helpers/server.ts';
+
+/** Every history entry of a file, following next_cursor. */
+async function allVersions(server: TestServer, auth: string, id: string) {
+  const entries: Array<Record<string, any>> = [];
+  let cursor: string | null = null;
+  do {
+    const response = await server.request('GET', `/v1/files/${id}/versions?limit=20${cursor ? `&cursor=${cursor}` : ''}`, { auth });
+    assert.equal(response.status, 200, response.text);
+    entries.push(...response.json.data);
+    cursor = response.json.next_cursor;
+  } while (cursor);
+  return entries;
+}
+
+async function waitForVersions(server: TestServer, auth: string, id: string, count: number) {
+  await until(async () => (await allVersions(server, auth, id)).length >= count, `${count} backed-up entries of ${id}`);
+  return allVersions(server, auth, id);
+}
+
+function replace(server: TestServer, auth: string, id: string, content: string | Buffer, contentType = 'application/octet-stream') {
+  return server.request('PUT', `/v1/files/${id}/content`, { auth, body: content, headers: { 'content-type': contentType } });
+}
+
+describe('backup: versions API', () => {
+  let server: TestServer;
+  let key: string;
+  before(async () => {
+    server = await startServer();
+    key = server.keys.test.account_key;
+  });
+  after(async () => server?.close());
+
+  it('50 rapid updates of one file: 51 versions listed oldest first, each downloadable and byte-identical', async () => {
+    const uploaded: Buffer[] = [Buffer.from('version 1 of the report')];
+    const created = await uploadRaw(server, key, uploaded[0] as Buffer, { name: 'rapid.txt', contentType: 'text/plain' });
+    assert.equal(created.status, 201, created.text);
+    const id = created.json.id;
+    for (let i = 2; i <= 51; i++) {
+      // Every other version repeats an earlier content: content-addressing stores it once, history keeps both.
+      const content = i % 10 === 0 ? (uploaded[0] as Buffer) : Buffer.from(`version ${i} of the report ${'x'.repeat(i)}`);
+      uploaded.push(content);
+      const response = await replace(server, key, id, content, 'text/plain');
+      assert.equal(response.status, 200, response.text);
+      assert.equal(response.json.version, i);
+    }
+    const versions = await waitForVersions(server, key, id, 51);
+    assert.equal(versions.length, 51);
+    assert.deepEqual(versions.map((v) => v.version), Array.from({ length: 51 }, (_, i) => i + 1));
+    assert.deepEqual(versions.map((v) => v.event), ['File_create', ...Array(50).fill('File_update')]);
+    for (const [i, entry] of versions.entries()) {
+      const expected = uploaded[i] as Buffer;
+      assert.equal(entry.sha256, sha256(expected));
+      assert.equal(entry.size, expected.length);
+      assert.equal(entry.name, 'rapid.txt');
+      assert.equal(entry.content_type, 'text/plain');
+      assert.ok(Date.parse(entry.backed_up_at) >= Date.parse(entry.created_at) - 1000);
+      const content = await server.request('GET', `/v1/files/${id}/versions/${entry.version}/content`, { auth: key });
+      assert.equal(content.status, 200);
+      assert.equal(content.text, expected.toString(), `version ${entry.version}`);
+      assert.equal(content.headers.etag, `"${entry.sha256}"`);
+      assert.equal(content.headers['content-length'], String(expected.length));
+      assert.equal(content.headers['content-type'], 'text/plain');
+    }
+    const ranged = await server.request('GET', `/v1/files/${id}/versions/2/content`, { auth: key, headers: { range: 'bytes=0-6' } });
+    assert.equal(ranged.status, 206);
+    assert.equal(ranged.text, 'version');
+    const cached = await server.request('GET', `/v1/files/${id}/versions/2/content`, { auth: key, headers: { 'if-none-match': `"${versions[1]?.sha256}"` } });
+    assert.equal(cached.status, 304);
+    assert.equal((await server.request('GET', `/v1/files/${id}/versions/52/content`, { auth: key })).status, 404);
+  });
+
+  it('delete then restore: the file is back under its id with a new version and the old content', async () => {
+    const created = await uploadRaw(server, key, 'first draft', { name: 'contract.txt', path: '/legal', contentType: 'text/plain' });
+    const id = created.json.id;
+    assert.equal((await replace(server, key, id, 'second draft', 'text/plain')).status, 200);
+    assert.equal((await server.request('DELETE', `/v1/files/${id}`, { auth: key })).status, 204);
+    assert.equal((await server.request('GET', `/v1/files/${id}`, { auth: key })).status, 404);
+
+    const history = await waitForVersions(server, key, id, 3);
+    assert.deepEqual(history.map((v) => [v.version, v.event]), [[1, 'File_create'], [2, 'File_update'], [2, 'File_delete']]);
+
+    const restored = await server.request('POST', `/v1/files/${id}/versions/1/restore`, { auth: key });
+    assert.equal(restored.status, 200, restored.text);
+    assert.equal(restored.json.id, id);
+    assert.equal(restored.json.version, 3);
+    assert.equal(restored.json.sha256, sha256('first draft'));
+    assert.equal(restored.json.path, '/legal');
+    const content = await server.request('GET', `/v1/files/${id}/content`, { auth: key });
+    assert.equal(content.status, 200);
+    assert.equal(content.text, 'first draft');
+    const listed = await server.request('GET', '/v1/files?path=/legal', { auth: key });
+    assert.deepEqual(listed.json.data.map((f: { id: string }) => f.id), [id]);
+
+    // The restore is a change like any other: the backup records it, as a file that came back.
+    const after = await waitForVersions(server, key, id, 4);
+    assert.deepEqual(after[3] && [after[3].version, after[3].event, after[3].sha256], [3, 'File_create', sha256('first draft')]);
+
+    // A live file restored to an earlier version gets a File_update.
+    const again = await server.request('POST', `/v1/files/${id}/versions/2/restore`, { auth: key });
+    assert.equal(again.status, 200);
+    assert.equal(again.json.version, 4);
+    assert.equal((await server.request('GET', `/v1/files/${id}/content`, { auth: key })).text, 'second draft');
+    const final = await waitForVersions(server, key, id, 5);
+    assert.equal(final[4]?.event, 'File_update');
+  });
+
+  it('a restore whose name is taken by another live file answers 409 file_exists', async () => {
+    const a = (await uploadRaw(server, key, 'a', { name: 'taken.txt', path: '/clash' })).json.id;
+    assert.equal((await server.request('DELETE', `/v1/files/${a}`, { auth: key })).status, 204);
+    await uploadRaw(server, key, 'b', { name: 'taken.txt', path: '/clash' });
+    await waitForVersions(server, key, a, 2);
+    const response = await server.request('POST', `/v1/files/${a}/versions/1/restore`, { auth: key });
+    assert.equal(response.status, 409);
+    assert.equal(response.json.code, 'file_exists');
+  });
+
+  it('same visibility as files: own files for users, all for admins and account keys, 404 for the rest, scopes for application keys', async () => {
+    const app = server.keys.test.application_key;
+    const register = async (email: string) => {
+      const response = await server.request('POST', '/v1/auth/register', { auth: app, json: { email, password: 'correct horse battery', name: email } });
+      assert.equal(response.status, 201, response.text);
+      return response.json as { access_token: string; user: { id: string } };
+    };
+    const alice = await register('alice.backup@example.com');
+    const bob = await register('bob.backup@example.com');
+    const mine = (await uploadRaw(server, alice.access_token, 'alice private', { name: 'alice.txt' })).json.id;
+    await server.request('DELETE', `/v1/files/${mine}`, { auth: alice.access_token });
+    await waitForVersions(server, key, mine, 2);
+
+    // The owner still sees the history of a deleted file; another user does not.
+    assert.equal((await allVersions(server, alice.access_token, mine)).length, 2);
+    for (const path of [`/v1/files/${mine}/versions`, `/v1/files/${mine}/versions/1/content`]) {
+      assert.equal((await server.request('GET', path, { auth: bob.access_token })).status, 404, path);
+    }
+    assert.equal((await server.request('POST', `/v1/files/${mine}/versions/1/restore`, { auth: bob.access_token })).status, 404);
+
+    const other = await createTenant(server, 'Backup Other Co');
+    assert.equal((await server.request('GET', `/v1/files/${mine}/versions`, { auth: other.test.account_key })).status, 404);
+    assert.equal((await server.request('GET', `/v1/files/${mine}/versions`, { auth: server.keys.live.account_key })).status, 404);
+    assert.equal((await server.request('GET', `/v1/files/${mine}/versions`, { auth: server.operatorToken })).status, 403);
+
+    assert.equal((await server.request('GET', `/v1/files/${mine}/versions`, { auth: app })).status, 403, 'no files:read');
+    const reader = (await server.request('POST', '/v1/keys', { auth: key, json: { kind: 'application', name: 'backup reader', scopes: ['files:read'] } })).json.key;
+    assert.equal((await server.request('GET', `/v1/files/${mine}/versions`, { auth: reader })).status, 200);
+    assert.equal((await server.request('POST', `/v1/files/${mine}/versions/1/restore`, { auth: reader })).status, 403, 'no files:write');
+
+    // The owner may restore their own deleted file.
+    const back = await server.request('POST', `/v1/files/${mine}/versions/1/restore`, { auth: alice.access_token });
+    assert.equal(back.status, 200, back.text);
+    assert.equal(back.json.owner_id, alice.user.id);
+    assert.equal((await server.request('GET', '/v1/backups/status', { auth: alice.access_token })).status, 403);
+  });
+
+  it('status counts the tenant\'s versions and bytes; retention policy: default keep all, settable by an account key only', async () => {
+    await until(async () => (await server.request('GET', '/v1/backups/status', { auth: key })).json.pending_events === 0, 'an idle backup');
+    const status = await server.request('GET', '/v1/backups/status', { auth: key });
+    assert.equal(status.status, 200, status.text);
+    assert.ok(status.json.versions >= 51 + 5);
+    assert.ok(status.json.bytes > 0);
+    assert.equal(status.json.dead_letters, 0);
+    assert.ok(status.json.last_backup_at);
+    const otherTenant = await createTenant(server, 'Backup Status Co');
+    const empty = await server.request('GET', '/v1/backups/status', { auth: otherTenant.test.account_key });
+    assert.deepEqual([empty.json.versions, empty.json.bytes, empty.json.last_backup_at], [0, 0, null]);
+
+    assert.deepEqual((await server.request('GET', '/v1/backups/policy', { auth: key })).json, { keep: 'all' });
+    const set = await server.request('PUT', '/v1/backups/policy', { auth: key, json: { keep_last: 3 } });
+    assert.equal(set.status, 200, set.text);
+    assert.deepEqual(set.json, { keep_last: 3 });
+    assert.deepEqual((await server.request('GET', '/v1/backups/policy', { auth: key })).json, { keep_last: 3 });
+    assert.deepEqual((await server.request('GET', '/v1/backups/policy', { auth: otherTenant.test.account_key })).json, { keep: 'all' });
+    for (const body of [{ keep_last: 0 }, { keep_days: 'x' }, { keep: 'some' }, { keep_last: 2, keep_days: 3 }, { keep_last: 2, extra: true }]) {
+      const bad = await server.request('PUT', '/v1/backups/policy', { auth: key, json: body });
+      assert.equal(bad.status, 422, JSON.stringify(body));
+    }
+    const admin = await server.request('PUT', '/v1/backups/policy', { auth: server.keys.test.application_key, json: { keep: 'all' } });
+    assert.equal(admin.status, 403);
+    assert.equal((await server.request('PUT', '/v1/backups/policy', { auth: key, json: { keep: 'all' } })).json.keep, 'all');
+  });
+
+  it('retention keep_last N: the sweep keeps the last N versions of each file, never the current one or a deleted file\'s last, and drops unused blobs', async () => {
+    const tenant = await createTenant(server, 'Retention Co');
+    const acc = tenant.test.account_key;
+    const id = (await uploadRaw(server, acc, 'retention v1', { name: 'r.txt' })).json.id;
+    for (let i = 2; i <= 5; i++) await replace(server, acc, id, `retention v${i}`);
+    const gone = (await uploadRaw(server, acc, 'deleted soon', { name: 'd.txt' })).json.id;
+    await replace(server, acc, gone, 'deleted soon v2');
+    await server.request('DELETE', `/v1/files/${gone}`, { auth: acc });
+    await waitForVersions(server, acc, id, 5);
+    await waitForVersions(server, acc, gone, 3);
+
+    assert.equal((await server.request('PUT', '/v1/backups/policy', { auth: acc, json: { keep_last: 1 } })).status, 200);
+    const swept = await server.app.backup.sweep();
+    assert.ok(swept.entries >= 5 && swept.blobs >= 5, JSON.stringify(swept));
+    assert.deepEqual((await allVersions(server, acc, id)).map((v) => v.version), [5]);
+    assert.deepEqual((await allVersions(server, acc, gone)).map((v) => [v.version, v.event]), [[2, 'File_update'], [2, 'File_delete']]);
+    assert.equal((await server.request('GET', `/v1/files/${id}/versions/5/content`, { auth: acc })).text, 'retention v5');
+    assert.equal((await server.request('GET', `/v1/files/${gone}/versions/2/content`, { auth: acc })).text, 'deleted soon v2');
+    assert.equal((await server.request('GET', `/v1/files/${id}/versions/1/content`, { auth: acc })).status, 404);
+    // Another tenant's history under "keep all" is untouched.
+    assert.ok((await server.request('GET', '/v1/backups/status', { auth: key })).json.versions >= 56);
+  });
+
+  it('exposes backup metrics', async () => {
+    const metrics = await server.request('GET', '/metrics');
+    for (const name of ['backup_lag_events', 'backup_lag_seconds', 'backup_versions', 'backup_bytes', 'backup_dead_letters', 'backup_record_lag_seconds']) {
+      assert.match(metrics.text, new RegExp(`^${name}`, 'm'), name);
+    }
+    assert.match(metrics.text, /^backup_dead_letters\{environment="test"\} 0$/m);
+  });
+});
