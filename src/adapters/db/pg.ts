@@ -47,8 +47,12 @@ function quoteIdent(name: string): string {
 
 function connect(url: string, max = 10): Db {
   const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000 });
-  // A broken idle connection must not crash the process; the pool replaces it.
+  // A connection the server drops (restart, crash, failover) must not crash the process.
+  // Idle ones are reported on the pool; one checked out between two queries of a
+  // transaction has no listener of its own, so give every connection one. The failed query
+  // reports the error to its caller, and the pool discards the connection on release.
   pool.on('error', () => undefined);
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return new Kysely({ dialect: new PostgresDialect({ pool }) });
 }
 
