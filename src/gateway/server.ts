@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import cors from '@fastify/cors';
-import helmet from '@fastify/helmet';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -11,6 +10,7 @@ import { Errors } from '../core/errors.ts';
 import { type CredentialVerifier, registerAuthentication } from './auth.ts';
 import { type ReadinessCheck, registerOperations } from './operations.ts';
 import { problemOf, registerProblemHandlers } from './problem.ts';
+import { registerResponseHeaders } from './security-headers.ts';
 import type { TlsMaterial } from './tls.ts';
 import { createValidatorCompiler } from './validation.ts';
 
@@ -50,16 +50,10 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   }) as unknown as FastifyInstance;
   app.setValidatorCompiler(createValidatorCompiler());
 
-  app.addHook('onRequest', async (request, reply) => {
-    reply.header('x-request-id', request.id);
-  });
+
   registerProblemHandlers(app);
 
-  await app.register(helmet, {
-    // An API answers JSON: nothing in it may load or frame anything. The docs page sets its own policy.
-    contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
-    hsts: { maxAge: 31536000, includeSubDomains: true },
-  });
+  registerResponseHeaders(app);
   await app.register(cors, {
     origin: options.corsOrigins.includes('*') ? true : options.corsOrigins,
     exposedHeaders: ['X-Request-Id', 'ETag', 'Content-Disposition', 'Content-Length', 'Retry-After', 'Location'],
