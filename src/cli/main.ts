@@ -111,6 +111,8 @@ const program = new Command()
   .name('bantu')
   .description('Bantu: self-hosted backend platform for company documents')
   .version(VERSION)
+  // Root options only before the command: `bantu backup restore --version N` is the restore's own --version.
+  .enablePositionalOptions()
   .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : EXIT_CONFIG));
 
 program.command('start', { isDefault: true }).description('run every service in one process (embedded mode)').action(start);
