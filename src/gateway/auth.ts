@@ -63,23 +63,32 @@ export function unauthorized(detail = 'Missing or invalid credentials'): AppErro
   return new AppError(Errors.unauthorized, detail, { headers: { 'WWW-Authenticate': WWW_AUTHENTICATE } });
 }
 
-/** Tries each verifier in turn; the first that recognises the credential wins. */
+/**
+ * Tries each verifier in turn; the first that recognises the credential wins.
+ * The check is attached only to routes that declare `auth`, when they are registered:
+ * open routes (health, docs) pay nothing for it.
+ */
 export function registerAuthentication(app: FastifyInstance, verifiers: CredentialVerifier[]): void {
   app.decorateRequest('principal', null);
   app.addHook('onRoute', (route) => {
-    // Document each protected route's credentials in the OpenAPI document.
-    const auth = route.config?.auth;
-    if (auth && route.schema && !route.schema.security) {
+    const rule = route.config as RouteAuth | undefined;
+    if (!rule?.auth) return;
+    const authenticate = authenticator(verifiers, { ...rule, auth: rule.auth });
+    const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler];
+    route.preHandler = [authenticate, ...existing];
+    if (route.schema && !route.schema.security) {
+      // Document the route's credentials in the OpenAPI document.
       const schema = route.schema as Record<string, unknown>;
       schema.security = [{ basicKey: [] }, { bearer: [] }];
       // Which kinds of credential the route accepts, for readers and generated clients.
-      schema['x-bantu-auth'] = auth;
-      if (route.config?.scope) schema['x-bantu-scope'] = route.config.scope;
+      schema['x-bantu-auth'] = rule.auth;
+      if (rule.scope) schema['x-bantu-scope'] = rule.scope;
     }
   });
-  app.addHook('preHandler', async (request: FastifyRequest) => {
-    const rule = request.routeOptions.config;
-    if (!rule?.auth) return;
+}
+
+function authenticator(verifiers: CredentialVerifier[], rule: RouteAuth & { auth: PrincipalKind[] }) {
+  return async (request: FastifyRequest) => {
     const credential = credentialOf(request.headers.authorization);
     if (!credential) throw unauthorized();
     let principal: Principal | null = null;
@@ -95,7 +104,7 @@ export function registerAuthentication(app: FastifyInstance, verifiers: Credenti
       }
     }
     request.principal = principal;
-  });
+  };
 }
 
 /** The principal of a route that declared `auth`: present by construction. */
