@@ -17,7 +17,11 @@ async function allVersions(server: TestServer, auth: string, id: string) {
 }
 
 async function waitForVersions(server: TestServer, auth: string, id: string, count: number) {
-  await until(async () => (await allVersions(server, auth, id)).length >= count, `${count} backed-up entries of ${id}`);
+  await until(async () => {
+    // 404 until the first entry of the file is backed up.
+    const first = await server.request('GET', `/v1/files/${id}/versions?limit=1`, { auth });
+    return first.status === 200 && (await allVersions(server, auth, id)).length >= count;
+  }, `${count} backed-up entries of ${id}`);
   return allVersions(server, auth, id);
 }
 
