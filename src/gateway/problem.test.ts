@@ -57,7 +57,7 @@ describe('problem+json rendering', () => {
     assert.equal(response.statusCode, 409);
     assert.equal(response.headers['x-extra'], 'yes');
     assert.deepEqual(
-      { ...response.json(), request_id: 'x' },
+      { ...(response.json() as Record<string, unknown>), request_id: 'x' },
       { type: 'urn:bantu:problem:file_exists', title: 'A file with this name already exists here', status: 409, detail: 'report.pdf already exists', code: 'file_exists', request_id: 'x' },
     );
     await app.close();

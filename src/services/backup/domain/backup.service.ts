@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
-import type { BusEvent } from '../../../core/events.ts';
+import type { BusEvent, FileObject } from '../../../core/events.ts';
 import type { BlobStore, ByteRange, EventBus } from '../../../core/ports.ts';
 import { type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
 import * as repo from '../repo/backup.repo.ts';
@@ -12,19 +12,8 @@ export const BACKUP_CONSUMER = 'backup';
 
 export type BackupPrincipal = Exclude<Principal, { kind: 'operator' }>;
 
-/** The File object as the files service puts it in its events (only what the backup needs). */
-export interface FileSnapshot {
-  id: string;
-  name: string;
-  path: string;
-  size: number;
-  content_type: string;
-  sha256: string;
-  version: number;
-  owner_id: string | null;
-  created_at: string;
-  updated_at: string;
-}
+/** The File object as file events carry it. */
+export type FileSnapshot = FileObject;
 
 /** What the files service must offer the backup: reads, deletes, and restores as new versions. */
 export interface FilesPort {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
-import type { FileEventType } from '../../../core/events.ts';
+import type { FileEventType, FileObject } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
 import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type StoredBlob } from '../../../core/ports.ts';
@@ -10,19 +10,7 @@ import { actorOf, type Environment, isTenantAdmin, type Principal } from '../../
 import * as repo from '../repo/files.repo.ts';
 import { normalizeContentType, normalizePath, validateName } from './names.ts';
 
-/** The contract's File object. `owner_id` is null for a file the tenant itself owns. */
-export interface FileObject {
-  id: string;
-  name: string;
-  path: string;
-  size: number;
-  content_type: string;
-  sha256: string;
-  version: number;
-  owner_id: string | null;
-  created_at: string;
-  updated_at: string;
-}
+export type { FileObject } from '../../../core/events.ts';
 
 export interface Usage {
   files: number;

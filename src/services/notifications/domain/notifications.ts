@@ -1,4 +1,4 @@
-import type { Actor, BusEvent } from '../../../core/events.ts';
+import type { Actor, BusEvent, FileObject } from '../../../core/events.ts';
 import { FILE_EVENT_TYPES, type FileEventType } from '../../../core/events.ts';
 import type { Environment, Principal } from '../../../core/principal.ts';
 
@@ -16,7 +16,7 @@ export interface Notification {
   event_id: string;
   type: FileEventType;
   occurred_at: string;
-  file: unknown;
+  file: FileObject;
   actor: Actor;
 }
 
@@ -66,7 +66,7 @@ export function toNotification(event: BusEvent): Notification {
     event_id: event.event_id,
     type: event.type as FileEventType,
     occurred_at: event.occurred_at,
-    file: event.data.file,
+    file: event.data.file as FileObject,
     actor: event.actor,
   };
 }
