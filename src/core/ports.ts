@@ -47,7 +47,8 @@ export interface EventBus {
    * pruned, or outside the filter: the caller cannot resume from it.
    */
   readSince(environment: Environment, afterEventId: string | null, limit: number, filter?: EventFilter): Promise<BusEvent[] | null>;
-  status(name: string): Promise<ConsumerStatus[]>;
+  /** Per environment; with `tenantId`, counts only that tenant's events (tenants never see each other's activity). */
+  status(name: string, tenantId?: string): Promise<ConsumerStatus[]>;
   start(): Promise<void>;
   close(): Promise<void>;
 }

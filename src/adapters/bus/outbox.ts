@@ -173,14 +173,17 @@ export class OutboxBus implements EventBus {
     return removed;
   }
 
-  async status(name: string): Promise<ConsumerStatus[]> {
+  async status(name: string, tenantId?: string): Promise<ConsumerStatus[]> {
+    const ofTenant = tenantId === undefined ? sql`` : sql`and o.tenant_id = ${tenantId}`;
     return Promise.all(
       ENVIRONMENTS.map(async (environment) => {
         const db = this.databases.environments[environment];
         const cursor = await this.cursorOf(db, name);
         const pending = await sql<{ n: number }>`
-          select count(*)::int as n from bus.outbox where (xid, id) > (${cursor.xid}::xid8, ${cursor.id})`.execute(db);
-        const dead = await sql<{ n: number }>`select count(*)::int as n from bus.dead_letter where consumer = ${name}`.execute(db);
+          select count(*)::int as n from bus.outbox o where (o.xid, o.id) > (${cursor.xid}::xid8, ${cursor.id}) ${ofTenant}`.execute(db);
+        const dead = await sql<{ n: number }>`
+          select count(*)::int as n from bus.dead_letter d join bus.outbox o on o.id = d.event_id
+          where d.consumer = ${name} ${ofTenant}`.execute(db);
         return {
           consumer: name,
           environment,

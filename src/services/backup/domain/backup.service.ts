@@ -251,7 +251,7 @@ export class BackupService {
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Backup status is for account keys and admin users');
     const [stats, consumers] = await Promise.all([
       this.inTenant(principal, (trx) => repo.tenantStats(trx, principal.tenantId)),
-      this.deps.bus.status(BACKUP_CONSUMER),
+      this.deps.bus.status(BACKUP_CONSUMER, principal.tenantId),
     ]);
     const consumer = consumers.find((c) => c.environment === principal.environment);
     return {
