@@ -111,6 +111,38 @@ describe('transactional outbox', () => {
     }
   });
 
+  it('hands a batch consumer many events at once, and sets a poison event aside alone when a batch fails', async () => {
+    const writer = new OutboxBus(server.app.databases, silent);
+    for (let i = 0; i < 30; i++) {
+      await db.transaction().execute((trx) =>
+        writer.append(trx, 'test', { type: 'Batch_event', tenant_id: TENANT, actor: { type: 'system', id: 'test' }, data: { n: i, poison: i === 17 } }),
+      );
+    }
+    const bus = new OutboxBus(server.app.databases, silent, { pollMs: 100, retryBaseMs: 1 });
+    const batchSizes: number[] = [];
+    const handled: number[] = [];
+    bus.consumeBatch(
+      'batcher',
+      async (events) => {
+        batchSizes.push(events.length);
+        if (events.some((event) => event.data.poison)) throw new Error('poison');
+        handled.push(...events.map((event) => event.data.n as number));
+      },
+      { types: ['Batch_event'], maxAttempts: 2 },
+    );
+    await bus.start();
+    try {
+      await until(async () => (await bus.status('batcher')).find((s) => s.environment === 'test')?.deadLetters === 1, 'the poison event to be set aside');
+      await until(() => handled.length === 29, 'the other 29 events');
+    } finally {
+      await bus.close();
+    }
+    assert.ok(batchSizes[0] !== undefined && batchSizes[0] > 1, 'the backlog arrived as a batch');
+    assert.deepEqual(handled, Array.from({ length: 30 }, (_, i) => i).filter((i) => i !== 17), 'every other event, once, in order');
+    const dead = await sql<{ n: number }>`select (o.data->>'n')::int as n from bus.dead_letter d join bus.outbox o on o.id = d.event_id where d.consumer = 'batcher'`.execute(db);
+    assert.deepEqual(dead.rows.map((row) => row.n), [17]);
+  });
+
   it('resumes after its consumer is killed mid-stream: every event, in order, once after dedupe', async () => {
     const writer = new OutboxBus(server.app.databases, silent);
     const total = 300;

@@ -11,6 +11,9 @@ export type TransactionHandle = unknown;
 
 export type EventHandler = (event: BusEvent) => Promise<void>;
 
+/** Handles several events at once (in delivery order), so their cost can be shared (one commit, one fsync of a folder). */
+export type BatchEventHandler = (events: BusEvent[]) => Promise<void>;
+
 export interface ConsumerOptions {
   /** Only these event types reach the handler (the cursor still moves past the others). */
   types?: readonly string[];
@@ -41,6 +44,11 @@ export interface ConsumerStatus {
 export interface EventBus {
   append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent>;
   consume(name: string, handler: EventHandler, options?: ConsumerOptions): void;
+  /**
+   * Like `consume`, with the events of one read handed over together. When a batch fails,
+   * its events are retried one by one, so a poison event is set aside alone.
+   */
+  consumeBatch(name: string, handler: BatchEventHandler, options?: ConsumerOptions): void;
   /**
    * Events after `afterEventId` (exclusive; from the start when null), in delivery order,
    * optionally only one tenant's (and one owner's). Null when `afterEventId` is unknown,

@@ -3,7 +3,7 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
-import type { ConsumerOptions, ConsumerStatus, EventBus, EventFilter, EventHandler } from '../../core/ports.ts';
+import type { BatchEventHandler, ConsumerOptions, ConsumerStatus, EventBus, EventFilter, EventHandler } from '../../core/ports.ts';
 import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
 
 /**
@@ -75,6 +75,8 @@ function toEvent(row: OutboxRow, environment: Environment): BusEvent {
 interface Consumer {
   name: string;
   handler: EventHandler;
+  /** Set for batch consumers; `handler` then hands it one event at a time. */
+  batchHandler?: BatchEventHandler;
   types?: ReadonlySet<string>;
   maxAttempts: number;
 }
@@ -113,9 +115,23 @@ export class OutboxBus implements EventBus {
   }
 
   consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
+    this.register({ name, handler, types: options.types ? new Set(options.types) : undefined, maxAttempts: options.maxAttempts ?? 5 });
+  }
+
+  consumeBatch(name: string, batchHandler: BatchEventHandler, options: ConsumerOptions = {}): void {
+    this.register({
+      name,
+      handler: (event) => batchHandler([event]),
+      batchHandler,
+      types: options.types ? new Set(options.types) : undefined,
+      maxAttempts: options.maxAttempts ?? 5,
+    });
+  }
+
+  private register(consumer: Consumer): void {
     if (this.started) throw new Error('consumers are registered before the bus starts');
-    if (this.consumers.some((c) => c.name === name)) throw new Error(`consumer registered twice: ${name}`);
-    this.consumers.push({ name, handler, types: options.types ? new Set(options.types) : undefined, maxAttempts: options.maxAttempts ?? 5 });
+    if (this.consumers.some((c) => c.name === consumer.name)) throw new Error(`consumer registered twice: ${consumer.name}`);
+    this.consumers.push(consumer);
   }
 
   async start(): Promise<void> {
@@ -246,11 +262,18 @@ export class OutboxBus implements EventBus {
           await sleep(POLL_MS, signal);
           continue;
         }
-        for (const row of rows) {
-          if (signal.aborted) return;
-          if (!consumer.types || consumer.types.has(row.type)) await this.deliver(consumer, db, row, environment, log);
-          cursor = { xid: row.xid, id: row.id };
+        const wanted = consumer.types ? rows.filter((row) => consumer.types?.has(row.type)) : rows;
+        if (consumer.batchHandler && wanted.length > 1 && (await this.deliverBatch(consumer, wanted, environment, log))) {
+          // delivered together
+        } else {
+          for (const row of wanted) {
+            if (signal.aborted) return;
+            await this.deliver(consumer, db, row, environment, log);
+          }
         }
+        if (signal.aborted) return;
+        const last = rows[rows.length - 1];
+        if (last) cursor = { xid: last.xid, id: last.id };
         if (rows.length > 0) {
           await sql`update bus.consumer_cursor set xid = ${cursor.xid}::xid8, id = ${cursor.id}, last_delivered_at = now()
                     where consumer = ${consumer.name}`.execute(db);
@@ -274,6 +297,18 @@ export class OutboxBus implements EventBus {
       if (!signal.aborted) log.error({ err: error }, 'consumer stopped on an unexpected error');
     } finally {
       wakers.delete(onWake);
+    }
+  }
+
+  /** One try at the whole batch; false when it failed (the caller then goes event by event). */
+  private async deliverBatch(consumer: Consumer, rows: OutboxRow[], environment: Environment, log: Logger): Promise<boolean> {
+    try {
+      await consumer.batchHandler?.(rows.map((row) => toEvent(row, environment)));
+      return true;
+    } catch (error) {
+      if (this.abort.signal.aborted) throw error;
+      log.warn({ err: error, events: rows.length }, 'batch failed; retrying its events one by one');
+      return false;
     }
   }
 

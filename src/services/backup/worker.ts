@@ -8,7 +8,8 @@ import { BACKUP_CONSUMER, type BackupService } from './domain/backup.service.ts'
  * events whose handler returned; `record` returns only once the version is durable and
  * recorded. A handler that keeps failing (the bytes are gone, or are not the bytes the event
  * names) is retried with backoff, then set aside as a dead letter, and later events go on.
+ * A backlog is handled a read at a time (`recordBatch`): one commit for many versions.
  */
 export function registerBackupWorker(bus: EventBus, backup: BackupService, options: { maxAttempts: number }): void {
-  bus.consume(BACKUP_CONSUMER, (event) => backup.record(event), { types: FILE_EVENT_TYPES, maxAttempts: options.maxAttempts });
+  bus.consumeBatch(BACKUP_CONSUMER, (events) => backup.recordBatch(events), { types: FILE_EVENT_TYPES, maxAttempts: options.maxAttempts });
 }

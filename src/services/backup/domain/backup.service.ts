@@ -7,6 +7,17 @@ import type { BlobStore, ByteRange, EventBus } from '../../../core/ports.ts';
 import { type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
 import * as repo from '../repo/backup.repo.ts';
 
+/** How many blobs a batch copies at once: enough to overlap their fsyncs, few enough to keep memory flat. */
+const COPY_CONCURRENCY = 8;
+
+async function forEachLimit<T>(items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await work(items[next++] as T);
+  });
+  await Promise.all(lanes);
+}
+
 /** The bus consumer name: its cursor and dead letters are kept under it. */
 export const BACKUP_CONSUMER = 'backup';
 
@@ -143,34 +154,61 @@ export class BackupService {
     return withTenant(this.db(principal.environment), principal.tenantId, work);
   }
 
-  /** The bus handler. Throws on anything that must be retried (and, after the tries, set aside). */
+  /** The bus handler for one event. Throws on anything that must be retried (and, after the tries, set aside). */
   async record(event: BusEvent): Promise<void> {
-    if (!FILE_EVENTS.has(event.type)) return;
-    const file = snapshotOf(event);
-    const environment = event.environment;
+    await this.recordBatch([event]);
+  }
+
+  /**
+   * The bus handler for the events of one read (one environment, delivery order): copies
+   * the distinct blobs a few at a time, then records the versions in one transaction per
+   * tenant, so a backlog shares its commits. Any failure fails the whole batch, which the
+   * bus then retries event by event.
+   */
+  async recordBatch(events: BusEvent[]): Promise<void> {
+    const items = events.filter((event) => FILE_EVENTS.has(event.type)).map((event) => ({ event, file: snapshotOf(event) }));
+    const first = items[0];
+    if (!first) return;
+    const environment = first.event.environment;
     const store = this.deps.store[environment];
-    if (!(await store.stat(file.sha256))) await this.copy(environment, file);
-    const inserted = await withTenant(this.db(environment), event.tenant_id, async (trx) => {
-      await repo.lockBlob(trx, file.sha256);
-      // The sweep deletes unreferenced blobs under the same lock: make sure ours survived.
-      if (!(await store.stat(file.sha256))) throw new Error(`backup blob ${file.sha256} was swept before its version was recorded; retrying`);
-      return repo.insertVersion(trx, {
-        tenant_id: event.tenant_id,
-        file_id: file.id,
-        version: file.version,
-        event: event.type as repo.VersionEvent,
-        event_id: event.event_id,
-        owner_id: file.owner_id ?? null,
-        name: file.name,
-        path: file.path,
-        size: file.size,
-        content_type: file.content_type,
-        sha256: file.sha256,
-        created_at: new Date(event.type === 'File_delete' ? event.occurred_at : file.updated_at),
-        occurred_at: new Date(event.occurred_at),
-      });
+    const blobs = new Map(items.map(({ file }) => [file.sha256, file]));
+    await forEachLimit([...blobs.values()], COPY_CONCURRENCY, async (file) => {
+      if (!(await store.stat(file.sha256))) await this.copy(environment, file);
     });
-    if (inserted) this.deps.observer?.recorded?.(environment, Math.max(0, (Date.now() - Date.parse(event.occurred_at)) / 1000));
+
+    const byTenant = new Map<string, typeof items>();
+    for (const item of items) byTenant.set(item.event.tenant_id, [...(byTenant.get(item.event.tenant_id) ?? []), item]);
+    for (const [tenantId, tenantItems] of byTenant) {
+      const recorded = await withTenant(this.db(environment), tenantId, async (trx) => {
+        // The sweep deletes unreferenced blobs under the same locks (taken in one order, so
+        // two batches cannot deadlock): make sure ours survived until we reference them.
+        for (const sha256 of [...new Set(tenantItems.map(({ file }) => file.sha256))].sort()) {
+          await repo.lockBlob(trx, sha256);
+          if (!(await store.stat(sha256))) throw new Error(`backup blob ${sha256} was swept before its version was recorded; retrying`);
+        }
+        const inserted: BusEvent[] = [];
+        for (const { event, file } of tenantItems) {
+          const row = await repo.insertVersion(trx, {
+            tenant_id: event.tenant_id,
+            file_id: file.id,
+            version: file.version,
+            event: event.type as repo.VersionEvent,
+            event_id: event.event_id,
+            owner_id: file.owner_id ?? null,
+            name: file.name,
+            path: file.path,
+            size: file.size,
+            content_type: file.content_type,
+            sha256: file.sha256,
+            created_at: new Date(event.type === 'File_delete' ? event.occurred_at : file.updated_at),
+            occurred_at: new Date(event.occurred_at),
+          });
+          if (row) inserted.push(event);
+        }
+        return inserted;
+      });
+      for (const event of recorded) this.deps.observer?.recorded?.(environment, Math.max(0, (Date.now() - Date.parse(event.occurred_at)) / 1000));
+    }
   }
 
   /** Copies one version's bytes from the files store, checking they are the bytes the event names. */
