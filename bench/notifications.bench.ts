@@ -12,8 +12,8 @@ import { type BenchPair, definePair } from './harness.ts';
  * Notifications: 1,000 connected sockets (100 users x 10 sockets), 50 file updates a
  * second spread over the users; latency from the HTTP response of the update to receipt by
  * each of the owner's 10 sockets. Bantu (a real `bantu start` child process: outbox, NOTIFY,
- * durable consumer, rooms) against a bare Socket.IO server that emits to the room before it
- * answers the HTTP request. Both servers run as child processes on the same certificate.
+ * durable consumer, rooms) against a bare Socket.IO server that answers the HTTP request and
+ * then emits to the room. Both servers run as child processes on the same certificate.
  */
 const here = path.dirname(fileURLToPath(import.meta.url));
 const USERS = 100;
@@ -189,7 +189,7 @@ function latencyPair(name: string, p: number, targetMs: number): BenchPair<Ctx> 
   return definePair<Ctx>({
     name,
     description: `p${p} ms from the update's HTTP response to receipt, ${USERS * SOCKETS_PER_USER} sockets, ${RATE} updates/s (target: p${p} under ${targetMs} ms)`,
-    labels: { a: 'bantu (outbox + durable consumer)', b: 'bare socket.io emit-then-answer' },
+    labels: { a: 'bantu (outbox + durable consumer)', b: 'bare socket.io answer-then-emit' },
     unit: 'ms',
     higherIsBetter: false,
     rounds: 4,

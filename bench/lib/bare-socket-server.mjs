@@ -1,5 +1,5 @@
 // The reference for the notifications pairs: a bare Socket.IO 4 server on HTTPS with the
-// same certificate, where POST /emit?room=R puts a message to room R and then answers.
+// same certificate, where POST /emit answers, then puts a message to the room named in its body.
 // Sockets join the room named in their handshake (`auth: {room}`). Run as a child process
 // so its memory can be read on its own: node bare-socket-server.mjs <cert> <key>; prints its port.
 import fs from 'node:fs';
@@ -19,9 +19,12 @@ server.on('request', (request, response) => {
     request.on('data', (chunk) => (body += chunk));
     request.on('end', () => {
       const { room, id, version } = JSON.parse(body);
-      io.to(room).emit('Notify_File_update', { event_id: `evt_${version}`, type: 'File_update', occurred_at: new Date().toISOString(), file: { id, version }, actor: { type: 'user', id: room } });
+      // Answer first, then emit, as Bantu does (it answers on commit and delivers after):
+      // emitting first would make every latency zero and the ratio meaningless.
       response.writeHead(200, { 'content-type': 'application/json' });
-      response.end(JSON.stringify({ id, version }));
+      response.end(JSON.stringify({ id, version }), () => {
+        io.to(room).emit('Notify_File_update', { event_id: `evt_${version}`, type: 'File_update', occurred_at: new Date().toISOString(), file: { id, version }, actor: { type: 'user', id: room } });
+      });
     });
   }
 });
