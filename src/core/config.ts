@@ -97,13 +97,13 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     variable: error.path.replace(/^\//, '') || '(root)',
     message: `${error.message} (got ${JSON.stringify(error.value)})`,
   }));
-  if (problems.length > 0) return { ok: false, problems };
-
-  const e = candidate as Env;
-  if ((e.BANTU_TLS_CERT === undefined) !== (e.BANTU_TLS_KEY === undefined)) {
-    problems.push({ variable: e.BANTU_TLS_CERT ? 'BANTU_TLS_KEY' : 'BANTU_TLS_CERT', message: 'BANTU_TLS_CERT and BANTU_TLS_KEY go together' });
+  // Checks across variables read the raw strings, so they run (and report) even when the
+  // schema found problems: the operator sees every problem at once.
+  const has = (name: string) => typeof raw[name] === 'string';
+  if (has('BANTU_TLS_CERT') !== has('BANTU_TLS_KEY')) {
+    problems.push({ variable: has('BANTU_TLS_CERT') ? 'BANTU_TLS_KEY' : 'BANTU_TLS_CERT', message: 'BANTU_TLS_CERT and BANTU_TLS_KEY go together' });
   }
-  const corsOrigins = e.BANTU_CORS_ORIGINS.split(',').map((origin) => origin.trim()).filter(Boolean);
+  const corsOrigins = String(raw.BANTU_CORS_ORIGINS ?? '').split(',').map((origin) => origin.trim()).filter(Boolean);
   for (const origin of corsOrigins) {
     if (origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin)) {
       problems.push({ variable: 'BANTU_CORS_ORIGINS', message: `not an origin (scheme://host[:port]): ${origin}` });
@@ -111,6 +111,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
   }
   if (problems.length > 0) return { ok: false, problems };
 
+  const e = candidate as Env;
   const dataDir = path.resolve(cwd, e.BANTU_DATA_DIR);
   return {
     ok: true,
