@@ -24,6 +24,7 @@ import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls } from './gateway/tls.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, createBackupService } from './services/backup/plugin.ts';
+import type { FilesService } from './services/files/domain/files.service.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
 import { createNotificationsService } from './services/notifications/plugin.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
@@ -69,6 +70,7 @@ export interface App {
   readonly bus: OutboxBus;
   readonly identity: IdentityService;
   readonly backup: BackupService;
+  readonly files: FilesService;
 }
 
 export function createApp(config: Config, logger: Logger): App {
@@ -78,6 +80,7 @@ export function createApp(config: Config, logger: Logger): App {
   let bus: OutboxBus | undefined;
   let identityService: IdentityService | undefined;
   let backupService: BackupService | undefined;
+  let filesService: FilesService | undefined;
   let closing: Promise<void> | undefined;
 
   async function start(): Promise<StartedApp> {
@@ -116,7 +119,14 @@ export function createApp(config: Config, logger: Logger): App {
       bus,
       limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
       logger: logger.child({ component: 'files' }),
+      // Usage reports what the backup holds, from the backup service's own status (built below:
+      // it needs the files service for restores; both exist before the gateway serves a request).
+      backupBytes: async (principal) => {
+        if (!backupService) throw new Error('the backup service is not built yet');
+        return (await backupService.status(principal)).bytes;
+      },
     });
+    filesService = files.service;
     // Seals the JWT signing keys in the databases; losing it only means new keys (users log in again).
     const secretKey = config.secretKey ?? (await readOrCreateSecret(path.join(secretsDir, 'secret-key'))).value;
     const mailer: Mailer = config.smtpUrl
@@ -274,6 +284,10 @@ export function createApp(config: Config, logger: Logger): App {
     get backup() {
       if (!backupService) throw new Error('app not started');
       return backupService;
+    },
+    get files() {
+      if (!filesService) throw new Error('app not started');
+      return filesService;
     },
   };
 }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
-import { eventsOf, multipartBody, sha256, uploadRaw } from './helpers/files.ts';
+import { runCli } from './helpers/cli.ts';
+import { backedUp, eventsOf, multipartBody, sha256, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 describe('files API', () => {
@@ -256,7 +257,7 @@ describe('files API', () => {
     assert.equal(again.status, 201);
   });
 
-  it('reports usage to account keys: files, bytes, versions, backup_bytes, quota_bytes', async () => {
+  it('reports usage to account keys: files, bytes, versions, backup_bytes (what the backup holds), quota_bytes', async () => {
     const fresh = await server.request('POST', '/v1/tenants', { auth: server.operatorToken, json: { name: 'Usage Co' } });
     const tenantKey = fresh.json.keys.test.account_key;
     const empty = await server.request('GET', '/v1/usage', { auth: tenantKey });
@@ -265,10 +266,52 @@ describe('files API', () => {
     const f = (await uploadRaw(server, tenantKey, '12345', { name: 'u.txt' })).json;
     await server.request('PUT', `/v1/files/${f.id}/content`, { auth: tenantKey, body: '123', headers: { 'content-type': 'text/plain' } });
     await uploadRaw(server, tenantKey, '1', { name: 'v.txt' });
+    // The same bytes as u.txt's first version: counted again in `bytes`, held once by the backup.
+    await uploadRaw(server, tenantKey, '12345', { name: 'w.txt' });
     await server.request('DELETE', `/v1/files/${f.id}`, { auth: tenantKey });
+    // Another tenant's backup of the same bytes is not this tenant's.
+    await uploadRaw(server, key, '12345', { name: 'usage-elsewhere.txt' });
+
+    const status = await backedUp(server, tenantKey, 5); // create, update, create, create, delete
+    assert.equal(status.versions, 5);
+    assert.equal(status.bytes, 9, 'distinct content: 5 + 3 + 1');
     const used = await server.request('GET', '/v1/usage', { auth: tenantKey });
-    assert.deepEqual(used.json, { files: 1, bytes: 9, versions: 3, backup_bytes: 0, quota_bytes: null });
+    assert.deepEqual(used.json, { files: 2, bytes: 14, versions: 4, backup_bytes: 9, quota_bytes: null });
+    const otherEnvironment = await server.request('GET', '/v1/usage', { auth: fresh.json.keys.live.account_key });
+    assert.equal(otherEnvironment.json.backup_bytes, 0, 'each environment has its own backups');
     const app = await server.request('GET', '/v1/usage', { auth: fresh.json.keys.test.application_key });
     assert.equal(app.status, 403);
+  });
+});
+
+describe('usage while the backup worker runs elsewhere (BANTU_BACKUP_WORKER=off)', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ BANTU_BACKUP_WORKER: 'off' });
+  });
+  after(async () => server?.close());
+
+  it('reports what the backup store holds: nothing until `bantu serve backup` records the versions, then their bytes', async () => {
+    const key = server.keys.test.account_key;
+    assert.equal((await uploadRaw(server, key, 'abcdef', { name: 'a.txt' })).status, 201);
+    assert.equal((await uploadRaw(server, key, 'xyz', { name: 'b.txt' })).status, 201);
+    const waiting = await server.request('GET', '/v1/usage', { auth: key });
+    assert.equal(waiting.json.bytes, 9);
+    assert.equal(waiting.json.backup_bytes, 0, 'no worker has copied anything yet');
+
+    const worker = runCli(['serve', 'backup'], { DATABASE_URL: server.app.databases.controlUrl, BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error' });
+    try {
+      await until(() => {
+        if (worker.child.exitCode !== null) throw new Error(`backup worker exited ${worker.child.exitCode}: ${worker.stderr()}`);
+        return worker.stdout().includes('backup worker is running');
+      }, 'the backup worker to start');
+      const status = await backedUp(server, key, 2);
+      assert.equal(status.bytes, 9);
+    } finally {
+      if (worker.child.exitCode === null && worker.child.signalCode === null) worker.child.kill('SIGTERM');
+      await worker.exited;
+    }
+    const held = await server.request('GET', '/v1/usage', { auth: key });
+    assert.equal(held.json.backup_bytes, 9);
   });
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
-import { blobCount, eventsOf, multipartBody, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
+import { backedUp, blobCount, eventsOf, multipartBody, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 const MiB = 1024 * 1024;
@@ -210,8 +210,9 @@ describe('tenant storage quota', () => {
     await until(async () => (await tempFiles(server)).length === 0, 'temp files to go');
     assert.equal(await blobCount(server), blobs);
 
+    await backedUp(server, key, 1);
     const usage = await server.request('GET', '/v1/usage', { auth: key });
-    assert.deepEqual(usage.json, { files: 1, bytes: 60_000, versions: 1, backup_bytes: 0, quota_bytes: 100_000 });
+    assert.deepEqual(usage.json, { files: 1, bytes: 60_000, versions: 1, backup_bytes: 60_000, quota_bytes: 100_000 });
     assert.equal((await uploadRaw(server, key, randomBytes(40_000), { name: 'fits.bin' })).status, 201, 'up to the quota itself');
     const other = await server.request('GET', '/v1/usage', { auth: server.keys.live.account_key });
     assert.equal(other.json.bytes, 0, 'each environment has its own count');

@@ -149,3 +149,22 @@ export async function until(condition: () => boolean | Promise<boolean>, what: s
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+/**
+ * Waits until the backup has recorded at least `entries` history entries of the caller's tenant
+ * and environment and has nothing pending; returns `GET /v1/backups/status` then.
+ */
+export async function backedUp(server: TestServer, key: string, entries: number, limitMs = 60_000): Promise<{ pending_events: number; versions: number; bytes: number }> {
+  let status: { pending_events: number; versions: number; bytes: number } | undefined;
+  await until(
+    async () => {
+      const response = await server.request('GET', '/v1/backups/status', { auth: key });
+      if (response.status !== 200) throw new Error(`backup status: ${response.status} ${response.text}`);
+      status = response.json;
+      return response.json.pending_events === 0 && response.json.versions >= entries;
+    },
+    `${entries} backed-up entries`,
+    limitMs,
+  );
+  return status as { pending_events: number; versions: number; bytes: number };
+}

@@ -34,6 +34,13 @@ export interface FilesDeps {
   bus: EventBus;
   limits: FilesLimits;
   logger: Logger;
+  /**
+   * The bytes the backup store holds for the principal's tenant and environment, as the backup
+   * service counts them (distinct content). The files service never reads the backup's tables:
+   * the composition root passes this in. Absent where usage is not served (the standalone
+   * backup process); `usage` then fails rather than report a made-up figure.
+   */
+  backupBytes?: (principal: FilesPrincipal) => Promise<number>;
 }
 
 /** A request's Idempotency-Key and the fingerprint of what it asked. */
@@ -349,9 +356,15 @@ export class FilesService {
     return this.deps.blobs[principal.environment].get(file.sha256, range);
   }
 
+  /** The tenant's storage use in the principal's environment, with what its backups hold. */
   async usage(principal: FilesPrincipal): Promise<Usage> {
-    const used = await this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId));
-    return { ...used, backup_bytes: 0, quota_bytes: this.deps.limits.tenantQuotaBytes };
+    const { backupBytes } = this.deps;
+    if (!backupBytes) throw new Error('usage needs the backup service (FilesDeps.backupBytes)');
+    const [used, backup_bytes] = await Promise.all([
+      this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId)),
+      backupBytes(principal),
+    ]);
+    return { ...used, backup_bytes, quota_bytes: this.deps.limits.tenantQuotaBytes };
   }
 
   /**
