@@ -153,6 +153,74 @@ describe('upload limits, disconnects and idempotency', () => {
     assert.equal(versions.rows.length, 2);
   });
 
+  it('answers 409 idempotency_conflict to a replace under the same Idempotency-Key with another body or another file, storing nothing', async () => {
+    const created = (await uploadRaw(server, key, 'v1', { name: 'idem-replace-conflict.txt' })).json;
+    const other = (await uploadRaw(server, key, 'other v1', { name: 'idem-replace-other.txt' })).json;
+    const put = (id: string, body: string, contentType = 'text/plain') =>
+      server.request('PUT', `/v1/files/${id}/content`, { auth: key, body, headers: { 'content-type': contentType, 'idempotency-key': 'replace-conflict-1' } });
+    const first = await put(created.id, 'v2');
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.json.version, 2);
+    const blobs = await blobCount(server);
+
+    for (const [what, response] of [
+      ['another body', await put(created.id, 'not v2')],
+      ['another content type', await put(created.id, 'v2', 'text/markdown')],
+      ['another file', await put(other.id, 'v2')],
+    ] as const) {
+      assert.equal(response.status, 409, `${what}: ${response.text}`);
+      assert.equal(response.json.code, 'idempotency_conflict', what);
+    }
+    assert.equal(await blobCount(server), blobs, 'a refused request keeps no bytes');
+    const versions = await sql`select version from files.file_version where file_id in (${created.id}, ${other.id})`.execute(server.app.databases.environments.test);
+    assert.equal(versions.rows.length, 3, 'no version was added to either file');
+    assert.equal((await server.request('GET', `/v1/files/${created.id}/content`, { auth: key })).text, 'v2');
+    assert.equal((await server.request('GET', `/v1/files/${other.id}/content`, { auth: key })).text, 'other v1');
+    const retry = await put(created.id, 'v2');
+    assert.equal(retry.status, 200, 'the original request still replays');
+    assert.equal(retry.headers['idempotent-replayed'], 'true');
+    assert.deepEqual(retry.json, first.json);
+  });
+
+  it('keeps an Idempotency-Key 24 h: past that it no longer replays, and the sweep prunes expired keys', async () => {
+    const db = server.app.databases.environments.test;
+    const withKey = (idempotencyKey: string) => ({ 'idempotency-key': idempotencyKey });
+    const created = await uploadRaw(server, key, 'e1', { name: 'expiry.txt', headers: withKey('expiry-create') });
+    assert.equal(created.status, 201, created.text);
+    const kept = await sql<{ ms: number }>`
+      select (extract(epoch from expires_at - created_at) * 1000)::float8 as ms from files.idempotency where key = 'expiry-create'`.execute(db);
+    assert.equal(kept.rows[0]?.ms, 24 * 3600 * 1000);
+
+    const put = () =>
+      server.request('PUT', `/v1/files/${created.json.id}/content`, { auth: key, body: 'e2', headers: { 'content-type': 'text/plain', ...withKey('expiry-replace') } });
+    const first = await put();
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.json.version, 2);
+    assert.equal((await uploadRaw(server, key, 'p', { name: 'expiry-prune.txt', headers: withKey('expiry-prune') })).status, 201);
+    assert.equal((await uploadRaw(server, key, 'l', { name: 'expiry-live.txt', headers: withKey('expiry-live') })).status, 201);
+    // 25 hours pass for three of the keys (the server has no clock to wind: age the rows).
+    const aged = await sql`
+      update files.idempotency set created_at = created_at - interval '25 hours', expires_at = expires_at - interval '25 hours'
+      where key in ('expiry-create', 'expiry-replace', 'expiry-prune')`.execute(db);
+    assert.equal(Number(aged.numAffectedRows), 3);
+
+    const again = await put();
+    assert.equal(again.status, 200, again.text);
+    assert.equal(again.headers['idempotent-replayed'], undefined, 'a new request, not a replay');
+    assert.equal(again.json.version, 3);
+    const reused = await uploadRaw(server, key, 'something else', { name: 'expiry-2.txt', headers: withKey('expiry-create') });
+    assert.equal(reused.status, 201, `an expired key is free for a new request: ${reused.text}`);
+    assert.notEqual(reused.json.id, created.json.id);
+
+    const swept = await server.app.files.sweep();
+    assert.ok(swept.idempotency >= 1, JSON.stringify(swept));
+    const left = await sql<{ key: string }>`
+      select key from files.idempotency where key like 'expiry-%' order by key`.execute(db);
+    assert.deepEqual(left.rows.map((r) => r.key), ['expiry-create', 'expiry-live', 'expiry-replace'], 'only the expired, unused key is pruned');
+    const expired = await sql<{ n: number }>`select count(*)::int as n from files.idempotency where expires_at <= now()`.execute(db);
+    assert.equal(expired.rows[0]?.n, 0);
+  });
+
   it('keeps every one of 20 concurrent replaces: 21 distinct versions, events in version order', async () => {
     const created = (await uploadRaw(server, key, 'base', { name: 'contended.txt' })).json;
     const contents = Array.from({ length: 20 }, (_, i) => Buffer.from(`replace number ${i} ${randomBytes(8).toString('hex')}`));
