@@ -102,5 +102,22 @@ describe('files isolation', () => {
     const all = await server.request('GET', '/v1/files?limit=200', { auth: server.keys.test.account_key });
     const ids = all.json.data.map((f: { id: string }) => f.id);
     for (const id of [file.id, aliceFile.json.id, bobSameName.json.id, forAlice.json.id]) assert.ok(ids.includes(id));
+
+    // An application key acts for a client app, not a user: within its scopes it reaches every
+    // file of the tenant and environment, users' files included (documented on the routes).
+    const appKey = await server.request('POST', '/v1/keys', {
+      auth: server.keys.test.account_key,
+      json: { kind: 'application', name: 'sync app', scopes: ['files:read', 'files:write'] },
+    });
+    assert.equal(appKey.status, 201, appKey.text);
+    const appKeyed = appKey.json.key;
+    const appList = await server.request('GET', '/v1/files?limit=200', { auth: appKeyed });
+    const appIds = appList.json.data.map((f: { id: string }) => f.id);
+    for (const id of [file.id, aliceFile.json.id, bobSameName.json.id, forAlice.json.id]) assert.ok(appIds.includes(id), `the application key lists ${id}`);
+    assert.equal((await server.request('GET', `/v1/files/${aliceFile.json.id}/content`, { auth: appKeyed })).text, 'alice only');
+    const appReplace = await server.request('PUT', `/v1/files/${bobSameName.json.id}/content`, { auth: appKeyed, body: 'bob v2', headers: { 'content-type': 'text/plain' } });
+    assert.equal(appReplace.status, 200, appReplace.text);
+    assert.equal(appReplace.json.owner_id, bob.json.user.id, 'the owner stays the user');
+    assert.equal((await server.request('GET', '/v1/usage', { auth: appKeyed })).status, 403, 'usage stays for account keys and admins');
   });
 });

@@ -100,7 +100,11 @@ export function etagMatches(header: string, sha256: string): boolean {
 export class FilesService {
   constructor(private readonly deps: FilesDeps) {}
 
-  /** A user who is not an admin sees their own files only; keys and admins see the tenant's. */
+  /**
+   * A user who is not an admin sees their own files only; keys and admins see the tenant's.
+   * That includes application keys (within their files:* scopes): they act for a client app,
+   * not for a user, so there is no user to narrow them to.
+   */
   private ownerScope(principal: FilesPrincipal): string | null {
     return principal.kind === 'user' && !isTenantAdmin(principal) ? principal.userId : null;
   }

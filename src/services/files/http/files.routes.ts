@@ -16,6 +16,14 @@ const READERS = ['account_key', 'application_key', 'user'] as const;
 /** Multipart framing and form fields around the content: a Content-Length beyond limit + this is refused unread. */
 const MULTIPART_SLACK = 1024 * 1024;
 
+/**
+ * Who reaches which file, stated on every files route. Application keys act for a client app,
+ * not for a user, so within their scopes they reach the tenant's files as an account key does.
+ */
+const VISIBILITY =
+  'Visibility: a user token reaches only its own files; an account key, an admin user, or an application key with the `files:read` / `files:write` scope ' +
+  '(a client app acting without a user) reaches every file of the tenant and environment. Any other file answers 404.';
+
 const problem = { description: 'problem+json', type: 'object', additionalProperties: true } as const;
 
 function filesPrincipal(request: FastifyRequest): FilesPrincipal {
@@ -118,7 +126,8 @@ function uploadRoutes(files: FilesService) {
           summary: 'Upload a file',
           description:
             'multipart/form-data with a part `file` (and optional fields `path`, `name`, `owner_id`), or a raw body with its Content-Type and `?name=&path=`. ' +
-            'The content is streamed to storage while it is hashed. Optional Idempotency-Key: a retry replays the first answer and stores nothing twice.',
+            'The content is streamed to storage while it is hashed. Optional Idempotency-Key: a retry replays the first answer and stores nothing twice. ' +
+            VISIBILITY,
           querystring: UploadQuery,
           headers: UploadHeaders,
           response: { 201: FileObject, 409: problem, 413: problem, 422: problem },
@@ -176,7 +185,8 @@ function uploadRoutes(files: FilesService) {
           summary: 'Replace the content (a new version)',
           description:
             'Raw body or multipart part `file`. `If-Match: "<sha256>"` makes it conditional: when the content changed since, 412 version_conflict. ' +
-            'Without If-Match, concurrent replaces each make their own version; none is lost.',
+            'Without If-Match, concurrent replaces each make their own version; none is lost. ' +
+            VISIBILITY,
           params: FileParams,
           headers: ReplaceHeaders,
           response: { 200: FileObject, 404: problem, 412: problem, 413: problem },
@@ -215,7 +225,7 @@ export function filesRoutes(files: FilesService) {
       '/files',
       {
         config: { auth: [...READERS], scope: 'files:read' },
-        schema: { tags: ['files'], summary: 'List files, newest first', querystring: ListFilesQuery, response: { 200: FilePage } },
+        schema: { tags: ['files'], summary: 'List files, newest first', description: VISIBILITY, querystring: ListFilesQuery, response: { 200: FilePage } },
       },
       async (request) => {
         const query = request.query as { limit: number; cursor?: string; path?: string };
@@ -227,7 +237,7 @@ export function filesRoutes(files: FilesService) {
       '/files/:id',
       {
         config: { auth: [...READERS], scope: 'files:read' },
-        schema: { tags: ['files'], summary: 'A file\'s metadata', params: FileParams, response: { 200: FileObject, 404: problem } },
+        schema: { tags: ['files'], summary: 'A file\'s metadata', description: VISIBILITY, params: FileParams, response: { 200: FileObject, 404: problem } },
       },
       async (request) => files.get(filesPrincipal(request), (request.params as { id: string }).id),
     );
@@ -239,7 +249,7 @@ export function filesRoutes(files: FilesService) {
         schema: {
           tags: ['files'],
           summary: 'Download the content',
-          description: 'ETag is "<sha256>". Supports Range (206; 416 when unsatisfiable), If-None-Match (304) and If-Range.',
+          description: `ETag is "<sha256>". Supports Range (206; 416 when unsatisfiable), If-None-Match (304) and If-Range. ${VISIBILITY}`,
           params: FileParams,
         },
       },
@@ -280,7 +290,7 @@ export function filesRoutes(files: FilesService) {
         schema: {
           tags: ['files'],
           summary: 'Rename or move a file',
-          description: 'Makes a new version (same content, new name or folder).',
+          description: `Makes a new version (same content, new name or folder). ${VISIBILITY}`,
           params: FileParams,
           body: PatchFileBody,
           response: { 200: FileObject, 404: problem, 409: problem },
@@ -293,7 +303,13 @@ export function filesRoutes(files: FilesService) {
       '/files/:id',
       {
         config: { auth: [...READERS], scope: 'files:write' },
-        schema: { tags: ['files'], summary: 'Delete a file (its history stays in the backups)', params: FileParams, response: { 204: Type.Null(), 404: problem } },
+        schema: {
+          tags: ['files'],
+          summary: 'Delete a file (its history stays in the backups)',
+          description: VISIBILITY,
+          params: FileParams,
+          response: { 204: Type.Null(), 404: problem },
+        },
       },
       async (request, reply) => {
         await files.remove(filesPrincipal(request), (request.params as { id: string }).id);

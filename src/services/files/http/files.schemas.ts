@@ -50,7 +50,7 @@ export const Usage = Type.Object({
   files: Type.Integer({ description: 'Live files' }),
   bytes: Type.Integer({ description: 'Bytes of every kept version (the quota counts these)' }),
   versions: Type.Integer(),
-  backup_bytes: Type.Integer(),
+  backup_bytes: Type.Integer({ description: 'Distinct bytes the backups hold for this tenant and environment (the `bytes` of GET /v1/backups/status)' }),
   quota_bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'null: unlimited' }),
 });
 
