@@ -14,11 +14,44 @@ export type EventHandler = (event: BusEvent) => Promise<void>;
 /** Handles several events at once (in delivery order), so their cost can be shared (one commit, one fsync of a folder). */
 export type BatchEventHandler = (events: BusEvent[]) => Promise<void>;
 
+/**
+ * Thrown by an event handler when the EVENT is at fault (what it names is missing, or is not
+ * what it claims): trying again cannot help, so the bus sets it aside after its tries. Any
+ * other failure may be the handler's own store or database being down for a while.
+ */
+export class PoisonEventError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PoisonEventError';
+  }
+}
+
 export interface ConsumerOptions {
   /** Only these event types reach the handler (the cursor still moves past the others). */
   types?: readonly string[];
   /** Tries before an event is set aside as a dead letter. Default 5. */
   maxAttempts?: number;
+  /**
+   * Which failures may end as a dead letter.
+   * - `'any-failure'` (default): every failure counts toward `maxAttempts`. For consumers whose
+   *   work has no outside dependency that can be down (a failure there is a bug), so that one
+   *   bad event costs a few seconds and never stops the stream.
+   * - `'poison-only'`: only a `PoisonEventError` counts. Any other failure is taken as the
+   *   consumer's own store or database being down, and the event is retried with backoff
+   *   (capped, see the driver) for as long as that lasts, holding later events back: they
+   *   would fail the same way, and setting them aside would lose them for good.
+   */
+  deadLetter?: 'any-failure' | 'poison-only';
+}
+
+/** An event a consumer set aside. */
+export interface DeadLetter {
+  event: BusEvent;
+  /** Tries so far (the bus's, plus every redelivery). */
+  attempts: number;
+  /** The last failure's message. */
+  error: string;
+  set_aside_at: string;
 }
 
 export interface EventFilter {
@@ -33,6 +66,10 @@ export interface ConsumerStatus {
   pending: number;
   lastDeliveredAt: string | null;
   deadLetters: number;
+  /** When the oldest pending event committed (null when none is pending): how far behind the consumer is. */
+  oldestPendingAt?: string | null;
+  /** Set while the consumer keeps failing on the event in hand (and retries it); null once it passes. */
+  failing?: { since: string; attempts: number; error: string } | null;
 }
 
 /**
@@ -57,6 +94,13 @@ export interface EventBus {
   readSince(environment: Environment, afterEventId: string | null, limit: number, filter?: EventFilter): Promise<BusEvent[] | null>;
   /** Per environment; with `tenantId`, counts only that tenant's events (tenants never see each other's activity). */
   status(name: string, tenantId?: string): Promise<ConsumerStatus[]>;
+  /**
+   * Hands each of a consumer's dead letters to `handler` once more (every environment,
+   * delivery order), for when their cause is fixed. One that passes stops being a dead
+   * letter; one that fails stays, with the new error. Safe while the consumer runs: handlers
+   * are idempotent, and the consumer never goes back to an event it set aside.
+   */
+  redeliverDeadLetters(name: string, handler: EventHandler): Promise<{ delivered: DeadLetter[]; remaining: DeadLetter[] }>;
   start(): Promise<void>;
   close(): Promise<void>;
 }

@@ -3,7 +3,16 @@ import pg from 'pg';
 import type { Logger } from 'pino';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
-import type { BatchEventHandler, ConsumerOptions, ConsumerStatus, EventBus, EventFilter, EventHandler } from '../../core/ports.ts';
+import {
+  type BatchEventHandler,
+  type ConsumerOptions,
+  type ConsumerStatus,
+  type DeadLetter,
+  type EventBus,
+  type EventFilter,
+  type EventHandler,
+  PoisonEventError,
+} from '../../core/ports.ts';
 import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
 
 /**
@@ -22,13 +31,21 @@ import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
  * xid before waiting, and two waiters may be granted the row in the other order.)
  *
  * Consumers wake on NOTIFY (sent by the same transaction, so only on commit) and poll as
- * a fallback. A failing event is retried with backoff, then set aside as a dead letter.
+ * a fallback. A failing event is retried with backoff (doubling, capped at `retryMaxMs`).
+ * A failure that counts (any, or only a PoisonEventError: the consumer's `deadLetter`
+ * option) ends as a dead letter after `maxAttempts` of them, and later events go on; one
+ * that does not count is retried for as long as it lasts, later events waiting behind it.
+ * The bus's own reads and writes (cursor, dead letters) are retried the same way: a
+ * database outage pauses a consumer, it never stops it.
  */
 const CHANNEL = 'bantu_outbox';
 const BATCH = 200;
 const POLL_MS = 1000;
 /** First re-check after activity; doubles up to POLL_MS while nothing new shows up. */
 const RECHECK_MS = 5;
+/** Backoff of retries: from `retryBaseMs`, doubling up to `retryMaxMs`. */
+const RETRY_BASE_MS = 200;
+const RETRY_MAX_MS = 30_000;
 
 interface OutboxRow {
   id: number;
@@ -72,6 +89,15 @@ function toEvent(row: OutboxRow, environment: Environment): BusEvent {
   };
 }
 
+interface CursorRow {
+  xid: string;
+  id: number;
+  last_delivered_at: Date | null;
+  failing_since: Date | null;
+  failing_attempts: number;
+  failing_error: string | null;
+}
+
 interface Consumer {
   name: string;
   handler: EventHandler;
@@ -79,7 +105,16 @@ interface Consumer {
   batchHandler?: BatchEventHandler;
   types?: ReadonlySet<string>;
   maxAttempts: number;
+  deadLetter: NonNullable<ConsumerOptions['deadLetter']>;
 }
+
+class ShuttingDown extends Error {
+  constructor() {
+    super('the bus is shutting down');
+  }
+}
+
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -101,7 +136,7 @@ export class OutboxBus implements EventBus {
   constructor(
     private readonly databases: Databases,
     private readonly logger: Logger,
-    private readonly options: { retryBaseMs?: number; pollMs?: number } = {},
+    private readonly options: { retryBaseMs?: number; retryMaxMs?: number; pollMs?: number } = {},
   ) {}
 
   async append(trx: unknown, environment: Environment, event: NewEvent): Promise<BusEvent> {
@@ -115,17 +150,39 @@ export class OutboxBus implements EventBus {
   }
 
   consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
-    this.register({ name, handler, types: options.types ? new Set(options.types) : undefined, maxAttempts: options.maxAttempts ?? 5 });
+    this.register({ name, handler, ...this.consumerOptions(options) });
   }
 
   consumeBatch(name: string, batchHandler: BatchEventHandler, options: ConsumerOptions = {}): void {
-    this.register({
-      name,
-      handler: (event) => batchHandler([event]),
-      batchHandler,
+    this.register({ name, handler: (event) => batchHandler([event]), batchHandler, ...this.consumerOptions(options) });
+  }
+
+  private consumerOptions(options: ConsumerOptions) {
+    return {
       types: options.types ? new Set(options.types) : undefined,
       maxAttempts: options.maxAttempts ?? 5,
-    });
+      deadLetter: options.deadLetter ?? 'any-failure',
+    };
+  }
+
+  /** The wait before try `failures + 1`. */
+  private backoff(failures: number): number {
+    return Math.min((this.options.retryBaseMs ?? RETRY_BASE_MS) * 2 ** Math.min(failures - 1, 30), this.options.retryMaxMs ?? RETRY_MAX_MS);
+  }
+
+  /** Runs `work` until it succeeds, with backoff; only shutting down ends it early (it then throws). */
+  private async persistently<T>(log: Logger, what: string, work: () => Promise<T>): Promise<T> {
+    for (let failures = 1; ; failures++) {
+      try {
+        return await work();
+      } catch (error) {
+        if (this.abort.signal.aborted) throw new ShuttingDown();
+        const retryInMs = this.backoff(failures);
+        log.warn({ err: error, attempt: failures, retryInMs }, `${what} failed; retrying`);
+        await sleep(retryInMs, this.abort.signal);
+        if (this.abort.signal.aborted) throw new ShuttingDown();
+      }
+    }
   }
 
   private register(consumer: Consumer): void {
@@ -195,8 +252,9 @@ export class OutboxBus implements EventBus {
       ENVIRONMENTS.map(async (environment) => {
         const db = this.databases.environments[environment];
         const cursor = await this.cursorOf(db, name);
-        const pending = await sql<{ n: number }>`
-          select count(*)::int as n from bus.outbox o where (o.xid, o.id) > (${cursor.xid}::xid8, ${cursor.id}) ${ofTenant}`.execute(db);
+        const pending = await sql<{ n: number; oldest: Date | null }>`
+          select count(*)::int as n, min(o.occurred_at) as oldest
+          from bus.outbox o where (o.xid, o.id) > (${cursor.xid}::xid8, ${cursor.id}) ${ofTenant}`.execute(db);
         const dead = await sql<{ n: number }>`
           select count(*)::int as n from bus.dead_letter d join bus.outbox o on o.id = d.event_id
           where d.consumer = ${name} ${ofTenant}`.execute(db);
@@ -206,9 +264,48 @@ export class OutboxBus implements EventBus {
           pending: pending.rows[0]?.n ?? 0,
           lastDeliveredAt: cursor.last_delivered_at?.toISOString() ?? null,
           deadLetters: dead.rows[0]?.n ?? 0,
+          oldestPendingAt: pending.rows[0]?.oldest?.toISOString() ?? null,
+          // Environment-wide (the event in hand may be another tenant's): the cause, not the event, is shown.
+          failing: cursor.failing_since
+            ? { since: cursor.failing_since.toISOString(), attempts: cursor.failing_attempts, error: cursor.failing_error ?? '' }
+            : null,
         };
       }),
     );
+  }
+
+  async redeliverDeadLetters(name: string, handler: EventHandler): Promise<{ delivered: DeadLetter[]; remaining: DeadLetter[] }> {
+    const delivered: DeadLetter[] = [];
+    const remaining: DeadLetter[] = [];
+    for (const environment of ENVIRONMENTS) {
+      const db = this.databases.environments[environment];
+      const rows = await sql<OutboxRow & { attempts: number; error: string; created_at: Date }>`
+        select o.id, o.xid::text as xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at, d.attempts, d.error, d.created_at
+        from bus.dead_letter d join bus.outbox o on o.id = d.event_id
+        where d.consumer = ${name}
+        order by o.xid, o.id`.execute(db);
+      for (const row of rows.rows) {
+        const event = toEvent(row, environment);
+        const letter: DeadLetter = {
+          event,
+          attempts: row.attempts + 1,
+          error: row.error,
+          set_aside_at: row.created_at.toISOString(),
+        };
+        try {
+          await handler(event);
+        } catch (error) {
+          letter.error = messageOf(error);
+          await sql`update bus.dead_letter set attempts = attempts + 1, error = ${letter.error}
+                    where consumer = ${name} and event_id = ${row.id}`.execute(db);
+          remaining.push(letter);
+          continue;
+        }
+        await sql`delete from bus.dead_letter where consumer = ${name} and event_id = ${row.id}`.execute(db);
+        delivered.push(letter);
+      }
+    }
+    return { delivered, remaining };
   }
 
   private async readBatch(db: Db, after: { xid: string; id: number }, limit: number, filter?: EventFilter): Promise<OutboxRow[]> {
@@ -226,11 +323,22 @@ export class OutboxBus implements EventBus {
     return result.rows;
   }
 
-  private async cursorOf(db: Db, name: string): Promise<{ xid: string; id: number; last_delivered_at: Date | null }> {
+  private async cursorOf(db: Db, name: string): Promise<CursorRow> {
     await sql`insert into bus.consumer_cursor (consumer) values (${name}) on conflict do nothing`.execute(db);
-    const result = await sql<{ xid: string; id: number; last_delivered_at: Date | null }>`
-      select xid::text as xid, id, last_delivered_at from bus.consumer_cursor where consumer = ${name}`.execute(db);
-    return result.rows[0] ?? { xid: '0', id: 0, last_delivered_at: null };
+    const result = await sql<CursorRow>`
+      select xid::text as xid, id, last_delivered_at, failing_since, failing_attempts, failing_error
+      from bus.consumer_cursor where consumer = ${name}`.execute(db);
+    return result.rows[0] ?? { xid: '0', id: 0, last_delivered_at: null, failing_since: null, failing_attempts: 0, failing_error: null };
+  }
+
+  /** Says (or, with null, unsays) that the consumer is stuck failing. Best effort: the database may be what fails. */
+  private async setFailing(db: Db, name: string, failing: { attempts: number; error: string } | null): Promise<void> {
+    const update = failing
+      ? sql`update bus.consumer_cursor set failing_since = coalesce(failing_since, now()), failing_attempts = ${failing.attempts},
+              failing_error = ${failing.error.slice(0, 1000)} where consumer = ${name}`
+      : sql`update bus.consumer_cursor set failing_since = null, failing_attempts = 0, failing_error = null
+              where consumer = ${name} and failing_since is not null`;
+    await update.execute(db).catch(() => undefined);
   }
 
   private async run(consumer: Consumer, environment: Environment): Promise<void> {
@@ -249,7 +357,9 @@ export class OutboxBus implements EventBus {
     };
     wakers.add(onWake);
     try {
-      const saved = await this.cursorOf(db, consumer.name);
+      const saved = await this.persistently(log, 'reading the cursor', () => this.cursorOf(db, consumer.name));
+      // Left by a process that stopped while failing; said again at once if it still fails.
+      await this.setFailing(db, consumer.name, null);
       let cursor = { xid: saved.xid, id: saved.id };
       while (!signal.aborted) {
         poked = false;
@@ -275,8 +385,11 @@ export class OutboxBus implements EventBus {
         const last = rows[rows.length - 1];
         if (last) cursor = { xid: last.xid, id: last.id };
         if (rows.length > 0) {
-          await sql`update bus.consumer_cursor set xid = ${cursor.xid}::xid8, id = ${cursor.id}, last_delivered_at = now()
-                    where consumer = ${consumer.name}`.execute(db);
+          const saving = cursor;
+          await this.persistently(log, 'saving the cursor', () =>
+            sql`update bus.consumer_cursor set xid = ${saving.xid}::xid8, id = ${saving.id}, last_delivered_at = now()
+                where consumer = ${consumer.name}`.execute(db),
+          );
         }
         if (rows.length < BATCH && !poked) {
           // A NOTIFY'd row can still be hidden behind an older transaction that is about to
@@ -312,24 +425,46 @@ export class OutboxBus implements EventBus {
     }
   }
 
+  /**
+   * Hands one event to the handler until it passes or is set aside. `tries` counts every
+   * failure (for the backoff and the logs), `counted` those that may make a dead letter.
+   */
   private async deliver(consumer: Consumer, db: Db, row: OutboxRow, environment: Environment, log: Logger): Promise<void> {
     const event = toEvent(row, environment);
+    let tries = 0;
+    let counted = 0;
     let lastError: unknown;
-    for (let attempt = 1; attempt <= consumer.maxAttempts; attempt++) {
+    while (true) {
       try {
         await consumer.handler(event);
+        if (tries > 0) {
+          log.info({ event_id: event.event_id, failedTries: tries }, 'event handled after failed tries');
+          await this.setFailing(db, consumer.name, null);
+        }
         return;
       } catch (error) {
-        lastError = error;
         if (this.abort.signal.aborted) throw error; // shutting down: the event stays pending
-        log.warn({ err: error, event_id: event.event_id, attempt }, 'event handler failed');
-        if (attempt < consumer.maxAttempts) await sleep((this.options.retryBaseMs ?? 200) * 2 ** (attempt - 1), this.abort.signal);
+        lastError = error;
+        tries++;
+        const counts = consumer.deadLetter === 'any-failure' || error instanceof PoisonEventError;
+        if (counts) counted++;
+        if (counts && counted >= consumer.maxAttempts) break;
+        const retryInMs = this.backoff(tries);
+        const context = { err: error, event_id: event.event_id, attempt: tries, counted, maxAttempts: consumer.maxAttempts, retryInMs };
+        if (counts) log.warn(context, 'event handler failed');
+        // Not the event's fault: retried until it passes; later events wait (they would fail the same way).
+        else log.warn(context, 'event handler failed, not on the event itself (store or database down?): retrying until it passes');
+        await this.setFailing(db, consumer.name, { attempts: tries, error: messageOf(error) });
+        await sleep(retryInMs, this.abort.signal);
+        if (this.abort.signal.aborted) throw new ShuttingDown();
       }
     }
-    const message = lastError instanceof Error ? lastError.message : String(lastError);
-    log.error({ event_id: event.event_id }, 'event set aside as a dead letter');
-    await sql`insert into bus.dead_letter (consumer, event_id, attempts, error)
-              values (${consumer.name}, ${row.id}, ${consumer.maxAttempts}, ${message})
-              on conflict do nothing`.execute(db);
+    log.error({ event_id: event.event_id, attempts: tries, err: lastError }, 'event set aside as a dead letter');
+    await this.persistently(log, 'setting aside a dead letter', () =>
+      sql`insert into bus.dead_letter (consumer, event_id, attempts, error)
+          values (${consumer.name}, ${row.id}, ${tries}, ${messageOf(lastError)})
+          on conflict do nothing`.execute(db),
+    );
+    await this.setFailing(db, consumer.name, null);
   }
 }
