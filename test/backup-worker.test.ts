@@ -32,6 +32,37 @@ async function stopWorker(worker: CliProcess): Promise<void> {
   assert.ok(exit.code === 0 || exit.signal !== null, `worker exit ${JSON.stringify(exit)}: ${worker.stderr()}`);
 }
 
+/** One backup gauge of the test environment, as GET /metrics shows it. */
+async function metric(server: TestServer, name: string): Promise<number> {
+  const text = (await server.request('GET', '/metrics')).text;
+  const match = new RegExp(`^${name}\\{environment="test"\\} (\\S+)$`, 'm').exec(text);
+  assert.ok(match, `${name} in /metrics`);
+  return Number(match[1]);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Where the files service keeps a blob (the backup copies from there). */
+const filesBlob = (server: TestServer, digest: string) => path.join(server.dataDir, 'blobs', 'test', digest.slice(0, 2), digest);
+
+/**
+ * Makes the test environment's backup store unusable the way a lost mount or a dead disk does,
+ * even for root (whom chmod does not stop): its root folder replaced by a regular file, so
+ * every stat, mkdir and open under it fails (ENOTDIR). `mend` puts the folder back as it was.
+ */
+async function breakBackupStore(server: TestServer): Promise<{ mend(): Promise<void> }> {
+  const root = path.join(server.dataDir, 'backups', 'test');
+  const away = `${root}.away`;
+  await fs.rename(root, away);
+  await fs.writeFile(root, 'not a folder');
+  return {
+    async mend() {
+      await fs.rm(root);
+      await fs.rename(away, root);
+    },
+  };
+}
+
 async function history(server: TestServer, auth: string, id: string): Promise<Array<Record<string, any>>> {
   const response = await server.request('GET', `/v1/files/${id}/versions?limit=200`, { auth });
   if (response.status === 404) return [];
@@ -75,6 +106,9 @@ async function assertAllBackedUp(server: TestServer, auth: string, expected: Exp
 describe('backup worker as its own process', () => {
   let server: TestServer;
   let key: string;
+  /** The poison events the tests below make, for the re-drive at the end. */
+  const poisoned: Array<{ id: string; sha256: string; content: string }> = [];
+  const status = async () => (await server.request('GET', '/v1/backups/status', { auth: key })).json;
   before(async () => {
     server = await startServer({ BANTU_BACKUP_WORKER: 'off' });
     key = server.keys.test.account_key;
@@ -125,6 +159,31 @@ describe('backup worker as its own process', () => {
     const status = await server.request('GET', '/v1/backups/status', { auth: key });
     assert.equal(status.json.versions, 100);
     assert.equal(status.json.pending_events, 0);
+  });
+
+  it('backup_lag_seconds is the age of the oldest change not yet backed up: near 0 for a new change after an idle spell, then growing', async () => {
+    // The test above left everything backed up and no worker running: stay idle a while.
+    await sleep(2500);
+    assert.equal(await metric(server, 'backup_lag_seconds'), 0, 'nothing pending');
+    const created = await uploadRaw(server, key, 'after an idle spell', { name: 'idle.txt' });
+    assert.equal(created.status, 201);
+    await sleep(600); // past the metrics' snapshot cache
+    const fresh = await metric(server, 'backup_lag_seconds');
+    // Not the time since the last backed-up change (at least 2.5 s).
+    assert.ok(fresh >= 0.5 && fresh < 2, `lag right after the change: ${fresh}`);
+    await sleep(1500);
+    const later = await metric(server, 'backup_lag_seconds');
+    assert.ok(later >= fresh + 1.4 && later < fresh + 3, `lag 1.5 s later: ${later} (was ${fresh})`);
+    assert.equal(await metric(server, 'backup_lag_events'), 1);
+
+    const worker = startWorker(server);
+    try {
+      await workerReady(worker);
+      await until(async () => (await status()).pending_events === 0, 'the backup to catch up');
+    } finally {
+      await stopWorker(worker);
+    }
+    await until(async () => (await metric(server, 'backup_lag_seconds')) === 0, 'the lag back to 0');
   });
 
   it('the worker killed (kill -9) again and again during a stream of updates: every acknowledged version present and verified, none duplicated', async () => {
@@ -181,7 +240,8 @@ describe('backup worker as its own process', () => {
   it('a poison event (its blob is gone) lands in the dead letters after its tries; later events still get backed up', async () => {
     const poison = await uploadRaw(server, key, 'bytes that will vanish', { name: 'poison.txt' });
     assert.equal(poison.status, 201);
-    await fs.rm(path.join(server.dataDir, 'blobs', 'test', poison.json.sha256.slice(0, 2), poison.json.sha256));
+    await fs.rm(filesBlob(server, poison.json.sha256));
+    poisoned.push({ id: poison.json.id, sha256: poison.json.sha256, content: 'bytes that will vanish' });
     const healthy = await uploadRaw(server, key, 'healthy after the poison', { name: 'healthy.txt' });
     assert.equal(healthy.status, 201);
     const expected: Expected = new Map();
@@ -201,5 +261,139 @@ describe('backup worker as its own process', () => {
     const metrics = await server.request('GET', '/metrics');
     assert.match(metrics.text, new RegExp(`^backup_dead_letters\\{environment="test"\\} ${deadBefore + 1}$`, 'm'));
     assert.equal(sha256('healthy after the poison'), healthy.json.sha256);
+  });
+
+  it('a checksum mismatch (the files store holds other bytes than the event names) is poison: a dead letter, in the status and the metrics; later events still backed up', async () => {
+    const honest = 'the bytes the client was told were stored';
+    const tampered = await uploadRaw(server, key, honest, { name: 'tampered.txt' });
+    assert.equal(tampered.status, 201);
+    await fs.writeFile(filesBlob(server, tampered.json.sha256), 'other bytes than the event names');
+    poisoned.push({ id: tampered.json.id, sha256: tampered.json.sha256, content: honest });
+    const healthy = await uploadRaw(server, key, 'healthy after the mismatch', { name: 'healthy-2.txt' });
+    const expected: Expected = new Map();
+    expect(expected, healthy.json, 'File_create', 'healthy after the mismatch');
+    const deadBefore = (await status()).dead_letters;
+
+    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
+    try {
+      await workerReady(worker);
+      await assertAllBackedUp(server, key, expected);
+    } finally {
+      await stopWorker(worker);
+    }
+    assert.deepEqual(await history(server, key, tampered.json.id), [], 'the wrong bytes are never recorded as that version');
+    const after = await status();
+    assert.equal(after.dead_letters, deadBefore + 1);
+    assert.equal(after.pending_events, 0);
+    assert.equal(await metric(server, 'backup_dead_letters'), deadBefore + 1);
+  });
+
+  it('the backup store unwritable (its root replaced by a file): the backup stalls without a dead letter, then backs up every version once the store is back', async () => {
+    const deadBefore = (await status()).dead_letters;
+    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
+    const expected: Expected = new Map();
+    try {
+      await workerReady(worker);
+      const store = await breakBackupStore(server);
+      try {
+        const ids: string[] = [];
+        for (let i = 0; i < 3; i++) {
+          const content = `written during the outage ${i}`;
+          const created = await uploadRaw(server, key, content, { name: `outage-${i}.txt`, path: '/outage' });
+          assert.equal(created.status, 201, created.text);
+          ids.push(created.json.id);
+          expect(expected, created.json, 'File_create', content);
+        }
+        const updated = await server.request('PUT', `/v1/files/${ids[0]}/content`, { auth: key, body: 'outage 0, second version', headers: { 'content-type': 'text/plain' } });
+        assert.equal(updated.status, 200, updated.text);
+        expect(expected, updated.json, 'File_update', 'outage 0, second version');
+
+        // Twice its 2 tries: before the fix, the events were dead letters by now.
+        await until(
+          async () => (await metric(server, 'backup_failed_tries')) >= 4 || (await status()).dead_letters > deadBefore,
+          'the worker to fail again and again',
+        );
+        const during = await status();
+        assert.equal(during.dead_letters, deadBefore, 'a failing backup store sets nothing aside');
+        assert.equal(during.pending_events, 4, 'every change waits');
+        assert.ok((await metric(server, 'backup_lag_seconds')) > 0);
+        for (const id of ids) assert.deepEqual(await history(server, key, id), []);
+      } finally {
+        await store.mend();
+      }
+      // The same worker, without a restart, catches up on its own.
+      await assertAllBackedUp(server, key, expected);
+      await until(async () => (await metric(server, 'backup_failed_tries')) === 0, 'the failing state to clear');
+    } finally {
+      await stopWorker(worker);
+    }
+    const after = await status();
+    assert.equal(after.dead_letters, deadBefore);
+    assert.equal(after.pending_events, 0);
+  });
+
+  it('a worker retrying a failing store still stops promptly on SIGTERM; the next one backs up what waited', async () => {
+    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
+    const expected: Expected = new Map();
+    try {
+      await workerReady(worker);
+      const store = await breakBackupStore(server);
+      try {
+        const created = await uploadRaw(server, key, 'waiting through a shutdown', { name: 'shutdown.txt' });
+        expect(expected, created.json, 'File_create', 'waiting through a shutdown');
+        // Its next try is seconds away (the backoff doubles): the shutdown must not wait for it.
+        await until(async () => (await metric(server, 'backup_failed_tries')) >= 5, 'the worker to back off');
+        const stopping = Date.now();
+        worker.child.kill('SIGTERM');
+        const exit = await worker.exited;
+        assert.equal(exit.code, 0, worker.stderr());
+        assert.ok(Date.now() - stopping < 2000, `stopped in ${Date.now() - stopping} ms`);
+      } finally {
+        await store.mend();
+      }
+    } finally {
+      await stopWorker(worker);
+    }
+    const next = startWorker(server);
+    try {
+      await workerReady(next);
+      await assertAllBackedUp(server, key, expected);
+    } finally {
+      await stopWorker(next);
+    }
+  });
+
+  it('bantu backup retry-dead-letters backs up each dead letter whose cause is fixed and names those still failing; it works on a stopped data dir too', async () => {
+    const [vanished, tampered] = poisoned;
+    assert.ok(vanished && tampered, 'the poison tests ran');
+    assert.equal((await status()).dead_letters, 2);
+    const cli = (env: Record<string, string | undefined>) => runCli(['backup', 'retry-dead-letters'], { BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error', ...env });
+
+    // The vanished blob is found again; the tampered one is still wrong.
+    await fs.writeFile(filesBlob(server, vanished.sha256), vanished.content);
+    const first = cli({ DATABASE_URL: server.app.databases.controlUrl });
+    assert.equal((await first.exited).code, 1, first.stdout() + first.stderr());
+    const out = first.stdout();
+    assert.match(out, new RegExp(`^BACKED UP environment=test tenant=\\S+ event=evt_\\d+ type=File_create file=${vanished.id} version=1$`, 'm'));
+    assert.match(out, new RegExp(`^STILL FAILING environment=test tenant=\\S+ event=evt_\\d+ type=File_create file=${tampered.id} version=1 attempts=3: checksum mismatch`, 'm'));
+    assert.match(out, /^retried 2 dead letters: 1 backed up, 1 remain$/m);
+    const entries = await history(server, key, vanished.id);
+    assert.deepEqual(entries.map((e) => [e.version, e.event, e.sha256]), [[1, 'File_create', vanished.sha256]]);
+    assert.equal((await server.request('GET', `/v1/files/${vanished.id}/versions/1/content`, { auth: key })).text, vanished.content);
+    assert.equal((await status()).dead_letters, 1);
+    assert.equal(await metric(server, 'backup_dead_letters'), 1);
+
+    // Mended too; this time with the server stopped: the tool starts the data dir's PostgreSQL itself.
+    await fs.writeFile(filesBlob(server, tampered.sha256), tampered.content);
+    await server.app.close();
+    const external = process.env.BANTU_TEST_DATABASE_URL ? { DATABASE_URL: server.app.databases.controlUrl } : {};
+    const second = cli(external);
+    assert.equal((await second.exited).code, 0, second.stdout() + second.stderr());
+    assert.match(second.stdout(), new RegExp(`^BACKED UP environment=test tenant=\\S+ event=evt_\\d+ type=File_create file=${tampered.id} version=1$`, 'm'));
+    assert.match(second.stdout(), /^retried 1 dead letters: 1 backed up, 0 remain$/m);
+    // Nothing left to retry.
+    const third = cli(external);
+    assert.equal((await third.exited).code, 0, third.stdout() + third.stderr());
+    assert.match(third.stdout(), /^retried 0 dead letters: 0 backed up, 0 remain$/m);
   });
 });

@@ -192,7 +192,7 @@ function progress(label: string): { step(done: number, total: number, what: stri
   return { step: (done, total, what) => process.stderr.write(`${label}: ${done}/${total} ${what}\n`), stop: () => undefined };
 }
 
-const backupCommand = program.command('backup').description('backup tools: verify, restore');
+const backupCommand = program.command('backup').description('backup tools: verify, restore, retry-dead-letters');
 
 backupCommand
   .command('verify')
@@ -225,6 +225,33 @@ backupCommand
         : `verified ${result.blobs} blobs holding ${result.versions} versions: ${result.damaged.length} blobs damaged (${damagedVersions} versions)\n`,
     );
     process.exit(result.damaged.length === 0 ? 0 : 1);
+  });
+
+backupCommand
+  .command('retry-dead-letters')
+  .description('back up again every file event set aside as a dead letter (once the cause is fixed); exits 1 naming each that still fails')
+  .action(async () => {
+    const config = configOrExit();
+    const runtime = await openRuntimeOrExit(config, toolLogger(config), false);
+    ownSignals(() => runtime.close().finally(() => process.exit(1)));
+    let result: Awaited<ReturnType<BackupRuntime['backup']['retryDeadLetters']>>;
+    try {
+      result = await runtime.backup.retryDeadLetters();
+    } catch (error) {
+      process.stderr.write(`bantu backup retry-dead-letters: ${(error as Error).message}\n`);
+      await runtime.close();
+      process.exit(1);
+    }
+    await runtime.close();
+    const describe = ({ event }: (typeof result.delivered)[number]) => {
+      const file = (event.data as { file?: { id?: unknown; version?: unknown } }).file;
+      return `environment=${event.environment} tenant=${event.tenant_id} event=${event.event_id} type=${event.type} file=${file?.id} version=${file?.version}`;
+    };
+    for (const letter of result.delivered) process.stdout.write(`BACKED UP ${describe(letter)}\n`);
+    for (const letter of result.remaining) process.stdout.write(`STILL FAILING ${describe(letter)} attempts=${letter.attempts}: ${letter.error}\n`);
+    const total = result.delivered.length + result.remaining.length;
+    process.stdout.write(`retried ${total} dead letters: ${result.delivered.length} backed up, ${result.remaining.length} remain\n`);
+    process.exit(result.remaining.length === 0 ? 0 : 1);
   });
 
 const positive = (value: string) => {

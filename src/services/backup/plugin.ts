@@ -82,6 +82,7 @@ interface Snapshot {
   versions: number;
   bytes: number;
   lagSeconds: number;
+  failedTries: number;
 }
 
 /**
@@ -90,7 +91,7 @@ interface Snapshot {
  */
 function registerBackupGauges(metrics: Registry, databases: Databases, bus: EventBus): void {
   let last: Record<Environment, Snapshot> = Object.fromEntries(
-    ENVIRONMENTS.map((env) => [env, { pending: 0, deadLetters: 0, versions: 0, bytes: 0, lagSeconds: 0 }]),
+    ENVIRONMENTS.map((env) => [env, { pending: 0, deadLetters: 0, versions: 0, bytes: 0, lagSeconds: 0, failedTries: 0 }]),
   ) as Record<Environment, Snapshot>;
   let inflight: Promise<Record<Environment, Snapshot>> | undefined;
   const snapshot = () => {
@@ -101,11 +102,17 @@ function registerBackupGauges(metrics: Registry, databases: Databases, bus: Even
         for (const environment of ENVIRONMENTS) {
           const stats = await repo.environmentStats(databases.environments[environment]);
           const consumer = consumers.find((c) => c.environment === environment);
-          const pending = consumer?.pending ?? 0;
-          // Behind by at least the time since the newest change recorded, while anything waits.
-          const newest = stats.newest_occurred_at?.getTime();
-          const lagSeconds = pending > 0 && newest !== undefined ? Math.max(0, (Date.now() - newest) / 1000) : 0;
-          next[environment] = { pending, deadLetters: consumer?.deadLetters ?? 0, versions: stats.versions, bytes: stats.bytes, lagSeconds };
+          // The age of the oldest change still waiting: how long the backup has owed it.
+          const oldest = consumer?.oldestPendingAt ? Date.parse(consumer.oldestPendingAt) : undefined;
+          const lagSeconds = oldest !== undefined ? Math.max(0, (Date.now() - oldest) / 1000) : 0;
+          next[environment] = {
+            pending: consumer?.pending ?? 0,
+            deadLetters: consumer?.deadLetters ?? 0,
+            versions: stats.versions,
+            bytes: stats.bytes,
+            lagSeconds,
+            failedTries: consumer?.failing?.attempts ?? 0,
+          };
         }
         last = next;
       } catch {
@@ -127,8 +134,13 @@ function registerBackupGauges(metrics: Registry, databases: Databases, bus: Even
       },
     });
   gauge('backup_lag_events', 'File events not yet backed up', (s) => s.pending);
-  gauge('backup_lag_seconds', 'How far the backup is behind, in seconds (0 when nothing waits)', (s) => s.lagSeconds);
+  gauge('backup_lag_seconds', 'Age of the oldest file change not yet backed up, in seconds (0 when nothing waits)', (s) => s.lagSeconds);
   gauge('backup_versions', 'Version history entries held', (s) => s.versions);
   gauge('backup_bytes', 'Distinct bytes held in the backup store', (s) => s.bytes);
   gauge('backup_dead_letters', 'File events the backup gave up on after its tries', (s) => s.deadLetters);
+  gauge(
+    'backup_failed_tries',
+    'Failed tries so far of the event the backup worker is retrying (0 when none fails). Poison events stop at their max tries; a count that keeps growing is the backup store or database failing, retried until it passes',
+    (s) => s.failedTries,
+  );
 }

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
-import type { BlobStore, ByteRange, EventBus } from '../../../core/ports.ts';
+import { type BlobStore, type ByteRange, type EventBus, PoisonEventError } from '../../../core/ports.ts';
 import { type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
 import * as repo from '../repo/backup.repo.ts';
 
@@ -50,7 +50,7 @@ export interface BackupDeps {
   sources: Record<Environment, BlobStore>;
   /** The backup store, one root per environment (BANTU_BACKUP_DIR). */
   store: Record<Environment, BlobStore>;
-  bus: Pick<EventBus, 'status'>;
+  bus: Pick<EventBus, 'status' | 'redeliverDeadLetters'>;
   /** Absent where nothing is restored (the worker alone, verify). */
   files?: FilesPort;
   logger: Logger;
@@ -111,7 +111,7 @@ function toEntry(row: repo.VersionRow): VersionEntry {
   };
 }
 
-/** An event's File object, checked: a malformed one fails (and so ends as a dead letter) instead of recording garbage. */
+/** An event's File object, checked: a malformed one is poison (it ends as a dead letter) instead of recording garbage. */
 export function snapshotOf(event: BusEvent): FileSnapshot {
   const file = (event.data as { file?: Partial<FileSnapshot> }).file;
   if (
@@ -126,7 +126,7 @@ export function snapshotOf(event: BusEvent): FileSnapshot {
     typeof file.version !== 'number' ||
     typeof file.updated_at !== 'string'
   ) {
-    throw new Error(`event ${event.event_id} (${event.type}) carries no valid File object`);
+    throw new PoisonEventError(`event ${event.event_id} (${event.type}) carries no valid File object`);
   }
   return file as FileSnapshot;
 }
@@ -154,7 +154,12 @@ export class BackupService {
     return withTenant(this.db(principal.environment), principal.tenantId, work);
   }
 
-  /** The bus handler for one event. Throws on anything that must be retried (and, after the tries, set aside). */
+  /**
+   * The bus handler for one event. Throws a PoisonEventError when the event itself is bad
+   * (no valid File object, its bytes missing from the files store or not the bytes it names):
+   * retried a few times, then set aside. Anything else (the backup store or the database
+   * failing) is thrown as it is, and the bus retries it until it passes.
+   */
   async record(event: BusEvent): Promise<void> {
     await this.recordBatch([event]);
   }
@@ -217,13 +222,15 @@ export class BackupService {
     try {
       source = await this.deps.sources[environment].get(file.sha256);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`the files store has no blob ${file.sha256} (file ${file.id} version ${file.version})`);
-      throw error;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new PoisonEventError(`the files store has no blob ${file.sha256} (file ${file.id} version ${file.version})`, { cause: error });
+      }
+      throw error; // the files store failing to read (EIO...): not the event's fault
     }
     const stored = await this.deps.store[environment].put(source);
     if (stored.sha256 !== file.sha256 || stored.size !== file.size) {
       // Stored under its real hash, which nothing references: the sweep removes it.
-      throw new Error(`checksum mismatch for file ${file.id} version ${file.version}: expected ${file.sha256} (${file.size} bytes), read ${stored.sha256} (${stored.size} bytes)`);
+      throw new PoisonEventError(`checksum mismatch for file ${file.id} version ${file.version}: expected ${file.sha256} (${file.size} bytes), read ${stored.sha256} (${stored.size} bytes)`);
     }
   }
 
@@ -299,6 +306,15 @@ export class BackupService {
       bytes: stats.bytes,
       dead_letters: consumer?.deadLetters ?? 0,
     };
+  }
+
+  /**
+   * Records every dead-lettered file event again (`bantu backup retry-dead-letters`), for once
+   * its cause is fixed (the blob put back, the files store remounted). Those that pass are
+   * backed up and no longer dead letters; the others stay, with their new error.
+   */
+  async retryDeadLetters() {
+    return this.deps.bus.redeliverDeadLetters(BACKUP_CONSUMER, (event) => this.record(event));
   }
 
   async getPolicy(principal: BackupPrincipal): Promise<RetentionPolicy> {

@@ -163,11 +163,10 @@ export async function blobsWithVersions(
 }
 
 /** Across tenants: totals for the metrics. */
-export async function environmentStats(db: Db): Promise<{ versions: number; bytes: number; newest_occurred_at: Date | null }> {
-  const result = await sql<{ versions: number; bytes: number | null; newest_occurred_at: Date | null }>`
+export async function environmentStats(db: Db): Promise<{ versions: number; bytes: number }> {
+  const result = await sql<{ versions: number; bytes: number | null }>`
     select (select count(*)::int from backup.version) as versions,
-           (select coalesce(sum(size), 0)::bigint from (select distinct sha256, size from backup.version) b) as bytes,
-           (select max(occurred_at) from backup.version) as newest_occurred_at`.execute(db);
+           (select coalesce(sum(size), 0)::bigint from (select distinct sha256, size from backup.version) b) as bytes`.execute(db);
   const row = result.rows[0];
-  return { versions: row?.versions ?? 0, bytes: Number(row?.bytes ?? 0), newest_occurred_at: row?.newest_occurred_at ?? null };
+  return { versions: row?.versions ?? 0, bytes: Number(row?.bytes ?? 0) };
 }
