@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { sql } from 'kysely';
 import { createTenant, sha256, uploadRaw, until } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
@@ -209,9 +212,55 @@ describe('backup: versions API', () => {
     assert.ok((await server.request('GET', '/v1/backups/status', { auth: key })).json.versions >= 56);
   });
 
+  it('retention keep_days D: the sweep removes versions made more than D days ago, never a file\'s current version nor a deleted file\'s last', async () => {
+    const tenant = await createTenant(server, 'Retention Days Co');
+    const acc = tenant.test.account_key;
+    const upload = async (name: string, contents: string[]) => {
+      const id = (await uploadRaw(server, acc, contents[0] as string, { name })).json.id as string;
+      for (const content of contents.slice(1)) assert.equal((await replace(server, acc, id, content)).status, 200);
+      return id;
+    };
+    // Every version old, the current one included.
+    const old = await upload('old.txt', ['old v1', 'old v2', 'old v3']);
+    // An old version, a recent one, the current one.
+    const mixed = await upload('mixed.txt', ['mixed v1', 'mixed v2', 'mixed v3']);
+    // Deleted long ago: its last version and the delete entry are all that is left of it.
+    const gone = await upload('gone.txt', ['gone v1', 'gone v2']);
+    assert.equal((await server.request('DELETE', `/v1/files/${gone}`, { auth: acc })).status, 204);
+    for (const id of [old, mixed, gone]) await waitForVersions(server, acc, id, 3);
+
+    // No clock to inject: the versions are made older in the test server's own database.
+    const db = server.app.databases.environments.test;
+    const age = (id: string, versions: number[], days: number) =>
+      sql`update backup.version set created_at = now() - make_interval(days => ${days})
+          where file_id = ${id} and version in (${sql.join(versions)})`.execute(db);
+    await age(old, [1, 2, 3], 10);
+    await age(mixed, [1], 10);
+    await age(mixed, [2], 2);
+    await age(gone, [1, 2], 10);
+
+    assert.equal((await server.request('PUT', '/v1/backups/policy', { auth: acc, json: { keep_days: 5 } })).status, 200);
+    const swept = await server.app.backup.sweep();
+    assert.ok(swept.entries >= 4 && swept.blobs >= 4, JSON.stringify(swept));
+    assert.deepEqual((await allVersions(server, acc, old)).map((v) => v.version), [3], 'only the current version, however old');
+    assert.deepEqual((await allVersions(server, acc, mixed)).map((v) => v.version), [2, 3]);
+    assert.deepEqual((await allVersions(server, acc, gone)).map((v) => [v.version, v.event]), [[2, 'File_update'], [2, 'File_delete']]);
+    assert.equal((await server.request('GET', `/v1/files/${old}/versions/3/content`, { auth: acc })).text, 'old v3');
+    assert.equal((await server.request('GET', `/v1/files/${mixed}/versions/2/content`, { auth: acc })).text, 'mixed v2');
+    assert.equal((await server.request('GET', `/v1/files/${gone}/versions/2/content`, { auth: acc })).text, 'gone v2');
+    assert.equal((await server.request('GET', `/v1/files/${old}/versions/1/content`, { auth: acc })).status, 404);
+    // The bytes no version uses any more left the backup store.
+    for (const content of ['old v1', 'old v2', 'mixed v1', 'gone v1']) {
+      const digest = sha256(content);
+      await assert.rejects(fs.stat(path.join(server.dataDir, 'backups', 'test', digest.slice(0, 2), digest)), { code: 'ENOENT' }, content);
+    }
+    // A second sweep finds nothing more to remove.
+    assert.deepEqual(await server.app.backup.sweep(), { entries: 0, blobs: 0 });
+  });
+
   it('exposes backup metrics', async () => {
     const metrics = await server.request('GET', '/metrics');
-    for (const name of ['backup_lag_events', 'backup_lag_seconds', 'backup_versions', 'backup_bytes', 'backup_dead_letters', 'backup_record_lag_seconds']) {
+    for (const name of ['backup_lag_events', 'backup_lag_seconds', 'backup_versions', 'backup_bytes', 'backup_dead_letters', 'backup_failed_tries', 'backup_record_lag_seconds']) {
       assert.match(metrics.text, new RegExp(`^${name}`, 'm'), name);
     }
     assert.match(metrics.text, /^backup_dead_letters\{environment="test"\} 0$/m);

@@ -105,7 +105,9 @@ export function backupRoutes(backup: BackupService) {
         schema: {
           tags: ['backups'],
           summary: 'Backup state of this tenant and environment (account key or admin)',
-          description: 'pending_events and dead_letters count the whole environment queue the backup works through.',
+          description:
+            "pending_events and dead_letters count this tenant's file events in this environment only: those not yet backed up, and those " +
+            'set aside after their tries (a poison event: its bytes missing or not the bytes it names). Other tenants are never counted.',
           response: { 200: BackupStatus },
         },
       },
