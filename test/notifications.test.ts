@@ -1,9 +1,15 @@
 import assert from 'node:assert/strict';
+import { createPrivateKey, randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
+import { sql } from 'kysely';
 import { io as ioV3 } from 'socket.io-client-v3';
+import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
 import { createTenant, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
-import { connect, connected, emitWithAck, type Inbox, record } from './helpers/sockets.ts';
+import { connect, connected, emitWithAck, type Inbox, nextEvent, record } from './helpers/sockets.ts';
 
 const PASSWORD = 'correct horse battery';
 
@@ -39,6 +45,25 @@ describe('notifications over Socket.IO', () => {
     const ack = await emitWithAck(inbox.socket, event, payload);
     assert.equal(ack.ok, true, JSON.stringify(ack));
     return inbox;
+  }
+
+  /**
+   * A copy of a real access token that expires in `seconds`, signed with the server's own
+   * test-environment key (unsealed from the database with the data dir's secret, as in
+   * identity-jwt.test.ts): access tokens live 15 minutes and no setting shortens them.
+   */
+  async function shortLived(token: string, seconds: number): Promise<string> {
+    const secret = (await fs.readFile(path.join(server.dataDir, 'secrets', 'secret-key'), 'utf8')).trim();
+    const { kid } = decodeProtectedHeader(token);
+    const { rows } = await sql<{ private_enc: Buffer }>`select private_enc from identity.signing_key where kid = ${String(kid)}`.execute(
+      server.app.databases.environments.test,
+    );
+    assert.ok(rows[0], 'the signing key of the token');
+    const privateKey = createPrivateKey({ key: new SecretBox(secret).open(rows[0].private_enc, `signing-key:test:${kid}`), format: 'der', type: 'pkcs8' });
+    const now = Math.floor(Date.now() / 1000);
+    return new SignJWT({ ...decodeJwt(token), iat: now, exp: now + seconds, jti: randomBytes(12).toString('base64url') })
+      .setProtectedHeader({ alg: 'EdDSA', kid: String(kid), typ: 'at+jwt' })
+      .sign(privateKey);
   }
 
   before(async () => {
@@ -112,7 +137,7 @@ describe('notifications over Socket.IO', () => {
     const forger = await subscribe('User_connect', { token: alice.access_token });
     for (const type of ['File_create', 'File_update', 'File_delete']) {
       const ack = await emitWithAck(forger.socket, type, { event_id: 'evt_forged', type, file: { id: 'forged', name: 'forged.txt' } });
-      assert.equal(ack.ok, false);
+      assert.deepEqual(ack, { ok: false, code: 'forbidden' });
     }
     await upload(alice.access_token, 'after-forgery.txt');
     await watcher.waitFor((e) => e.payload.file.name === 'after-forgery.txt', 'the real change');
@@ -202,5 +227,48 @@ describe('notifications over Socket.IO', () => {
     await connected(allowed.socket);
     const refused = track(connect(server, { transports: ['polling'], extraHeaders: { origin: 'https://evil.example.com' } }));
     await assert.rejects(connected(refused.socket));
+  });
+
+  it('answers a connect sent with only an ack function, one sent without an ack, and unknown events, with stable codes', async () => {
+    const inbox = track(connect(server));
+    await connected(inbox.socket);
+    // Socket.IO hands the ack over as the only argument: it must still be called.
+    assert.deepEqual(await emitWithAck(inbox.socket, 'User_connect'), { ok: false, code: 'invalid_payload' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'Admin_connect'), { ok: false, code: 'invalid_payload' });
+    // No ack function: the answer comes as an event, and the socket stays usable.
+    const noPayload = nextEvent(inbox.socket, 'Admin_connect_ack');
+    inbox.socket.emit('Admin_connect');
+    assert.deepEqual(await noPayload, { ok: false, code: 'invalid_payload' });
+    const bad = nextEvent(inbox.socket, 'User_connect_ack');
+    inbox.socket.emit('User_connect', { token: 'not.a.jwt' });
+    assert.deepEqual(await bad, { ok: false, code: 'unauthorized' });
+    const good = nextEvent(inbox.socket, 'User_connect_ack');
+    inbox.socket.emit('User_connect', { token: alice.access_token });
+    assert.deepEqual(await good, { ok: true, user_id: alice.user.id });
+    // Anything else with an ack: `unknown_event` (File_* is `forbidden`, see above); without one, ignored.
+    inbox.socket.emit('Some_event', { x: 1 });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'Some_event', { x: 1 }), { ok: false, code: 'unknown_event' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'Some_event'), { ok: false, code: 'unknown_event' });
+    assert.deepEqual(await emitWithAck(inbox.socket, 'File_delete'), { ok: false, code: 'forbidden' });
+    const file = await upload(alice.access_token, 'after-odd-emits.txt');
+    await inbox.waitFor((e) => e.payload.file.id === file.id, 'the change on the same socket');
+    assert.ok(inbox.socket.connected);
+  });
+
+  it('ends a subscription when the user token expires, and refuses an expired token', async () => {
+    const token = await shortLived(alice.access_token, 3);
+    const inbox = await subscribe('User_connect', { token });
+    const ended = nextEvent<{ code: string }>(inbox.socket, 'Subscription_end', 15_000);
+    const disconnected = new Promise<string>((resolve) => inbox.socket.once('disconnect', resolve));
+    const file = await upload(alice.access_token, 'before-expiry.txt');
+    await inbox.waitFor((e) => e.payload.file.id === file.id, 'a change while the token is valid');
+    assert.deepEqual(await ended, { code: 'token_expired' });
+    assert.equal(await disconnected, 'io server disconnect');
+
+    const again = track(connect(server));
+    await connected(again.socket);
+    assert.deepEqual(await emitWithAck(again.socket, 'User_connect', { token }), { ok: false, code: 'unauthorized' });
+    const refused = track(connect(server, { auth: { token } }));
+    await assert.rejects(connected(refused.socket), /unauthorized/);
   });
 });

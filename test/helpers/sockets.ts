@@ -39,9 +39,26 @@ export function record(socket: Socket): Inbox {
   };
 }
 
-/** Emits a connect event and resolves with its acknowledgement. */
-export function emitWithAck(socket: Socket, event: string, payload: unknown): Promise<{ ok: boolean; code?: string; user_id?: string | null }> {
-  return socket.timeout(10_000).emitWithAck(event, payload);
+export type Ack = { ok: boolean; code?: string; user_id?: string | null };
+
+/** Emits an event and resolves with its acknowledgement; with no payload given, sends the ack function alone. */
+export function emitWithAck(socket: Socket, event: string, ...payload: unknown[]): Promise<Ack> {
+  return socket.timeout(10_000).emitWithAck(event, ...payload);
+}
+
+/** The next `name` event the socket receives (rejects after `limitMs`, so a hang fails the test). */
+export function nextEvent<T = Ack>(socket: Socket, name: string, limitMs = 10_000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.off(name, onEvent);
+      reject(new Error(`timed out waiting for ${name}`));
+    }, limitMs);
+    const onEvent = (payload: T) => {
+      clearTimeout(timer);
+      resolve(payload);
+    };
+    socket.once(name, onEvent);
+  });
 }
 
 export function connected(socket: Socket): Promise<void> {

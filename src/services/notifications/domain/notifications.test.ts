@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { BusEvent } from '../../../core/events.ts';
 import type { Principal } from '../../../core/principal.ts';
-import { canSee, parseConnectPayload, subscriptionFor, tokenExpiry } from './notifications.ts';
+import { canSee, parseConnectPayload, refusalFor, subscriptionFor, tokenExpiry } from './notifications.ts';
 
 const event = (over: Partial<BusEvent>): BusEvent => ({
   event_id: 'evt_000000000001',
@@ -48,6 +48,11 @@ describe('notification rules', () => {
     assert.equal(canSee(admin, event({ tenant_id: 't2' })), false);
     assert.equal(canSee(admin, event({ environment: 'live' })), false);
     assert.equal(canSee(admin, event({ type: 'Test_event' })), false);
+  });
+
+  it('refuses client-emitted events with stable codes', () => {
+    for (const type of ['File_create', 'File_update', 'File_delete']) assert.equal(refusalFor(type), 'forbidden');
+    for (const type of ['Some_event', 'Notify_File_create', 'Subscription_end', '']) assert.equal(refusalFor(type), 'unknown_event');
   });
 
   it('reads a JWT expiry without trusting anything else', () => {

@@ -24,6 +24,14 @@ export type ConnectEvent = 'User_connect' | 'Admin_connect';
 
 export type ConnectFailure = 'unauthorized' | 'invalid_payload' | 'replay_unavailable';
 
+/** The code a client-emitted event other than a connect is answered with (stable, clients may rely on it). */
+export type EventRefusal = 'forbidden' | 'unknown_event';
+
+/** `File_*` may only come from the bus: `forbidden`; any other name: `unknown_event`. */
+export function refusalFor(event: string): EventRefusal {
+  return isFileEvent(event) ? 'forbidden' : 'unknown_event';
+}
+
 export interface ConnectRequest {
   credential: string;
   since: string | null;

@@ -13,6 +13,7 @@ import {
   canSee,
   isFileEvent,
   parseConnectPayload,
+  refusalFor,
   roomOf,
   type Subscription,
   subscriptionFor,
@@ -32,6 +33,28 @@ import {
  * without what the history already sent, and the socket receives events one by one until
  * the live consumer passes the last event the history sent; only then does it join its
  * room. So the seam has no gap and no duplicate, and events keep their order.
+ *
+ * What a client gets back, beyond the contract's connect acks:
+ * - `User_connect` / `Admin_connect` answer through the ack function when the client sends one
+ *   (also when it sends no payload at all: `emit('User_connect', ack)` answers
+ *   `{ok: false, code: 'invalid_payload'}`); without an ack function the same answer comes
+ *   as a `User_connect_ack` / `Admin_connect_ack` event, for tools that cannot send acks.
+ * - Any other event with an ack function is answered `{ok: false, code}`, with a stable code:
+ *   `forbidden` for `File_create` / `File_update` / `File_delete` (only the bus publishes
+ *   those), `unknown_event` for anything else. Without an ack it is silently ignored.
+ * - A subscription ends with a `Subscription_end` event `{code}` and a server disconnect:
+ *   `token_expired` when the user token's `exp` passes, `unauthorized` when a re-check
+ *   (every `recheckMs`) finds the credential revoked or its user deleted.
+ *
+ * Handshake credentials (`auth: {key}` or `auth: {token}`, optionally with `since`) are the
+ * same as the matching connect event sent at once: `{key}` is `Admin_connect` and `{token}`
+ * is `User_connect`, whatever the token's role. So an admin user's token in the handshake
+ * subscribes to that admin's own files, exactly as `User_connect` with it would; to see every
+ * file of the tenant, the admin sends `Admin_connect {token}` (on the same socket, which
+ * replaces the subscription). The answer comes as a `User_connect_ack` / `Admin_connect_ack`
+ * event. Bad handshake credentials or payload refuse the connection (`connect_error` with
+ * `data.code`); a `since` that cannot be replayed does not: the socket connects, unsubscribed,
+ * gets `{ok: false, code: 'replay_unavailable'}`, and may connect again without `since`.
  */
 export interface NotificationsOptions {
   bus: EventBus;
@@ -91,7 +114,8 @@ export class NotificationsHub {
     const origins = this.options.corsOrigins;
     this.io = new Server(server, {
       path: '/socket.io/',
-      allowEIO3: true, // Socket.IO v3 clients
+      // Socket.IO v3 clients speak v4's protocol (Engine.IO 4) and need nothing; this admits v2 clients (Engine.IO 3) too.
+      allowEIO3: true,
       cors: { origin: origins.includes('*') ? true : origins, credentials: false },
       serveClient: false,
       connectTimeout: this.options.authTimeoutMs,
@@ -102,7 +126,8 @@ export class NotificationsHub {
         callback(null, origin === undefined || origins.includes('*') || origins.includes(origin));
       },
     });
-    // Credentials in the handshake (`auth: {token}` or `auth: {key}`) subscribe at once; bad ones are refused.
+    // Credentials in the handshake subscribe at once, as the connect event they stand for
+    // (`{key}`: Admin_connect, `{token}`: User_connect, see above); bad ones are refused.
     this.io.use(async (socket, next) => {
       const auth = socket.handshake.auth as Record<string, unknown> | undefined;
       if (!auth || (auth.token === undefined && auth.key === undefined)) return next();
@@ -137,7 +162,11 @@ export class NotificationsHub {
       for (const entry of this.catchingUp) if (entry.socket === socket) this.catchingUp.delete(entry);
     });
 
-    const onConnect = (event: ConnectEvent) => async (payload: unknown, ack?: unknown) => {
+    // Socket.IO passes the ack function as the LAST argument: `emit('User_connect', ack)`
+    // arrives as (ack), with no payload, and must still be answered through it.
+    const onConnect = (event: ConnectEvent) => async (...args: unknown[]) => {
+      const ack = typeof args[args.length - 1] === 'function' ? args.pop() : undefined;
+      const payload = args[0];
       const answer = await this.subscribe(socket, event, payload).catch((error) => {
         this.options.logger.error({ err: error }, 'subscription failed');
         return { ok: false as const, code: 'unauthorized' as ConnectFailure };
@@ -151,7 +180,7 @@ export class NotificationsHub {
     socket.onAny((event: string, ...args: unknown[]) => {
       if (event === 'User_connect' || event === 'Admin_connect') return;
       const ack = args[args.length - 1];
-      if (typeof ack === 'function') ack({ ok: false, code: isFileEvent(event) ? 'forbidden' : 'unknown_event' });
+      if (typeof ack === 'function') ack({ ok: false, code: refusalFor(event) });
     });
 
     const pending = socket.data.pending as { event: ConnectEvent; payload: unknown } | undefined;
@@ -163,6 +192,10 @@ export class NotificationsHub {
   private async authenticate(event: ConnectEvent, payload: unknown) {
     const request = parseConnectPayload(event, payload);
     if (!request) return { ok: false as const, code: 'invalid_payload' as ConnectFailure };
+    // The token verifier tolerates some clock skew past `exp`; a subscription would end at
+    // once anyway (see watchCredential), so an expired token is refused outright.
+    const exp = tokenExpiry(request.credential);
+    if (exp !== null && exp * 1000 <= Date.now()) return { ok: false as const, code: 'unauthorized' as ConnectFailure };
     const principal = await this.verify(request.credential);
     const subscription = principal ? subscriptionFor(event, principal) : null;
     if (!subscription) return { ok: false as const, code: 'unauthorized' as ConnectFailure };
