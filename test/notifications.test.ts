@@ -5,11 +5,10 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
 import { sql } from 'kysely';
-import { io as ioV3 } from 'socket.io-client-v3';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
-import { createTenant, uploadRaw } from './helpers/files.ts';
+import { createTenant, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
-import { connect, connected, emitWithAck, type Inbox, nextEvent, record } from './helpers/sockets.ts';
+import { connect, connected, connectV3, emitWithAck, type Inbox, nextEvent } from './helpers/sockets.ts';
 
 const PASSWORD = 'correct horse battery';
 
@@ -179,8 +178,9 @@ describe('notifications over Socket.IO', () => {
 
   it('accepts the credentials in the handshake, and refuses bad ones there', async () => {
     const inbox = track(connect(server, { auth: { token: alice.access_token } }));
+    const acked = nextEvent(inbox.socket, 'User_connect_ack'); // listening before the connection: the answer may follow at once
     await connected(inbox.socket);
-    await new Promise((resolve) => inbox.socket.once('User_connect_ack', resolve));
+    assert.deepEqual(await acked, { ok: true, user_id: alice.user.id });
     const file = await upload(alice.access_token, 'handshake.txt');
     await inbox.waitFor((e) => e.payload.file.id === file.id, 'the change');
 
@@ -188,21 +188,22 @@ describe('notifications over Socket.IO', () => {
     await assert.rejects(connected(refused.socket), /unauthorized/);
   });
 
-  it('works with a Socket.IO v3 client and with the polling transport', async () => {
-    const v3 = ioV3(server.url, { path: '/socket.io/', transports: ['websocket'], ca: server.ca, reconnection: false } as Parameters<typeof ioV3>[1]);
-    const v3Inbox = track(record(v3 as unknown as Inbox['socket']));
-    await new Promise<void>((resolve, reject) => {
-      v3.once('connect', () => resolve());
-      v3.once('connect_error', reject);
-    });
-    const v3Ack = await new Promise<{ ok: boolean }>((resolve) => v3.emit('User_connect', { token: alice.access_token }, resolve));
-    assert.equal(v3Ack.ok, true);
-
+  it('works with a Socket.IO v3 client (websocket and polling) and with the polling transport', async () => {
+    const v3Socket = track(connectV3(server));
+    const v3Polling = track(connectV3(server, { transports: ['polling'] }));
+    for (const inbox of [v3Socket, v3Polling]) {
+      await connected(inbox.socket);
+      // The v3 client has no emitWithAck: a plain ack callback.
+      const ack = await new Promise<{ ok: boolean }>((resolve) => inbox.socket.emit('User_connect', { token: alice.access_token }, resolve));
+      assert.equal(ack.ok, true);
+    }
     const polling = await subscribe('User_connect', { token: alice.access_token }, { transports: ['polling'] });
     const file = await upload(alice.access_token, 'v3-and-polling.txt');
-    await v3Inbox.waitFor((e) => e.payload.file.id === file.id, 'the change on the v3 client');
+    await v3Socket.waitFor((e) => e.payload.file.id === file.id, 'the change on the v3 client');
+    await v3Polling.waitFor((e) => e.payload.file.id === file.id, 'the change on the v3 client over polling');
     await polling.waitFor((e) => e.payload.file.id === file.id, 'the change over polling');
     assert.equal(polling.socket.io.engine.transport.name, 'polling');
+    assert.equal((v3Polling.socket.io.engine as unknown as { transport: { name: string } }).transport.name, 'polling');
   });
 
   it('disconnects a socket that does not authenticate in time', async () => {
@@ -255,6 +256,32 @@ describe('notifications over Socket.IO', () => {
     assert.ok(inbox.socket.connected);
   });
 
+  it('accepts an account key in the handshake as Admin_connect: every file of the tenant', async () => {
+    const inbox = track(connect(server, { auth: { key: server.keys.test.account_key } }));
+    const acked = nextEvent(inbox.socket, 'Admin_connect_ack');
+    await connected(inbox.socket);
+    assert.deepEqual(await acked, { ok: true, user_id: null });
+    const a = await upload(alice.access_token, 'handshake-key-a.txt');
+    const b = await upload(bob.access_token, 'handshake-key-b.txt');
+    await inbox.waitFor((e) => e.payload.file.id === a.id, "alice's file");
+    await inbox.waitFor((e) => e.payload.file.id === b.id, "bob's file");
+  });
+
+  it("treats an admin user's token in the handshake as User_connect (own files), and Admin_connect on the socket widens it", async () => {
+    const inbox = track(connect(server, { auth: { token: boss.access_token } }));
+    const acked = nextEvent(inbox.socket, 'User_connect_ack');
+    await connected(inbox.socket);
+    assert.deepEqual(await acked, { ok: true, user_id: boss.user.id });
+    await upload(alice.access_token, 'not-in-boss-handshake.txt');
+    const own = await upload(boss.access_token, 'boss-own.txt');
+    await inbox.waitFor((e) => e.payload.file.id === own.id, "the admin's own file");
+    assert.deepEqual(inbox.events.map((e) => e.payload.file.name), ['boss-own.txt'], 'a handshake token is a user subscription, whatever the role');
+
+    assert.deepEqual(await emitWithAck(inbox.socket, 'Admin_connect', { token: boss.access_token }), { ok: true, user_id: boss.user.id });
+    const other = await upload(alice.access_token, 'in-boss-admin.txt');
+    await inbox.waitFor((e) => e.payload.file.id === other.id, "alice's file once the admin subscribed");
+  });
+
   it('ends a subscription when the user token expires, and refuses an expired token', async () => {
     const token = await shortLived(alice.access_token, 3);
     const inbox = await subscribe('User_connect', { token });
@@ -270,5 +297,97 @@ describe('notifications over Socket.IO', () => {
     assert.deepEqual(await emitWithAck(again.socket, 'User_connect', { token }), { ok: false, code: 'unauthorized' });
     const refused = track(connect(server, { auth: { token } }));
     await assert.rejects(connected(refused.socket), /unauthorized/);
+  });
+
+  it('replays while files keep changing during the catch-up: every event exactly once, in order per file', async () => {
+    const carol = await register('carol@example.com');
+    const tenantId = String(decodeJwt(carol.access_token).tid);
+    const first = await subscribe('User_connect', { token: carol.access_token });
+    const files = await Promise.all(Array.from({ length: 6 }, (_, f) => upload(carol.access_token, `seam-${f}-0.txt`)));
+    await Promise.all(files.map((file) => first.waitFor((e) => e.payload.file.id === file.id, 'a create')));
+    const since = first.events[first.events.length - 1]?.payload.event_id as string;
+    first.close();
+
+    let renames = 0;
+    const rename = async (file: { id: string }, f: number) => {
+      const n = ++renames;
+      const response = await server.request('PATCH', `/v1/files/${file.id}`, { auth: carol.access_token, json: { name: `seam-${f}-${n}.txt` } });
+      assert.equal(response.status, 200, response.text);
+    };
+    // A backlog of more than one replay page (500), written by one writer per file.
+    await Promise.all(
+      files.map(async (file, f) => {
+        for (let i = 0; i < 90; i++) await rename(file, f);
+      }),
+    );
+    const backlog = renames;
+
+    // Writers keep going while sockets subscribe with `since` and catch up. The seam is
+    // crossed several times, at different moments: each crossing may land anywhere in the
+    // live consumer's progress, so one alone could pass by luck.
+    let stop = false;
+    const writers = Promise.all(
+      files.map(async (file, f) => {
+        while (!stop) await rename(file, f);
+      }),
+    );
+    const sockets: Inbox[] = [];
+    let ackedAt = 0;
+    try {
+      for (let k = 0; k < 4; k++) {
+        await until(() => renames >= backlog + 12 * (k + 1), 'writes in flight');
+        sockets.push(await subscribe('User_connect', { token: carol.access_token, since }));
+        ackedAt = renames;
+      }
+      await until(() => sockets.every((s) => s.events.length >= backlog) && renames >= ackedAt + 60, 'the catch-ups under writes');
+    } finally {
+      stop = true;
+      await writers;
+    }
+    const marker = await upload(carol.access_token, 'seam-marker.txt');
+    const expected = await server.app.bus.readSince('test', since, 100_000, { tenantId, ownerId: carol.user.id });
+    assert.ok(expected && expected.length > backlog + 60, `history: ${expected?.length}`);
+    const perFile = (events: Array<{ event_id: string; file: { id: string } }>) => {
+      const order = new Map<string, string[]>();
+      for (const e of events) order.set(e.file.id, [...(order.get(e.file.id) ?? []), e.event_id]);
+      return order;
+    };
+    const expectedPerFile = perFile(expected.map((e) => ({ event_id: e.event_id, file: e.data.file as { id: string } })));
+    for (const [k, inbox] of sockets.entries()) {
+      await inbox.waitFor((e) => e.payload.file.id === marker.id, 'the marker after the writers');
+      const received = inbox.events.map((e) => e.payload.event_id);
+      assert.equal(new Set(received).size, received.length, `socket ${k}: no event twice`);
+      assert.deepEqual([...received].sort(), expected.map((e) => e.event_id).sort(), `socket ${k}: none missing, none extra`);
+      assert.deepEqual(perFile(inbox.events.map((e) => e.payload)), expectedPerFile, `socket ${k}: in commit order per file`);
+    }
+  });
+
+  it('answers replay_unavailable for a since pruned from the outbox, and keeps it replayable within the retention', async () => {
+    const inbox = await subscribe('User_connect', { token: alice.access_token });
+    const file = await upload(alice.access_token, 'to-be-pruned.txt');
+    const since = (await inbox.waitFor((e) => e.payload.file.id === file.id, 'the change')).payload.event_id;
+    inbox.close();
+    await upload(alice.access_token, 'after-the-pruned-one.txt');
+
+    // Every consumer has passed it, but it is younger than the retention: prune keeps it.
+    await until(async () => (await server.app.bus.status('notifications')).every((s) => s.pending === 0), 'the consumer to pass it');
+    await server.app.bus.prune(24);
+    const kept = track(connect(server));
+    await connected(kept.socket);
+    assert.deepEqual(await emitWithAck(kept.socket, 'User_connect', { token: alice.access_token, since }), { ok: true, user_id: alice.user.id });
+    await kept.waitFor((e) => e.payload.file.name === 'after-the-pruned-one.txt', 'the replay');
+
+    // A zero-hour retention prunes whatever every consumer (backup included) has passed.
+    await until(async () => (await server.app.bus.prune(0), (await server.app.bus.readSince('test', since, 1)) === null), 'the prune');
+    const late = track(connect(server));
+    await connected(late.socket);
+    assert.deepEqual(await emitWithAck(late.socket, 'User_connect', { token: alice.access_token, since }), { ok: false, code: 'replay_unavailable' });
+    assert.deepEqual(await emitWithAck(late.socket, 'Admin_connect', { key: server.keys.test.account_key, since }), { ok: false, code: 'replay_unavailable' });
+    // In the handshake the credentials are good, so the socket connects and is told (then may resubscribe without `since`).
+    const handshake = track(connect(server, { auth: { token: alice.access_token, since } }));
+    const answer = nextEvent(handshake.socket, 'User_connect_ack');
+    await connected(handshake.socket);
+    assert.deepEqual(await answer, { ok: false, code: 'replay_unavailable' });
+    assert.deepEqual(await emitWithAck(handshake.socket, 'User_connect', { token: alice.access_token }), { ok: true, user_id: alice.user.id });
   });
 });

@@ -1,4 +1,5 @@
 import { io, type Socket } from 'socket.io-client';
+import { io as ioV3 } from 'socket.io-client-v3';
 import type { TestServer } from './server.ts';
 
 /**
@@ -16,6 +17,12 @@ export interface Inbox {
 export function connect(server: TestServer, options: Record<string, unknown> = {}): Inbox {
   const socket = io(server.url, { path: '/socket.io/', transports: ['websocket'], ca: server.ca, reconnection: false, ...options });
   return record(socket);
+}
+
+/** A Socket.IO v3 client (the package socket.io-client-v3), recorded like a v4 one. */
+export function connectV3(server: TestServer, options: Record<string, unknown> = {}): Inbox {
+  const socket = ioV3(server.url, { path: '/socket.io/', transports: ['websocket'], ca: server.ca, reconnection: false, ...options } as Parameters<typeof ioV3>[1]);
+  return record(socket as unknown as Socket);
 }
 
 export function record(socket: Socket): Inbox {
