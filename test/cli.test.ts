@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import os from 'node:os';
@@ -101,6 +102,77 @@ describe('bantu CLI', () => {
     } finally {
       first.child.kill('SIGTERM');
       await first.exited;
+    }
+  });
+
+  it('reads a .env in the working directory, and real environment variables win over it', async () => {
+    const cwd = await makeTempDir();
+    fs.writeFileSync(path.join(cwd, '.env'), 'BANTU_PORT=eighty\nBANTU_MAX_UPLOAD_BYTES=-5\n');
+    const fromFile = runCli(['start'], {}, { cwd });
+    assert.equal((await fromFile.exited).code, 2);
+    assert.match(fromFile.stderr(), /BANTU_PORT/);
+    assert.match(fromFile.stderr(), /BANTU_MAX_UPLOAD_BYTES/);
+
+    const overridden = runCli(['start'], { BANTU_PORT: '8443' }, { cwd });
+    assert.equal((await overridden.exited).code, 2);
+    assert.match(overridden.stderr(), /BANTU_MAX_UPLOAD_BYTES/);
+    assert.doesNotMatch(overridden.stderr(), /BANTU_PORT/, 'the real variable replaced the .env line');
+  });
+
+  it('exits at once on a second signal, without waiting for requests in flight, and stops its PostgreSQL', async () => {
+    const dataDir = await makeTempDir();
+    const cli = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0' });
+    const url = new URL(await cli.ready());
+    const ca = fs.readFileSync(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
+    const pidFile = path.join(dataDir, 'postgres', 'postmaster.pid');
+    const postgresPid = Number.parseInt(fs.readFileSync(pidFile, 'utf8').split('\n')[0] ?? '', 10);
+    // A request whose body never ends: the first signal waits for it, the second does not.
+    const hanging = https.request({ host: url.hostname, port: url.port, path: '/v1/tenants', method: 'POST', ca, headers: { 'content-type': 'application/json', 'content-length': 100 } });
+    const requestEnded = new Promise<string>((resolve) => {
+      hanging.on('error', (error) => resolve(`error ${(error as NodeJS.ErrnoException).code}`));
+      hanging.on('response', (res) => resolve(`status ${res.statusCode}`));
+    });
+    hanging.write('{"na');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    cli.child.kill('SIGTERM');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(cli.child.exitCode, null, 'the first signal waits for the request in flight');
+    cli.child.kill('SIGTERM');
+    const { code } = await cli.exited;
+    assert.equal(code, 1, 'a forced exit is not a clean one');
+    assert.match(await requestEnded, /^error/, 'the unfinished request was cut, not answered');
+    let alive = true;
+    for (let waited = 0; alive && waited < 10_000; waited += 100) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      try {
+        process.kill(postgresPid, 0);
+      } catch {
+        alive = false;
+      }
+    }
+    assert.equal(alive, false, 'the embedded PostgreSQL does not outlive Bantu');
+  });
+
+  it('starts over a stale postmaster.pid whose pid now belongs to an unrelated process, and leaves that process alone', async () => {
+    const dataDir = await makeTempDir();
+    const env = { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0' };
+    const first = runCli(['start'], env);
+    await first.ready();
+    first.child.kill('SIGTERM');
+    assert.equal((await first.exited).code, 0);
+
+    // After a crash and a reboot, the pid in the file may be any process's.
+    const bystander = spawn('sleep', ['60'], { stdio: 'ignore' });
+    try {
+      fs.writeFileSync(path.join(dataDir, 'postgres', 'postmaster.pid'), `${bystander.pid}\n${path.join(dataDir, 'postgres')}\n`);
+      const second = runCli(['start'], env);
+      await second.ready();
+      assert.equal(bystander.exitCode, null, 'the unrelated process was not signalled');
+      assert.equal(bystander.signalCode, null);
+      second.child.kill('SIGTERM');
+      assert.equal((await second.exited).code, 0);
+    } finally {
+      bystander.kill('SIGKILL');
     }
   });
 

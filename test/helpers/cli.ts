@@ -16,14 +16,14 @@ export interface CliProcess {
   ready(limitMs?: number): Promise<string>;
 }
 
-export function runCli(args: string[], env: Record<string, string | undefined>): CliProcess {
+export function runCli(args: string[], env: Record<string, string | undefined>, options: { cwd?: string } = {}): CliProcess {
   const childEnv: Record<string, string> = {};
   for (const [name, value] of Object.entries({ ...process.env, BANTU_LOG_LEVEL: 'warn', ...env })) {
     // The machine run sets these for in-process servers; a CLI test chooses its own.
     if (value !== undefined && name !== 'BANTU_TEST_DATABASE_URL') childEnv[name] = value;
   }
   if (!('DATABASE_URL' in env)) delete childEnv.DATABASE_URL;
-  const child = spawn(process.execPath, [BIN, ...args], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, ...args], { env: childEnv, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout?.on('data', (chunk) => (out += chunk));

