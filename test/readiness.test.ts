@@ -26,6 +26,8 @@ describe('readiness when the database goes away', { skip: embedded ? false : 'th
     assert.equal(ready.status, 503);
     assert.equal(ready.json.status, 'unavailable');
     assert.equal(ready.json.dependencies.database.status, 'down');
+    assert.equal(ready.json.dependencies.database.detail, 'not answering');
+    assert.ok(!/ECONNREFUSED|127\.0\.0\.1|\bat /.test(ready.text), `no internal detail in the 503: ${ready.text}`);
     assert.equal((await server.request('GET', '/healthz')).status, 200, 'the process itself is alive');
     const failed = await server.request('GET', '/v1/keys', { basic: server.keys.test.account_key });
     assert.ok(failed.status >= 500 || failed.status === 401, `answered ${failed.status}`);
