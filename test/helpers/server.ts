@@ -54,7 +54,12 @@ export async function makeTempDir(prefix = 'bantu-test-'): Promise<string> {
   return dir;
 }
 
-export async function startServer(env: Record<string, string> = {}): Promise<TestServer> {
+export interface StartOptions {
+  /** Where the server's JSON log lines go (default stdout); for tests that read the log. */
+  logDestination?: pino.DestinationStream;
+}
+
+export async function startServer(env: Record<string, string> = {}, options: StartOptions = {}): Promise<TestServer> {
   const dataDir = await makeTempDir();
   const externalBase = process.env.BANTU_TEST_DATABASE_URL;
   let databaseUrl: string | undefined;
@@ -71,7 +76,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Tes
     ...env,
   });
   if (!result.ok) throw new Error(`bad test config: ${JSON.stringify(result.problems)}`);
-  const app = createApp(result.config, pino({ level: result.config.logLevel }));
+  const app = createApp(result.config, options.logDestination ? pino({ level: result.config.logLevel }, options.logDestination) : pino({ level: result.config.logLevel }));
   let started: StartedApp;
   try {
     started = await app.start();

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemoryCounterStore } from '../../../adapters/cache/memory.ts';
 import { AppError } from '../../../core/errors.ts';
+import { generateKey, parseKey } from './api-keys.ts';
 import { LoginThrottle } from './login-throttle.ts';
 import { UserRevocations } from './revocations.ts';
 import { SecretBox } from './secret-box.ts';
@@ -65,5 +66,30 @@ describe('UserRevocations', () => {
     assert.equal(revocations.isRevoked('usr_2'), false);
     now = 1000;
     assert.equal(revocations.isRevoked('usr_1'), false);
+  });
+});
+
+describe('API key format', () => {
+  it('makes keys of at least 160 random bits that parse back to their kind and environment', () => {
+    const key = generateKey('account', 'live');
+    assert.match(key, /^acc_[0-9A-Za-z]{38}_live$/);
+    // 32 base62 characters of randomness: 32 * log2(62) ≈ 190 bits.
+    assert.ok(32 * Math.log2(62) >= 160);
+    assert.deepEqual(parseKey(key), { kind: 'account', environment: 'live' });
+    assert.deepEqual(parseKey(generateKey('application', 'test')), { kind: 'application', environment: 'test' });
+    assert.notEqual(generateKey('account', 'live'), key, 'random every time');
+  });
+
+  it('rejects every one-character typo by its checksum alone, and a changed kind or environment', () => {
+    const key = generateKey('application', 'test');
+    const body = key.slice(4, 42);
+    for (let i = 0; i < body.length; i++) {
+      const replaced = (body[i] as string) === 'a' ? 'b' : 'a';
+      const typo = `app_${body.slice(0, i)}${replaced}${body.slice(i + 1)}_test`;
+      assert.equal(parseKey(typo), null, `a typo at position ${i} passes the checksum`);
+    }
+    assert.equal(parseKey(key.replace(/_test$/, '_live')), null, 'the environment is covered');
+    assert.equal(parseKey(key.replace(/^app_/, 'acc_')), null, 'the kind is covered');
+    for (const bad of ['', 'app__test', `${key} `, key.slice(0, -1), `sk_${key.slice(4)}`]) assert.equal(parseKey(bad), null, JSON.stringify(bad));
   });
 });
