@@ -87,6 +87,8 @@ export function createApp(config: Config, logger: Logger): App {
     const release = await lockDataDir(config.dataDir);
     closers.push(release);
     const secretsDir = dataPath(config.dataDir, 'secrets');
+    // Before anything starts: an unusable configured certificate fails the start at once.
+    const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
 
     let baseUrl = config.databaseUrl;
     if (!baseUrl) {
@@ -179,7 +181,6 @@ export function createApp(config: Config, logger: Logger): App {
     });
     backupService = backup.service;
 
-    const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
     gateway = await createGateway({
       logger,
       tls,

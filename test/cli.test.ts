@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { generate } from 'selfsigned';
 import { Agent, request } from 'undici';
 import { runCli } from './helpers/cli.ts';
 import { makeTempDir } from './helpers/server.ts';
@@ -173,6 +175,53 @@ describe('bantu CLI', () => {
       assert.equal((await second.exited).code, 0);
     } finally {
       bystander.kill('SIGKILL');
+    }
+  });
+
+  it('serves a configured certificate (BANTU_TLS_CERT/KEY), and refuses an unusable one plainly before starting anything', async () => {
+    const folder = await makeTempDir();
+    const pems = await generate([{ name: 'commonName', value: 'Company CA-issued' }], {
+      keySize: 2048,
+      algorithm: 'sha256',
+      extensions: [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] }],
+    });
+    const certFile = path.join(folder, 'company.crt');
+    const keyFile = path.join(folder, 'company.key');
+    fs.writeFileSync(certFile, pems.cert);
+    fs.writeFileSync(keyFile, pems.private, { mode: 0o600 });
+
+    const dataDir = await makeTempDir();
+    const cli = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0', BANTU_TLS_CERT: certFile, BANTU_TLS_KEY: keyFile });
+    try {
+      const url = await cli.ready();
+      const fingerprint = new X509Certificate(pems.cert).fingerprint256;
+      assert.ok(cli.stdout().includes(`fingerprint: ${fingerprint}`), 'the banner shows the configured certificate\'s fingerprint');
+      assert.doesNotMatch(cli.stdout(), /new, self-signed/);
+      assert.ok(!fs.existsSync(path.join(dataDir, 'tls', 'cert.pem')), 'no self-signed certificate was made');
+      const agent = new Agent({ connect: { ca: pems.cert } });
+      const health = await request(`${url}/healthz`, { dispatcher: agent });
+      assert.equal(health.statusCode, 200, 'a client trusting only the configured certificate connects');
+      await health.body.text();
+      await agent.close();
+    } finally {
+      cli.child.kill('SIGTERM');
+      await cli.exited;
+    }
+
+    const otherKey = path.join(folder, 'other.key');
+    fs.writeFileSync(otherKey, (await generate([{ name: 'commonName', value: 'other' }], { keySize: 2048 })).private);
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [{ BANTU_TLS_CERT: path.join(folder, 'missing.crt'), BANTU_TLS_KEY: keyFile }, /BANTU_TLS_CERT .*missing\.crt cannot be read \(ENOENT\)/],
+      [{ BANTU_TLS_CERT: keyFile, BANTU_TLS_KEY: keyFile }, /BANTU_TLS_CERT .* is not a PEM certificate/],
+      [{ BANTU_TLS_CERT: certFile, BANTU_TLS_KEY: otherKey }, /BANTU_TLS_KEY .*other\.key is not the private key of BANTU_TLS_CERT/],
+    ];
+    for (const [tls, message] of cases) {
+      const dir = await makeTempDir();
+      const bad = runCli(['start'], { BANTU_DATA_DIR: dir, BANTU_PORT: '0', ...tls });
+      assert.equal((await bad.exited).code, 1);
+      assert.match(bad.stderr(), message);
+      assert.doesNotMatch(bad.stderr(), /\n\s+at /, 'no stack trace');
+      assert.ok(!fs.existsSync(path.join(dir, 'postgres')), 'nothing was started');
     }
   });
 

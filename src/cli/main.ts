@@ -10,6 +10,7 @@ import { createApp, type StartedApp, VERSION } from '../app.ts';
 import { type Config, loadConfig } from '../core/config.ts';
 import { AppError } from '../core/errors.ts';
 import { type Environment, isEnvironment } from '../core/principal.ts';
+import { TlsConfigError } from '../gateway/tls.ts';
 import type { BackupPrincipal } from '../services/backup/domain/backup.service.ts';
 import { type BackupRuntime, openBackupRuntime } from '../services/backup/standalone.ts';
 
@@ -91,7 +92,7 @@ async function start(): Promise<void> {
     process.stdout.write(banner(started, config));
   } catch (error) {
     await app.close().catch(() => undefined);
-    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError) {
+    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError || error instanceof TlsConfigError) {
       process.stderr.write(`Bantu cannot start: ${error.message}\n`);
       process.exit(1);
     }
@@ -142,7 +143,7 @@ async function openRuntimeOrExit(config: Config, logger: pino.Logger, worker: bo
   try {
     return await openBackupRuntime(config, logger, { worker });
   } catch (error) {
-    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError) {
+    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError || error instanceof TlsConfigError) {
       process.stderr.write(`bantu: ${error.message}\n(With a running server, point DATABASE_URL at its database instead.)\n`);
     } else {
       process.stderr.write(`bantu: cannot open the backup: ${(error as Error).message}\n`);

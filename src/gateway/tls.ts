@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { generate } from 'selfsigned';
@@ -18,15 +18,40 @@ function fingerprintOf(certPem: string): string {
   return new X509Certificate(certPem).fingerprint256;
 }
 
+/** A configured certificate or key that cannot be used; the message says which file and why. */
+export class TlsConfigError extends Error {}
+
+async function loadConfiguredTls(certFile: string, keyFile: string): Promise<TlsMaterial> {
+  const read = async (file: string, variable: string) => {
+    try {
+      return await fs.readFile(file, 'utf8');
+    } catch (error) {
+      throw new TlsConfigError(`${variable} ${file} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  };
+  const [cert, key] = await Promise.all([read(certFile, 'BANTU_TLS_CERT'), read(keyFile, 'BANTU_TLS_KEY')]);
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(cert);
+  } catch {
+    throw new TlsConfigError(`BANTU_TLS_CERT ${certFile} is not a PEM certificate`);
+  }
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch {
+    throw new TlsConfigError(`BANTU_TLS_KEY ${keyFile} is not a PEM private key (or it is encrypted)`);
+  }
+  if (!certificate.checkPrivateKey(privateKey)) throw new TlsConfigError(`BANTU_TLS_KEY ${keyFile} is not the private key of BANTU_TLS_CERT ${certFile}`);
+  return { cert, key, fingerprint: certificate.fingerprint256, generated: false, source: 'configured' };
+}
+
 /**
  * The configured certificate, or a self-signed one made once under the data dir
  * (`tls/cert.pem`, `tls/key.pem` 0600) and reused on every later start.
  */
 export async function loadTls(options: { dataDir: string; certFile?: string; keyFile?: string; host: string }): Promise<TlsMaterial> {
-  if (options.certFile && options.keyFile) {
-    const [cert, key] = await Promise.all([fs.readFile(options.certFile, 'utf8'), fs.readFile(options.keyFile, 'utf8')]);
-    return { cert, key, fingerprint: fingerprintOf(cert), generated: false, source: 'configured' };
-  }
+  if (options.certFile && options.keyFile) return loadConfiguredTls(options.certFile, options.keyFile);
   const certFile = path.join(options.dataDir, 'tls', 'cert.pem');
   const keyFile = path.join(options.dataDir, 'tls', 'key.pem');
   try {
