@@ -35,7 +35,7 @@ export const EnvSchema = Type.Object({
     default: 'on',
     description: 'Run the backup worker in this process; off when `bantu serve backup` runs it elsewhere',
   }),
-  BANTU_BACKUP_MAX_ATTEMPTS: positiveInt('Tries of one file event before the backup sets it aside as a dead letter', 5),
+  BANTU_BACKUP_MAX_ATTEMPTS: positiveInt('Tries of a file event that can never be copied (bytes missing or not matching their checksum) before the backup sets it aside as a dead letter; store and database failures are retried until they pass', 5),
   BANTU_BACKUP_SWEEP_MINUTES: positiveInt('How often the backup enforces retention and removes unreferenced backup blobs', 60),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one')),
