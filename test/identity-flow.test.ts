@@ -105,6 +105,23 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
     assert.equal(rows[0]?.n, 0, 'no failed registration left a user behind');
   });
 
+  it('a register that loses a race for its email leaves nothing behind: one user, one session, one audit entry', async () => {
+    const key = server.keys.test.application_key;
+    const answers = await Promise.all(
+      [1, 2, 3, 4, 5].map((n) => server.request('POST', '/v1/auth/register', { basic: key, json: { email: n % 2 ? 'race@example.com' : 'RACE@example.com', password: PASSWORD, name: `Racer ${n}` } })),
+    );
+    assert.deepEqual(answers.map((a) => a.status).sort(), [201, 409, 409, 409, 409]);
+    for (const lost of answers.filter((a) => a.status === 409)) assert.equal(lost.json.code, 'email_taken');
+    const db = server.app.databases.environments.test;
+    const users = await sql<{ id: string }>`select id from identity.app_user where lower(email) = 'race@example.com'`.execute(db);
+    assert.equal(users.rows.length, 1);
+    const userId = users.rows[0]?.id as string;
+    const sessions = await sql<{ n: number }>`select count(*)::int as n from identity.refresh_token where user_id = ${userId}`.execute(db);
+    assert.equal(sessions.rows[0]?.n, 1, 'only the winner opened a session');
+    const audit = await sql<{ n: number }>`select count(*)::int as n from identity.audit_event where type = 'user_created' and detail->>'email' ilike 'race@example.com'`.execute(db);
+    assert.equal(audit.rows[0]?.n, 1, 'only the winner was audited');
+  });
+
   it('logs in case-insensitively; wrong password and unknown email get the same 401', async () => {
     const ok = await login(server, 'Alice@Example.com', PASSWORD);
     assert.equal(ok.status, 200);
