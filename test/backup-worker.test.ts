@@ -103,6 +103,17 @@ async function assertAllBackedUp(server: TestServer, auth: string, expected: Exp
   }
 }
 
+/** Runs a backup worker process until every expected version is backed up, then stops it. */
+async function backUpWithWorker(server: TestServer, auth: string, expected: Expected, env: Record<string, string> = {}): Promise<void> {
+  const worker = startWorker(server, env);
+  try {
+    await workerReady(worker);
+    await assertAllBackedUp(server, auth, expected);
+  } finally {
+    await stopWorker(worker);
+  }
+}
+
 describe('backup worker as its own process', () => {
   let server: TestServer;
   let key: string;
@@ -149,13 +160,7 @@ describe('backup worker as its own process', () => {
     assert.equal(before.json.versions, 0);
     assert.ok(before.json.pending_events >= 100, before.text);
 
-    const worker = startWorker(server);
-    try {
-      await workerReady(worker);
-      await assertAllBackedUp(server, key, expected);
-    } finally {
-      await stopWorker(worker);
-    }
+    await backUpWithWorker(server, key, expected);
     const status = await server.request('GET', '/v1/backups/status', { auth: key });
     assert.equal(status.json.versions, 100);
     assert.equal(status.json.pending_events, 0);
@@ -220,13 +225,7 @@ describe('backup worker as its own process', () => {
     await stream;
     assert.ok(kills >= 3);
 
-    const last = startWorker(server);
-    try {
-      await workerReady(last);
-      await assertAllBackedUp(server, key, expected);
-    } finally {
-      await stopWorker(last);
-    }
+    await backUpWithWorker(server, key, expected);
     // Every stored byte re-hashed by the real CLI.
     const verify = runCli(['backup', 'verify'], { DATABASE_URL: server.app.databases.controlUrl, BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error' });
     const exit = await verify.exited;
@@ -248,13 +247,7 @@ describe('backup worker as its own process', () => {
     expect(expected, healthy.json, 'File_create', 'healthy after the poison');
     const deadBefore = (await server.request('GET', '/v1/backups/status', { auth: key })).json.dead_letters;
 
-    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
-    try {
-      await workerReady(worker);
-      await assertAllBackedUp(server, key, expected);
-    } finally {
-      await stopWorker(worker);
-    }
+    await backUpWithWorker(server, key, expected, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
     assert.deepEqual(await history(server, key, poison.json.id), [], 'nothing recorded for the poison event');
     const status = await server.request('GET', '/v1/backups/status', { auth: key });
     assert.equal(status.json.dead_letters, deadBefore + 1);
@@ -274,13 +267,7 @@ describe('backup worker as its own process', () => {
     expect(expected, healthy.json, 'File_create', 'healthy after the mismatch');
     const deadBefore = (await status()).dead_letters;
 
-    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
-    try {
-      await workerReady(worker);
-      await assertAllBackedUp(server, key, expected);
-    } finally {
-      await stopWorker(worker);
-    }
+    await backUpWithWorker(server, key, expected, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
     assert.deepEqual(await history(server, key, tampered.json.id), [], 'the wrong bytes are never recorded as that version');
     const after = await status();
     assert.equal(after.dead_letters, deadBefore + 1);
@@ -354,13 +341,7 @@ describe('backup worker as its own process', () => {
     } finally {
       await stopWorker(worker);
     }
-    const next = startWorker(server);
-    try {
-      await workerReady(next);
-      await assertAllBackedUp(server, key, expected);
-    } finally {
-      await stopWorker(next);
-    }
+    await backUpWithWorker(server, key, expected);
   });
 
   it('bantu backup retry-dead-letters backs up each dead letter whose cause is fixed and names those still failing; it works on a stopped data dir too', async () => {
