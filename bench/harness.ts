@@ -13,15 +13,67 @@
 /** The unit of what `a()` and `b()` return. Free text is allowed; keep it short. */
 export type BenchUnit = 'req/s' | 'ops/s' | 'MiB/s' | 'ms' | 's' | (string & {});
 
-export interface BenchTarget {
-  /**
-   * The ratio A/B that counts as "good enough". With `higherIsBetter` the pair meets it when
-   * the median ratio is >= this; otherwise when it is <= this. Reported, never asserted:
-   * a missed target is a finding for a human, not a failed build.
-   */
-  ratio: number;
+/**
+ * What counts as "good enough" for a pair. Reported, never asserted: a missed target is a
+ * finding for a human, not a failed build. Exactly one of `ratio`, `max`, `min`:
+ *
+ * - `ratio`: the ratio median A / median B. With `higherIsBetter` the pair meets it when the
+ *   ratio is >= this; otherwise when it is <= this.
+ * - `max` / `min`: an ABSOLUTE bound on side A's own figure, in the pair's `unit` (e.g. "p99
+ *   under 10 ms" is `{ max: 10 }`). Met when the MEDIAN of A's rounds is <= max (>= min), as
+ *   ratios are judged on the median; the report also says how many of A's rounds were on the
+ *   wrong side of the bound and the worst round, so a median that passes while single rounds
+ *   do not is visible ("median met; 2 of 4 rounds over (worst 14.6 ms)").
+ */
+export type BenchTarget = {
   /** Why this target, in one sentence, e.g. "the gateway keeps >= 80% of bare Fastify's rate". */
   description: string;
+} & (
+  | { ratio: number; max?: never; min?: never }
+  | { max: number; ratio?: never; min?: never }
+  | { min: number; ratio?: never; max?: never }
+);
+
+/** A target as recorded in the results: the target itself, whether it was met, and for absolute targets the rounds beyond it. */
+export type TargetResult = BenchTarget & {
+  met: boolean;
+  /** Absolute targets only: how many measured rounds of A were beyond the bound (over `max`, under `min`). */
+  rounds_missed?: number;
+  /** Absolute targets only: A's worst measured round (the highest for `max`, the lowest for `min`). */
+  worst_a?: number;
+};
+
+/** Throws unless the target has exactly one finite `ratio`, `max` or `min`. */
+export function checkTarget(name: string, target: BenchTarget): void {
+  const bounds = [target.ratio, target.max, target.min].filter((v) => v !== undefined);
+  if (bounds.length !== 1 || !Number.isFinite(bounds[0])) {
+    throw new Error(`${name}: a target needs exactly one finite ratio, max or min, got ${JSON.stringify(target)}`);
+  }
+}
+
+/** Judges a target on the figures of a run (see BenchTarget). */
+export function evaluateTarget(target: BenchTarget, higherIsBetter: boolean, a: readonly number[], ratio: number): TargetResult {
+  if (target.ratio !== undefined) return { ...target, met: higherIsBetter ? ratio >= target.ratio : ratio <= target.ratio };
+  const medianA = median(a);
+  if (target.max !== undefined) {
+    return { ...target, met: medianA <= target.max, rounds_missed: a.filter((v) => v > target.max).length, worst_a: Math.max(...a) };
+  }
+  return { ...target, met: medianA >= target.min, rounds_missed: a.filter((v) => v < target.min).length, worst_a: Math.min(...a) };
+}
+
+/**
+ * One line for a pair's target: ">= 0.7 met" for a ratio; "A <= 10 ms: median met; 2 of 4
+ * rounds over (worst 14.6 ms)" for an absolute bound; '' without a target. `missed` is how a
+ * miss is written ("**missed**" in Markdown, "MISSED" on the console).
+ */
+export function targetText(result: Pick<PairResult, 'target' | 'higher_is_better' | 'unit' | 'rounds'>, missed = 'missed'): string {
+  const target = result.target;
+  if (!target) return '';
+  const verdict = target.met ? 'met' : missed;
+  if (target.ratio !== undefined) return `${result.higher_is_better ? '>=' : '<='} ${target.ratio} ${verdict}`;
+  const [op, bound, beyond] = target.max !== undefined ? ['<=', target.max, 'over'] : ['>=', target.min, 'under'];
+  const worst = target.rounds_missed ? ` (worst ${fmt(target.worst_a ?? Number.NaN)} ${result.unit})` : '';
+  return `A ${op} ${fmt(bound)} ${result.unit}: median ${verdict}; ${target.rounds_missed ?? '?'} of ${result.rounds} rounds ${beyond}${worst}`;
 }
 
 export interface BenchPair<Ctx = unknown> {
@@ -82,7 +134,7 @@ export interface PairResult {
   ratio_median: number;
   ratio_min: number;
   ratio_max: number;
-  target?: BenchTarget & { met: boolean };
+  target?: TargetResult;
   measured_at: string;
   duration_s: number;
   error?: string;
@@ -111,6 +163,7 @@ export async function runPair(pair: BenchPair<any>, file: string, log: (line: st
   const rounds = Math.max(1, envInt('BENCH_ROUNDS') ?? pair.rounds ?? 5);
   const warmup = envInt('BENCH_WARMUP') ?? pair.warmup ?? 1;
   const labels = pair.labels ?? { a: 'A', b: 'B' };
+  if (pair.target) checkTarget(pair.name, pair.target);
   const started = performance.now();
   const a: number[] = [];
   const b: number[] = [];
@@ -165,9 +218,7 @@ export async function runPair(pair: BenchPair<any>, file: string, log: (line: st
     measured_at: new Date().toISOString(),
     duration_s: Math.round((performance.now() - started) / 100) / 10,
   };
-  if (pair.target) {
-    result.target = { ...pair.target, met: pair.higherIsBetter ? ratio >= pair.target.ratio : ratio <= pair.target.ratio };
-  }
+  if (pair.target) result.target = evaluateTarget(pair.target, pair.higherIsBetter, a, ratio);
   if (error) result.error = error;
   return result;
 }
