@@ -90,10 +90,12 @@ function lagPair(p: 50 | 99): BenchPair<LagCtx> {
     name: `backup/lag-p${p}`,
     description:
       `4 KiB uploads at half of their measured capacity for ${LAG_SECONDS} s, backup worker in-process: p${p} of commit -> durably backed up (A) ` +
-      `vs p${p} of the uploads' own latency (B). Absolute target: p99 lag under 500 ms`,
+      `vs p${p} of the uploads' own latency (B)${p === 99 ? '; absolute target: p99 lag under 500 ms' : ''}`,
     labels: { a: `backup lag p${p}`, b: `upload latency p${p}` },
     unit: 'ms',
     higherIsBetter: false,
+    // Absolute (issue 6), on the p99 pair only: no target was set for the p50.
+    ...(p === 99 ? { target: { max: 500, description: 'a committed change is durably backed up within 500 ms at p99 while uploads run at half capacity' } } : {}),
     rounds: 3,
     warmup: 1,
     async setup() {
