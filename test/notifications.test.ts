@@ -1,11 +1,17 @@
 import assert from 'node:assert/strict';
 import { createPrivateKey, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
 import { sql } from 'kysely';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import type { EventBus } from '../src/core/ports.ts';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
+import { createNotificationsService } from '../src/services/notifications/plugin.ts';
 import { createTenant, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 import { connect, connected, connectV3, emitWithAck, type Inbox, nextEvent } from './helpers/sockets.ts';
@@ -389,5 +395,65 @@ describe('notifications over Socket.IO', () => {
     await connected(handshake.socket);
     assert.deepEqual(await answer, { ok: false, code: 'replay_unavailable' });
     assert.deepEqual(await emitWithAck(handshake.socket, 'User_connect', { token: alice.access_token }), { ok: true, user_id: alice.user.id });
+  });
+
+  it('refuses a since whose backlog exceeds the replay cap before sending anything, and replays a backlog at the cap in full', async () => {
+    // A second notifications endpoint with a cap of 3 events, on an HTTPS server of its own,
+    // replaying from this server's outbox. It has no live feed: consumers are registered
+    // before the bus starts, and the server's own endpoint has that one.
+    const bus = server.app.bus;
+    const replayOnly = { readSince: bus.readSince.bind(bus), consume: () => undefined } as unknown as EventBus;
+    const tls = { cert: await fs.readFile(path.join(server.dataDir, 'tls', 'cert.pem')), key: await fs.readFile(path.join(server.dataDir, 'tls', 'key.pem')) };
+    const httpsServer = https.createServer(tls);
+    const capped = createNotificationsService({
+      bus: replayOnly,
+      verifiers: server.app.identity.verifiers,
+      logger: pino({ level: 'silent' }),
+      metrics: new Registry(),
+      corsOrigins: [],
+      authTimeoutMs: 10_000,
+      replayMax: 3,
+    });
+    capped.attach(httpsServer);
+    await new Promise<void>((resolve) => httpsServer.listen(0, '127.0.0.1', resolve));
+    const target = { ...server, url: `https://127.0.0.1:${(httpsServer.address() as AddressInfo).port}` };
+    try {
+      const dave = await register('dave@example.com');
+      const live = await subscribe('User_connect', { token: dave.access_token });
+      const names = ['cap-0.txt', 'cap-1.txt', 'cap-2.txt', 'cap-3.txt', 'cap-4.txt'];
+      for (const name of names) {
+        await upload(dave.access_token, name);
+        if (name === 'cap-2.txt') await upload(bob.access_token, 'cap-bob.txt'); // the admin's backlog, not dave's
+      }
+      await live.waitFor((e) => e.payload.file.name === 'cap-4.txt', 'the last change live');
+      const ids = live.events.map((e) => e.payload.event_id);
+      assert.deepEqual(live.events.map((e) => e.payload.file.name), names);
+
+      // After cap-0: 4 of dave's events, one more than the cap. Refused, and nothing sent.
+      const refused = track(connect(target));
+      await connected(refused.socket);
+      assert.deepEqual(await emitWithAck(refused.socket, 'User_connect', { token: dave.access_token, since: ids[0] }), { ok: false, code: 'replay_unavailable' });
+      const inHandshake = track(connect(target, { auth: { token: dave.access_token, since: ids[0] } }));
+      const answer = nextEvent(inHandshake.socket, 'User_connect_ack');
+      await connected(inHandshake.socket);
+      assert.deepEqual(await answer, { ok: false, code: 'replay_unavailable' });
+      // After cap-1, an admin sees 4 events (bob's too): refused as well.
+      const admin = track(connect(target));
+      await connected(admin.socket);
+      assert.deepEqual(await emitWithAck(admin.socket, 'Admin_connect', { key: server.keys.test.account_key, since: ids[1] }), { ok: false, code: 'replay_unavailable' });
+
+      // After cap-1, dave's backlog is exactly the cap: replayed in full, in order.
+      const replayed = track(connect(target));
+      await connected(replayed.socket);
+      assert.deepEqual(await emitWithAck(replayed.socket, 'User_connect', { token: dave.access_token, since: ids[1] }), { ok: true, user_id: dave.user.id });
+      await replayed.waitFor((e) => e.payload.file.name === 'cap-4.txt', 'the replay at the cap');
+      assert.deepEqual(replayed.events.map((e) => e.payload.file.name), ['cap-2.txt', 'cap-3.txt', 'cap-4.txt']);
+
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const inbox of [refused, inHandshake, admin]) assert.deepEqual(inbox.events, [], 'a refused replay sends nothing');
+    } finally {
+      await capped.close();
+      await new Promise((resolve) => httpsServer.close(resolve));
+    }
   });
 });

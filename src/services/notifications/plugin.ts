@@ -23,6 +23,8 @@ export function createNotificationsService(deps: {
   corsOrigins: string[];
   authTimeoutMs: number;
   recheckMs?: number;
+  /** The largest `since` backlog replayed (default 100,000 events); a larger one is refused with `replay_unavailable`. */
+  replayMax?: number;
 }): NotificationsService {
   const hub = new NotificationsHub({ ...deps, recheckMs: deps.recheckMs ?? 30_000 });
   hub.registerConsumer();

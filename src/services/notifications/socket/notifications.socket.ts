@@ -33,6 +33,11 @@ import {
  * without what the history already sent, and the socket receives events one by one until
  * the live consumer passes the last event the history sent; only then does it join its
  * room. So the seam has no gap and no duplicate, and events keep their order.
+ * A replay is all or nothing: a backlog larger than `replayMax` is refused with
+ * `replay_unavailable` before the ack (nothing sent), and a history that cannot be read to
+ * its end after the ack (pruned under the replay, database down) ends the subscription
+ * (`Subscription_end {code: 'replay_unavailable'}` and a disconnect) rather than go live
+ * over a gap.
  *
  * What a client gets back, beyond the contract's connect acks:
  * - `User_connect` / `Admin_connect` answer through the ack function when the client sends one
@@ -44,7 +49,8 @@ import {
  *   those), `unknown_event` for anything else. Without an ack it is silently ignored.
  * - A subscription ends with a `Subscription_end` event `{code}` and a server disconnect:
  *   `token_expired` when the user token's `exp` passes, `unauthorized` when a re-check
- *   (every `recheckMs`) finds the credential revoked or its user deleted.
+ *   (every `recheckMs`) finds the credential revoked or its user deleted,
+ *   `replay_unavailable` when a replay already under way cannot be completed.
  *
  * Handshake credentials (`auth: {key}` or `auth: {token}`, optionally with `since`) are the
  * same as the matching connect event sent at once: `{key}` is `Admin_connect` and `{token}`
@@ -66,6 +72,11 @@ export interface NotificationsOptions {
   authTimeoutMs: number;
   /** How often a subscription's credential is checked again (revoked keys, deleted users). */
   recheckMs: number;
+  /**
+   * The most events a `since` replay sends (default 100,000). A larger backlog is refused
+   * with `replay_unavailable` before anything is sent: a replay never stops half-way.
+   */
+  replayMax?: number;
 }
 
 interface CatchingUp {
@@ -75,6 +86,8 @@ interface CatchingUp {
   sent: Set<string>;
   /** Live events that arrived while the history was being read. */
   buffer: BusEvent[] | null;
+  /** The last event sent individually (history, flush or tail). */
+  lastSent: string | null;
   /** The last event the history sent: once the live consumer passes it, the socket joins its room. */
   joinAfter: string | null;
 }
@@ -82,6 +95,18 @@ interface CatchingUp {
 const REPLAY_PAGE = 500;
 const REPLAY_MAX = 100_000;
 const RECENT_MAX = 4096;
+
+interface Backlog {
+  /** Events after `since`, counted up to one past the cap. */
+  count: number;
+  /** The whole backlog when it fits one page (already read, so the replay starts with it). */
+  firstPage: BusEvent[] | null;
+}
+
+/** What a subscription may replay: its tenant's events, and only the user's own for a user subscription. */
+function replayFilter(subscription: Subscription) {
+  return { tenantId: subscription.tenantId, ownerId: subscription.scope === 'user' ? subscription.userId : undefined };
+}
 
 export class NotificationsHub {
   private io: Server | undefined;
@@ -92,8 +117,10 @@ export class NotificationsHub {
   private readonly sockets: Gauge;
   private readonly deliveries: Counter;
   private readonly latency: Histogram;
+  private readonly replayMax: number;
 
   constructor(private readonly options: NotificationsOptions) {
+    this.replayMax = options.replayMax ?? REPLAY_MAX;
     const registers = [options.metrics];
     this.sockets = new Gauge({ name: 'bantu_notifications_sockets', help: 'Connected Socket.IO clients', registers });
     this.deliveries = new Counter({ name: 'bantu_notifications_deliveries_total', help: 'Notifications emitted to sockets', registers });
@@ -214,9 +241,16 @@ export class NotificationsHub {
     const result = await this.authenticate(event, payload);
     if (!result.ok) return result;
     const { request, subscription } = result;
+    let backlog: Backlog | null = null;
     if (request.since !== null) {
-      const probe = await this.options.bus.readSince(subscription.environment, request.since, 1, { tenantId: subscription.tenantId });
-      if (probe === null) return { ok: false as const, code: 'replay_unavailable' as ConnectFailure };
+      backlog = await this.backlogOf(subscription, request.since);
+      if (backlog === null) return { ok: false as const, code: 'replay_unavailable' as ConnectFailure };
+      if (backlog.count > this.replayMax) {
+        // Refused before anything is sent: a replay cut at the cap would skip what lies
+        // between the cap and the live feed. The client resynchronises another way.
+        this.options.logger.info({ since: request.since, cap: this.replayMax }, 'replay refused: the backlog exceeds the cap');
+        return { ok: false as const, code: 'replay_unavailable' as ConnectFailure };
+      }
     }
 
     this.unsubscribe(socket);
@@ -229,10 +263,30 @@ export class NotificationsHub {
     }
     // Live events are buffered from now on; the history is sent after the ack, so a client
     // that starts listening when it reads the ack misses nothing.
-    const entry: CatchingUp = { socket, subscription, sent: new Set(), buffer: [], joinAfter: null };
+    const entry: CatchingUp = { socket, subscription, sent: new Set(), buffer: [], lastSent: null, joinAfter: null };
     this.catchingUp.add(entry);
-    setImmediate(() => void this.replay(entry, request.since as string));
+    const since = request.since;
+    const firstPage = (backlog as Backlog).firstPage;
+    setImmediate(() => void this.replay(entry, since, firstPage));
     return ack;
+  }
+
+  /**
+   * Counts the events a subscriber would replay after `since`, up to just past the cap;
+   * null when `since` cannot be resumed from (unknown, pruned, another tenant's). A backlog
+   * that fits one page is kept, for the replay to start with.
+   */
+  private async backlogOf(subscription: Subscription, since: string): Promise<Backlog | null> {
+    let after = since;
+    let count = 0;
+    while (true) {
+      const page = await this.options.bus.readSince(subscription.environment, after, REPLAY_PAGE, replayFilter(subscription));
+      if (page === null) return null;
+      const firstPage = count === 0 && page.length < REPLAY_PAGE ? page : null;
+      for (const event of page) if (canSee(subscription, event)) count++;
+      if (page.length < REPLAY_PAGE || count > this.replayMax) return { count, firstPage };
+      after = (page[page.length - 1] as BusEvent).event_id;
+    }
   }
 
   private unsubscribe(socket: Socket): void {
@@ -264,30 +318,48 @@ export class NotificationsHub {
     socket.data.recheck.unref?.();
   }
 
-  private async replay(entry: CatchingUp, since: string): Promise<void> {
+  /**
+   * Sends the history after `since` (starting with `firstPage` when the backlog count kept
+   * it), then the buffered live events. It reads until the history is exhausted: the cap
+   * was checked before the ack. If the history cannot be read to its end (pruned under it,
+   * database down), the subscription ends with `replay_unavailable` instead of going live
+   * over a gap.
+   */
+  private async replay(entry: CatchingUp, since: string, firstPage: BusEvent[] | null): Promise<void> {
     const { socket, subscription } = entry;
-    const filter = { tenantId: subscription.tenantId, ownerId: subscription.scope === 'user' ? subscription.userId : undefined };
     let after = since;
+    let prefetched = firstPage;
     try {
-      for (let total = 0; total < REPLAY_MAX; ) {
-        const page = await this.options.bus.readSince(subscription.environment, after, REPLAY_PAGE, filter);
-        if (page === null) break; // pruned under us: what was sent stays sent, live follows
+      while (true) {
+        // The prefetched page was read before the live buffer started: read on after it anyway.
+        const page = prefetched ?? (await this.options.bus.readSince(subscription.environment, after, REPLAY_PAGE, replayFilter(subscription)));
+        const wasPrefetched = prefetched !== null;
+        prefetched = null;
+        if (!socket.connected || !this.catchingUp.has(entry)) return;
+        if (page === null) return this.endReplay(entry, new Error(`${after} was pruned during the replay`));
         for (const event of page) this.sendOne(entry, event);
-        total += page.length;
-        if (page.length < REPLAY_PAGE) break;
-        after = (page[page.length - 1] as BusEvent).event_id;
+        if (page.length > 0) after = (page[page.length - 1] as BusEvent).event_id;
+        if (page.length < REPLAY_PAGE && !wasPrefetched) break;
       }
     } catch (error) {
-      this.options.logger.warn({ err: error }, 'replay failed; continuing live');
+      return this.endReplay(entry, error);
     }
     if (!socket.connected || !this.catchingUp.has(entry)) return;
     // From here to the end of this function nothing awaits: no live event can slip between.
     const buffered = entry.buffer ?? [];
     entry.buffer = null;
     for (const event of buffered) this.sendOne(entry, event);
-    const lastSent = [...entry.sent].pop() ?? null;
+    const lastSent = entry.lastSent;
     if (lastSent === null || this.recentSet.has(lastSent)) this.join(entry);
     else entry.joinAfter = lastSent;
+  }
+
+  /** A replay that cannot be completed ends the subscription: never a silent gap. */
+  private endReplay(entry: CatchingUp, error: unknown): void {
+    if (!this.catchingUp.delete(entry)) return;
+    this.options.logger.warn({ err: error }, 'replay could not be completed; the subscription ends with replay_unavailable');
+    entry.socket.emit('Subscription_end', { code: 'replay_unavailable' });
+    entry.socket.disconnect(true);
   }
 
   private join(entry: CatchingUp): void {
@@ -298,6 +370,7 @@ export class NotificationsHub {
   private sendOne(entry: CatchingUp, event: BusEvent): void {
     if (entry.sent.has(event.event_id) || !canSee(entry.subscription, event)) return;
     entry.sent.add(event.event_id);
+    entry.lastSent = event.event_id;
     entry.socket.emit(`Notify_${event.type}`, toNotification(event));
     this.deliveries.inc();
   }
