@@ -8,7 +8,11 @@ import { after, before, describe, it } from 'node:test';
 import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
 import { sql } from 'kysely';
 import pino from 'pino';
+import pg from 'pg';
 import { Registry } from 'prom-client';
+import { lockSubject, OutboxBus, type OutboxConsumerOptions } from '../src/adapters/bus/outbox.ts';
+import type { Db } from '../src/adapters/db/pg.ts';
+import type { BusEvent } from '../src/core/events.ts';
 import type { EventBus } from '../src/core/ports.ts';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
 import { createNotificationsService } from '../src/services/notifications/plugin.ts';
@@ -455,5 +459,122 @@ describe('notifications over Socket.IO', () => {
       await capped.close();
       await new Promise((resolve) => httpsServer.close(resolve));
     }
+  });
+
+  /**
+   * The notifications consumer takes events straight from their commit's notification (the
+   * outbox's `fromNotification`), in the order the read would have delivered them: the
+   * replay seam and the per-file order rely on it. Checked on a bus of its own, on this
+   * server's databases, with a consumer of that kind.
+   */
+  describe('delivery from the notification (the bus mode of the notifications consumer)', () => {
+    const TENANT = 'ten_notify_order';
+    const actor = { type: 'system' as const, id: 'test' };
+    const fromNotification = (types: string[]): OutboxConsumerOptions => ({ types, fromNotification: true });
+    const append = (db: Db, bus: OutboxBus, type: string, data: Record<string, unknown>) =>
+      db.transaction().execute((trx) => bus.append(trx, 'test', { type, tenant_id: TENANT, actor, data }));
+
+    it('delivers from the notification, without the read: events keep coming while the read is stuck', async () => {
+      const db = server.app.databases.environments.test;
+      const bus = new OutboxBus(server.app.databases, pino({ level: 'silent' }), { pollMs: 100 });
+      const seen: string[] = [];
+      bus.consume('notify-ahead', async (event) => void seen.push(event.data.n as string), fromNotification(['Ahead_event']));
+      await bus.start();
+      const blocker = new pg.Client({ connectionString: server.app.databases.environmentUrls.test });
+      await blocker.connect();
+      try {
+        await append(db, bus, 'Ahead_event', { n: 'first' });
+        await until(() => seen.includes('first'), 'the first event');
+        // The read saves its cursor after each read. With the cursor table locked by a
+        // transaction that has no id (so it holds no append back), the read stops there.
+        await blocker.query('begin');
+        await blocker.query('lock table bus.consumer_cursor in share mode');
+        const xid = await blocker.query('select pg_current_xact_id_if_assigned() as xid');
+        assert.equal(xid.rows[0].xid, null, 'the lock holds back no transaction');
+        const next = ['a', 'b', 'c', 'd', 'e'];
+        for (const n of next) await append(db, bus, 'Ahead_event', { n });
+        await until(() => next.every((n) => seen.includes(n)), 'the events while the read is stuck', 10_000);
+        assert.deepEqual(seen, ['first', ...next]);
+        await blocker.query('commit');
+        // The read then passes them without delivering them again.
+        await append(db, bus, 'Ahead_event', { n: 'last' });
+        await until(() => seen.includes('last'), 'the last event');
+        await until(async () => (await bus.status('notify-ahead')).every((s) => s.pending === 0), 'the read to pass them');
+        assert.deepEqual(seen, ['first', ...next, 'last'], 'none twice');
+        // A notification with no position (an older version's append): nothing goes ahead
+        // until the read has caught up again; nothing is lost or doubled meanwhile.
+        await sql`select pg_notify('bantu_outbox', '')`.execute(db);
+        for (const n of ['after-1', 'after-2']) await append(db, bus, 'Ahead_event', { n });
+        await until(() => seen.includes('after-2'), 'the events after it');
+        await append(db, bus, 'Ahead_event', { n: 'after-3' });
+        await until(() => seen.includes('after-3'), 'one more');
+        assert.deepEqual(seen, ['first', ...next, 'last', 'after-1', 'after-2', 'after-3']);
+      } finally {
+        await blocker.query('rollback').catch(() => undefined);
+        await blocker.end();
+        await bus.close();
+      }
+    });
+
+    it('delivers concurrent writers in (xid, id) order, every event, each key in commit order, older transactions held open among them', async () => {
+      const db = server.app.databases.environments.test;
+      await sql`create table if not exists notify_order_subject (key text primary key, seq int not null default 0)`.execute(db);
+      await sql`insert into notify_order_subject (key) select 'k' || g from generate_series(0, 3) g on conflict do nothing`.execute(db);
+      const bus = new OutboxBus(server.app.databases, pino({ level: 'silent' }), { pollMs: 100 });
+      const seen: BusEvent[] = [];
+      bus.consume('notify-order', async (event) => void seen.push(event), fromNotification(['Order_event']));
+      await bus.start();
+      const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+      try {
+        const writers = 6;
+        const perWriter = 40;
+        const committed: string[] = [];
+        let stop = false;
+        // Transactions with an id that append nothing, held open a while: what commits
+        // behind them cannot go ahead of the read, and the read waits for them.
+        const blockers = (async () => {
+          while (!stop) {
+            await db.transaction().execute(async (trx) => {
+              await sql`select pg_current_xact_id()`.execute(trx);
+              await sleep(30);
+            });
+            await sleep(40);
+          }
+        })();
+        await Promise.all(
+          Array.from({ length: writers }, async (_, w) => {
+            for (let i = 0; i < perWriter; i++) {
+              const key = `k${(w + i) % 4}`;
+              const seq = await db.transaction().execute(async (trx) => {
+                await lockSubject(trx, `notify-order:${key}`);
+                const row = await sql<{ seq: number }>`update notify_order_subject set seq = seq + 1 where key = ${key} returning seq`.execute(trx);
+                if (i % 5 === 0) await sleep(10); // an id taken, then younger ones commit first
+                await bus.append(trx, 'test', { type: 'Order_event', tenant_id: TENANT, actor, data: { key, seq: row.rows[0]?.seq } });
+                if (i % 7 === 0) await sleep(10); // appended, committing late
+                return row.rows[0]?.seq as number;
+              });
+              committed.push(`${key}:${seq}`);
+            }
+          }),
+        );
+        stop = true;
+        await blockers;
+        await until(() => new Set(seen.map((e) => e.event_id)).size >= writers * perWriter, 'every event');
+        const firsts = [...new Map(seen.map((e) => [e.event_id, e])).values()];
+        assert.deepEqual(firsts.map((e) => `${e.data.key}:${e.data.seq}`).sort(), committed.sort(), 'every committed event, nothing else');
+        const ids = firsts.map((e) => Number(e.event_id.slice(4)));
+        const order = await sql<{ id: number }>`select id from bus.outbox where id = any(${ids}) order by xid, id`.execute(db);
+        assert.deepEqual(ids, order.rows.map((r) => r.id), 'in (xid, id) order, as the read delivers');
+        const lastSeq = new Map<string, number>();
+        for (const event of firsts) {
+          const key = event.data.key as string;
+          assert.equal(event.data.seq, (lastSeq.get(key) ?? 0) + 1, `events of ${key} in commit order`);
+          lastSeq.set(key, event.data.seq as number);
+        }
+        assert.equal(firsts.length, seen.length, 'none twice');
+      } finally {
+        await bus.close();
+      }
+    });
   });
 });

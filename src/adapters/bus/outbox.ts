@@ -31,7 +31,22 @@ import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
  * xid before waiting, and two waiters may be granted the row in the other order.)
  *
  * Consumers wake on NOTIFY (sent by the same transaction, so only on commit) and poll as
- * a fallback. A failing event is retried with backoff (doubling, capped at `retryMaxMs`).
+ * a fallback.
+ *
+ * Delivery from the notification (`fromNotification`, for latency-bound consumers): the
+ * NOTIFY of an append carries its event when, at the append, no transaction older than the
+ * appender's was running. No row can then ever come before it in (xid, id) order that has
+ * not committed before it, and PostgreSQL hands notifications over in commit order: so a
+ * listener that has every earlier notification's event delivered may deliver this one at
+ * once, without reading the table, in exactly the order the read would have. The read goes
+ * on behind it (it moves and saves the cursor, skips what was delivered ahead, and delivers
+ * what a notification could not carry: an append that had an older transaction running, an
+ * event too large for a notification, anything from before the listener started). Until
+ * the read has caught up with the moment the listener started (its xmin passes the xmax
+ * seen then), nothing is delivered ahead. After a crash, what was delivered ahead of the
+ * saved cursor comes again: at least once, as always.
+ *
+ * A failing event is retried with backoff (doubling, capped at `retryMaxMs`).
  * A failure that counts (any, or only a PoisonEventError: the consumer's `deadLetter`
  * option) ends as a dead letter after `maxAttempts` of them, and later events go on; one
  * that does not count is retried for as long as it lasts, later events waiting behind it.
@@ -43,6 +58,10 @@ const BATCH = 200;
 const POLL_MS = 1000;
 /** First re-check after activity; doubles up to POLL_MS while nothing new shows up. */
 const RECHECK_MS = 5;
+/** A notification's payload must stay under 8000 bytes; larger events go by the read only. */
+const NOTIFY_PAYLOAD_MAX = 7900;
+/** Notifications waiting for the read (delivered-ahead ids too) beyond which a listener stops delivering ahead and re-arms. */
+const AHEAD_MAX = 20_000;
 /** Backoff of retries: from `retryBaseMs`, doubling up to `retryMaxMs`. */
 const RETRY_BASE_MS = 200;
 const RETRY_MAX_MS = 30_000;
@@ -98,6 +117,163 @@ interface CursorRow {
   failing_error: string | null;
 }
 
+/** Options of this driver beyond the port's. */
+export interface OutboxConsumerOptions extends ConsumerOptions {
+  /**
+   * Deliver an event straight from its commit's notification when the order allows (see
+   * above), instead of after a read of the table. For `consume` only.
+   */
+  fromNotification?: boolean;
+}
+
+/** What an append's NOTIFY carries: the row's position, its type, and the event when it may be delivered from it. */
+interface Note {
+  id: number;
+  xid: bigint;
+  type: string;
+  event: BusEvent | null;
+}
+
+function parseNote(payload: string | undefined, environment: Environment): Note | null {
+  if (!payload) return null;
+  try {
+    const note = JSON.parse(payload) as { id?: unknown; xid?: unknown; type?: unknown; event?: BusEvent };
+    if (typeof note.id !== 'number' || typeof note.xid !== 'string' || typeof note.type !== 'string') return null;
+    const event = note.event && note.event.environment === environment ? note.event : null;
+    return { id: note.id, xid: BigInt(note.xid), type: note.type, event };
+  } catch {
+    return null;
+  }
+}
+
+/** (xid, id) order. */
+function compare(a: { xid: bigint; id: number }, b: { xid: bigint; id: number }): number {
+  return a.xid === b.xid ? a.id - b.id : a.xid < b.xid ? -1 : 1;
+}
+
+/**
+ * One `fromNotification` consumer in one environment: the notifications not yet known to be
+ * delivered, in commit order, and the ids delivered from them ahead of the read. Handler
+ * calls of the read and of the notifications go one at a time (`exclusive`).
+ */
+class NotificationTap {
+  /** Set once the read has caught up with the listener's start; until then, nothing is delivered ahead. */
+  enabled = false;
+  /** The xmax seen when the listener started (or re-armed): the read's xmin must pass it. */
+  armedAt: bigint | null = null;
+  /** Notifications not yet delivered, in commit order. */
+  readonly queue: Note[] = [];
+  /** Ids delivered from a notification that the read has not passed yet. */
+  readonly ahead = new Set<number>();
+  /** The read's position: every row up to it has been delivered. */
+  position: { xid: bigint; id: number } = { xid: 0n, id: 0 };
+  private chain: Promise<void> = Promise.resolve();
+  private draining = false;
+  /** Counts re-arms: only the latest one's xmax counts. */
+  private generation = 0;
+
+  constructor(
+    readonly consumer: Consumer,
+    private readonly log: Logger,
+    private readonly signal: AbortSignal,
+    /** Reads the current xmax on the listener's connection and hands it over (not at all if the listener is gone). */
+    private readonly rearm: (armAt: (xmax: bigint) => void) => void,
+  ) {}
+
+  /** Runs `work` when no other handler call of this consumer and environment is under way. */
+  async exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const previous = this.chain;
+    let release = () => {};
+    this.chain = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    await previous;
+    try {
+      return await work();
+    } finally {
+      release();
+    }
+  }
+
+  delivered(note: { id: number; xid: bigint }): boolean {
+    return this.ahead.has(note.id) || compare(note, this.position) <= 0;
+  }
+
+  /** A notification arrived (in commit order). */
+  push(note: Note): void {
+    if (this.delivered(note)) return;
+    if (this.queue.length + this.ahead.size >= AHEAD_MAX) {
+      // The read is far behind (a long transaction holds the xmin back, or it fails):
+      // forget the queue, and deliver ahead again once the read has caught up.
+      this.disarm('too many notifications wait for the read');
+      return;
+    }
+    this.queue.push(note);
+    this.drain();
+  }
+
+  /**
+   * Stops delivering ahead, and forgets the queue, until the read has passed the xmax the
+   * listener reads now: every notification forgotten is of a transaction below it.
+   */
+  disarm(reason: string): void {
+    if (this.enabled) this.log.warn({ reason }, 'delivery from notifications paused until the read catches up');
+    this.enabled = false;
+    this.armedAt = null;
+    this.queue.length = 0;
+    const generation = ++this.generation;
+    this.rearm((xmax) => {
+      if (this.generation === generation && !this.enabled) this.armedAt = xmax;
+    });
+  }
+
+  /** The read, after a complete read whose xmin was `horizon`, with everything before it delivered. */
+  caughtUp(horizon: bigint): void {
+    if (this.armedAt === null || horizon < this.armedAt) return;
+    this.armedAt = null;
+    this.enabled = true;
+    this.drain();
+  }
+
+  /** Delivers the queue's head while it is deliverable from its notification. */
+  drain(): void {
+    if (!this.enabled || this.draining || this.queue.length === 0) return;
+    this.draining = true;
+    void this.exclusive(async () => {
+      try {
+        while (this.enabled && !this.signal.aborted) {
+          const head = this.queue[0];
+          if (!head) break;
+          if (this.delivered(head) || (this.consumer.types && !this.consumer.types.has(head.type))) {
+            this.queue.shift();
+            continue;
+          }
+          if (!head.event) break; // the read delivers it; later ones wait behind it
+          this.ahead.add(head.id);
+          try {
+            await this.consumer.handler(head.event);
+          } catch (error) {
+            // The read delivers it, with its retries; what follows waits behind it.
+            this.ahead.delete(head.id);
+            head.event = null;
+            this.log.warn({ err: error, event_id: eventIdOf(head.id) }, 'delivery from the notification failed; left to the read');
+            break;
+          }
+          this.queue.shift();
+        }
+      } finally {
+        this.draining = false;
+      }
+    });
+  }
+
+  /** The read passed `row` (delivered it, or found it delivered ahead). */
+  passed(row: { xid: bigint; id: number }): void {
+    this.ahead.delete(row.id);
+    this.position = row;
+  }
+}
+
 interface Consumer {
   name: string;
   handler: EventHandler;
@@ -106,6 +282,7 @@ interface Consumer {
   types?: ReadonlySet<string>;
   maxAttempts: number;
   deadLetter: NonNullable<ConsumerOptions['deadLetter']>;
+  fromNotification: boolean;
 }
 
 class ShuttingDown extends Error {
@@ -128,6 +305,7 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 export class OutboxBus implements EventBus {
   private readonly consumers: Consumer[] = [];
   private readonly wakers = new Map<Environment, Set<() => void>>(ENVIRONMENTS.map((env) => [env, new Set()]));
+  private readonly taps = new Map<Environment, Map<string, NotificationTap>>(ENVIRONMENTS.map((env) => [env, new Map()]));
   private readonly listeners: pg.Client[] = [];
   private readonly loops: Promise<void>[] = [];
   private readonly abort = new AbortController();
@@ -145,16 +323,24 @@ export class OutboxBus implements EventBus {
       insert into bus.outbox (type, tenant_id, owner_id, actor, data)
       values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb)
       returning id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at`.execute(tx);
-    await sql`select pg_notify(${CHANNEL}, '')`.execute(tx);
-    return toEvent(row.rows[0] as OutboxRow, environment);
+    const inserted = row.rows[0] as OutboxRow;
+    const busEvent = toEvent(inserted, environment);
+    // The event rides along only if no older transaction is running now: none can start
+    // later (xids only grow), so nothing can come before it that has not committed first.
+    const position = `{"id":${inserted.id},"xid":"${inserted.xid}","type":${JSON.stringify(inserted.type)}`;
+    const full = `${position},"event":${JSON.stringify(busEvent)}}`;
+    const bare = `${position}}`;
+    await sql`select pg_notify(${CHANNEL}, case when pg_snapshot_xmin(pg_current_snapshot()) >= pg_current_xact_id()
+                                            then ${Buffer.byteLength(full) <= NOTIFY_PAYLOAD_MAX ? full : bare}::text else ${bare}::text end)`.execute(tx);
+    return busEvent;
   }
 
-  consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
-    this.register({ name, handler, ...this.consumerOptions(options) });
+  consume(name: string, handler: EventHandler, options: OutboxConsumerOptions = {}): void {
+    this.register({ name, handler, ...this.consumerOptions(options), fromNotification: options.fromNotification === true });
   }
 
   consumeBatch(name: string, batchHandler: BatchEventHandler, options: ConsumerOptions = {}): void {
-    this.register({ name, handler: (event) => batchHandler([event]), batchHandler, ...this.consumerOptions(options) });
+    this.register({ name, handler: (event) => batchHandler([event]), batchHandler, ...this.consumerOptions(options), fromNotification: false });
   }
 
   private consumerOptions(options: ConsumerOptions) {
@@ -195,13 +381,51 @@ export class OutboxBus implements EventBus {
     this.started = true;
     if (this.consumers.length === 0) return;
     for (const environment of ENVIRONMENTS) {
+      const taps = this.taps.get(environment) as Map<string, NotificationTap>;
       const client = new pg.Client({ connectionString: this.databases.environmentUrls[environment] });
-      client.on('error', (error) => this.logger.warn({ err: error, environment }, 'outbox listener connection lost; polling'));
-      client.on('notification', () => {
+      let listening = true;
+      // Notifications may have been missed from here on: nothing more is delivered ahead.
+      const stopTaps = () => {
+        listening = false;
+        for (const tap of taps.values()) tap.enabled = false;
+        taps.clear();
+      };
+      client.on('error', (error) => {
+        this.logger.warn({ err: error, environment }, 'outbox listener connection lost; polling');
+        stopTaps();
+      });
+      client.on('end', stopTaps);
+      const rearm = (armAt: (xmax: bigint) => void) => {
+        if (!listening) return;
+        client.query<{ xmax: string }>('select pg_snapshot_xmax(pg_current_snapshot())::text as xmax').then(
+          (result) => {
+            if (listening) armAt(BigInt(result.rows[0]?.xmax ?? '0'));
+          },
+          () => stopTaps(),
+        );
+      };
+      for (const consumer of this.consumers) {
+        if (consumer.fromNotification) {
+          taps.set(consumer.name, new NotificationTap(consumer, this.logger.child({ consumer: consumer.name, environment }), this.abort.signal, rearm));
+        }
+      }
+      client.on('notification', (message) => {
+        // Deliveries from the notification first: the reads the wake-ups start can wait.
+        if (taps.size > 0) {
+          const note = parseNote(message.payload, environment);
+          for (const tap of taps.values()) {
+            if (note) tap.push(note);
+            else tap.disarm('a notification without a position'); // e.g. from an older version's append
+          }
+        }
         for (const wake of this.wakers.get(environment) ?? []) wake();
       });
       await client.connect();
       await client.query(`listen ${CHANNEL}`);
+      // Every transaction that commits from now on is notified here; the ones before have
+      // xids below this xmax, and the read must pass them before anything goes ahead.
+      const armed = await client.query<{ xmax: string }>('select pg_snapshot_xmax(pg_current_snapshot())::text as xmax');
+      for (const tap of taps.values()) tap.armedAt = BigInt(armed.rows[0]?.xmax ?? '0');
       this.listeners.push(client);
       for (const consumer of this.consumers) this.loops.push(this.run(consumer, environment));
     }
@@ -323,6 +547,26 @@ export class OutboxBus implements EventBus {
     return result.rows;
   }
 
+  /**
+   * The consumer's next rows (as `readBatch`), and the xmin they were read under: every
+   * transaction below it has ended.
+   */
+  private async readPending(db: Db, after: { xid: string; id: number }, limit: number): Promise<{ rows: OutboxRow[]; horizon: bigint | null }> {
+    const result = await sql<OutboxRow & { horizon: string | null }>`
+      select h.horizon::text as horizon, o.id, o.xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at
+      from (select pg_snapshot_xmin(pg_current_snapshot()) as horizon) h
+      left join lateral (
+        select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
+        from bus.outbox
+        where (xid, id) > (${after.xid}::xid8, ${after.id}) and xid < h.horizon
+        order by outbox.xid, outbox.id
+        limit ${limit}
+      ) o on true`.execute(db);
+    const first = result.rows[0];
+    const horizon = first?.horizon ? BigInt(first.horizon) : null;
+    return { rows: result.rows.filter((row) => row.id !== null), horizon };
+  }
+
   private async cursorOf(db: Db, name: string): Promise<CursorRow> {
     await sql`insert into bus.consumer_cursor (consumer) values (${name}) on conflict do nothing`.execute(db);
     const result = await sql<CursorRow>`
@@ -350,6 +594,8 @@ export class OutboxBus implements EventBus {
     let poked = false;
     let wokenByNotify = false;
     let idleWaitMs = RECHECK_MS;
+    // Kept even if the listener drops it: what went ahead must still be skipped by the read.
+    const tap = this.taps.get(environment)?.get(consumer.name);
     const onWake = () => {
       poked = true;
       wokenByNotify = true;
@@ -361,11 +607,13 @@ export class OutboxBus implements EventBus {
       // Left by a process that stopped while failing; said again at once if it still fails.
       await this.setFailing(db, consumer.name, null);
       let cursor = { xid: saved.xid, id: saved.id };
+      if (tap) tap.position = { xid: BigInt(cursor.xid), id: cursor.id };
       while (!signal.aborted) {
         poked = false;
         let rows: OutboxRow[];
+        let horizon: bigint | null;
         try {
-          rows = await this.readBatch(db, cursor, BATCH);
+          ({ rows, horizon } = await this.readPending(db, cursor, BATCH));
         } catch (error) {
           if (signal.aborted) break;
           log.warn({ err: error }, 'outbox read failed; retrying');
@@ -373,7 +621,21 @@ export class OutboxBus implements EventBus {
           continue;
         }
         const wanted = consumer.types ? rows.filter((row) => consumer.types?.has(row.type)) : rows;
-        if (consumer.batchHandler && wanted.length > 1 && (await this.deliverBatch(consumer, wanted, environment, log))) {
+        if (tap) {
+          // One row at a time, between the deliveries from notifications: skip what went
+          // ahead, deliver the rest, and let the notifications behind each row go.
+          for (const row of rows) {
+            if (signal.aborted) return;
+            await tap.exclusive(async () => {
+              if (!tap.ahead.has(row.id) && (!consumer.types || consumer.types.has(row.type))) {
+                await this.deliver(consumer, db, row, environment, log);
+              }
+              tap.passed({ xid: BigInt(row.xid), id: row.id });
+            });
+          }
+          if (rows.length < BATCH && horizon !== null) tap.caughtUp(horizon);
+          tap.drain();
+        } else if (consumer.batchHandler && wanted.length > 1 && (await this.deliverBatch(consumer, wanted, environment, log))) {
           // delivered together
         } else {
           for (const row of wanted) {
