@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { Server, type Socket } from 'socket.io';
 import type { BusEvent } from '../../../core/events.ts';
-import type { EventBus } from '../../../core/ports.ts';
+import type { ConsumerOptions, EventBus } from '../../../core/ports.ts';
 import type { Principal } from '../../../core/principal.ts';
 import type { CredentialVerifier } from '../../../gateway/auth.ts';
 import {
@@ -132,9 +132,16 @@ export class NotificationsHub {
     });
   }
 
-  /** Registers the durable bus consumer; call before the bus starts. */
+  /**
+   * Registers the durable bus consumer; call before the bus starts. `fromNotification`
+   * (outbox driver): an event whose order allows it is delivered from its commit's
+   * notification, with no read of the table in between, in the order the read would have
+   * delivered it (ids below the database's xmin, (xid, id) order), which the replay seam
+   * relies on. Other drivers ignore the option.
+   */
   registerConsumer(): void {
-    this.options.bus.consume('notifications', async (event) => this.deliver(event), { types: ['File_create', 'File_update', 'File_delete'] });
+    const options: ConsumerOptions & { fromNotification?: boolean } = { types: ['File_create', 'File_update', 'File_delete'], fromNotification: true };
+    this.options.bus.consume('notifications', async (event) => this.deliver(event), options);
   }
 
   attach(server: https.Server): void {
