@@ -187,13 +187,14 @@ export class BackupService {
       const recorded = await withTenant(this.db(environment), tenantId, async (trx) => {
         // The sweep deletes unreferenced blobs under the same locks (taken in one order, so
         // two batches cannot deadlock): make sure ours survived until we reference them.
-        for (const sha256 of [...new Set(tenantItems.map(({ file }) => file.sha256))].sort()) {
-          await repo.lockBlob(trx, sha256);
-          if (!(await store.stat(sha256))) throw new Error(`backup blob ${sha256} was swept before its version was recorded; retrying`);
-        }
-        const inserted: BusEvent[] = [];
-        for (const { event, file } of tenantItems) {
-          const row = await repo.insertVersion(trx, {
+        const shas = [...new Set(tenantItems.map(({ file }) => file.sha256))];
+        await repo.lockBlobs(trx, shas);
+        const present = await Promise.all(shas.map((sha256) => store.stat(sha256)));
+        const swept = shas.find((_, i) => !present[i]);
+        if (swept) throw new Error(`backup blob ${swept} was swept before its version was recorded; retrying`);
+        const recordedIds = await repo.insertVersions(
+          trx,
+          tenantItems.map(({ event, file }) => ({
             tenant_id: event.tenant_id,
             file_id: file.id,
             version: file.version,
@@ -207,10 +208,9 @@ export class BackupService {
             sha256: file.sha256,
             created_at: new Date(event.type === 'File_delete' ? event.occurred_at : file.updated_at),
             occurred_at: new Date(event.occurred_at),
-          });
-          if (row) inserted.push(event);
-        }
-        return inserted;
+          })),
+        );
+        return tenantItems.filter(({ event }) => recordedIds.has(event.event_id)).map(({ event }) => event);
       });
       for (const event of recorded) this.deps.observer?.recorded?.(environment, Math.max(0, (Date.now() - Date.parse(event.occurred_at)) / 1000));
     }

@@ -41,17 +41,32 @@ const rank = sql`(case when event = 'File_delete' then 1 else 0 end)`;
  * a blob is unreferenced and deletes it. So no version ever points at a swept blob.
  */
 export async function lockBlob(trx: Tx, sha256: string): Promise<void> {
-  await sql`select pg_advisory_xact_lock(hashtextextended(${`backup.blob:${sha256}`}, 0))`.execute(trx);
+  await lockBlobs(trx, [sha256]);
 }
 
-/** Records one event's version. False when it was already recorded (a redelivery). */
-export async function insertVersion(trx: Tx, row: Omit<VersionRow, 'backed_up_at'>): Promise<boolean> {
-  const result = await sql`
+/** `lockBlob` for many blobs in one round trip, taken in sorted order (two callers cannot deadlock). */
+export async function lockBlobs(trx: Tx, sha256s: string[]): Promise<void> {
+  if (sha256s.length === 0) return;
+  await sql`select pg_advisory_xact_lock(hashtextextended('backup.blob:' || s, 0))
+            from (select distinct s from unnest(${[...sha256s].sort()}::text[]) as s order by s) sorted`.execute(trx);
+}
+
+/**
+ * Records many events' versions in one statement. Returns the event ids it recorded: one
+ * already recorded (a redelivery) is left as it is and not returned.
+ */
+export async function insertVersions(trx: Tx, rows: Array<Omit<VersionRow, 'backed_up_at'>>): Promise<Set<string>> {
+  if (rows.length === 0) return new Set();
+  const values = rows.map(
+    (row) => sql`(${row.tenant_id}, ${row.file_id}, ${row.version}, ${row.event}, ${row.event_id}, ${row.owner_id}, ${row.name}, ${row.path},
+                  ${row.size}, ${row.content_type}, ${row.sha256}, ${row.created_at}, ${row.occurred_at})`,
+  );
+  const result = await sql<{ event_id: string }>`
     insert into backup.version (tenant_id, file_id, version, event, event_id, owner_id, name, path, size, content_type, sha256, created_at, occurred_at)
-    values (${row.tenant_id}, ${row.file_id}, ${row.version}, ${row.event}, ${row.event_id}, ${row.owner_id}, ${row.name}, ${row.path},
-            ${row.size}, ${row.content_type}, ${row.sha256}, ${row.created_at}, ${row.occurred_at})
-    on conflict do nothing`.execute(trx);
-  return Number(result.numAffectedRows ?? 0) > 0;
+    values ${sql.join(values)}
+    on conflict do nothing
+    returning event_id`.execute(trx);
+  return new Set(result.rows.map((row) => row.event_id));
 }
 
 /** The owner recorded with the file's newest entry; undefined when the file has no history here. */
