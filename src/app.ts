@@ -188,7 +188,8 @@ export function createApp(config: Config, logger: Logger): App {
       maxUploadBytes: config.maxUploadBytes,
       metrics,
       checks,
-      verifiers: [operatorVerifier(operator.value), ...identity.verifiers],
+      // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
+      verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
       routes: [...identity.routes, ...files.routes, ...backup.routes],
       rootRoutes: [...identity.rootRoutes],
       version: VERSION,
