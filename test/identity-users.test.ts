@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { sql } from 'kysely';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /** User management by account keys and admin users; limits of plain users; per-address throttling. */
@@ -124,6 +125,41 @@ describe('user management', () => {
     assert.ok(seen.length >= 8);
     assert.equal((await server.request('GET', '/v1/users?cursor=%%%', { basic: server.keys.test.account_key })).status, 422);
   });
+
+  it('a login sees changes made to the user while its password was being checked', async () => {
+    const email = 'racer@example.com';
+    const created = await server.request('POST', '/v1/users', { basic: server.keys.test.account_key, json: { email, password: PASSWORD, name: 'Racer' } });
+    assert.equal(created.status, 201, created.text);
+    const userId: string = created.json.id;
+    const db = server.app.databases.environments.test;
+    const passwords = (server.app.identity.auth as unknown as { deps: { passwords: { verify(hash: string, password: string): Promise<boolean> } } }).deps.passwords;
+    const realVerify = passwords.verify;
+    const duringVerify = async (change: () => Promise<unknown>) => {
+      passwords.verify = async (hash, password) => {
+        const ok = await realVerify.call(passwords, hash, password);
+        await change();
+        return ok;
+      };
+    };
+    try {
+      // Promoted meanwhile: the token carries the role the user has when the session opens.
+      await duringVerify(() => sql`update identity.app_user set role = 'admin' where id = ${userId}`.execute(db));
+      const promoted = await login(email);
+      assert.equal(promoted.user.role, 'admin');
+      const [, payload] = (promoted.access_token as string).split('.');
+      assert.equal(JSON.parse(Buffer.from(payload as string, 'base64url').toString()).role, 'admin');
+
+      // Deleted meanwhile: no session, no token, the plain refusal.
+      await duringVerify(() => sql`delete from identity.app_user where id = ${userId}`.execute(db));
+      const refused = await server.request('POST', '/v1/auth/login', { basic: server.keys.test.application_key, json: { email, password: PASSWORD } });
+      assert.equal(refused.status, 401, refused.text);
+      assert.equal(refused.json.code, 'invalid_credentials');
+      const sessions = await sql<{ n: number }>`select count(*)::int as n from identity.refresh_token where user_id = ${userId}`.execute(db);
+      assert.equal(sessions.rows[0]?.n, 0);
+    } finally {
+      passwords.verify = realVerify;
+    }
+  });
 });
 
 describe('login throttling per client address', () => {
@@ -152,4 +188,5 @@ describe('login throttling per client address', () => {
     assert.equal(status, 429);
     assert.equal(attempts, 51);
   });
+
 });

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
+import { Kysely, PostgresDialect, type RawBuilder, sql, type Transaction } from 'kysely';
 import pg from 'pg';
 import type { Environment } from '../../core/principal.ts';
 
@@ -45,15 +45,22 @@ function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
+/** The pool behind each Db, for the few paths that talk to pg directly (tenantBatch). */
+const pools = new WeakMap<Db, pg.Pool>();
+
 function connect(url: string, max = 10): Db {
-  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000 });
+  // Pipeline mode lets tenantBatch send its statements without waiting for each answer.
+  // Kysely awaits every query before the next, so everything else goes out exactly as before.
+  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000, pipeline: true });
   // A connection the server drops (restart, crash, failover) must not crash the process.
   // Idle ones are reported on the pool; one checked out between two queries of a
   // transaction has no listener of its own, so give every connection one. The failed query
   // reports the error to its caller, and the pool discards the connection on release.
   pool.on('error', () => undefined);
   pool.on('connect', (client) => client.on('error', () => undefined));
-  return new Kysely({ dialect: new PostgresDialect({ pool }) });
+  const db: Db = new Kysely({ dialect: new PostgresDialect({ pool }) });
+  pools.set(db, pool);
+  return db;
 }
 
 /** Creates the control and environment databases when missing (needs CREATEDB). */
@@ -149,14 +156,63 @@ export async function migrate(db: Db, sets: MigrationSet[]): Promise<string[]> {
 }
 
 /**
+ * Binds the current transaction to one tenant. Setting the `role` parameter locally is
+ * SET LOCAL ROLE, so both go in one statement.
+ */
+const bindTenant = (tenantId: string) => sql`select set_config('bantu.tenant_id', ${tenantId}, true), set_config('role', 'bantu_app', true)`;
+
+/**
  * Runs `work` in a transaction bound to one tenant: PostgreSQL row-level security then
  * hides every other tenant's rows, whatever the query says. The role `bantu_app` has no
  * BYPASSRLS and owns nothing, so the policies apply even when we connect as a superuser.
  */
 export async function withTenant<T>(db: Db, tenantId: string, work: (trx: Tx) => Promise<T>): Promise<T> {
   return db.transaction().execute(async (trx) => {
-    // One round trip: setting the `role` parameter locally is SET LOCAL ROLE.
-    await sql`select set_config('bantu.tenant_id', ${tenantId}, true), set_config('role', 'bantu_app', true)`.execute(trx);
+    await bindTenant(tenantId).execute(trx);
     return work(trx);
   });
+}
+
+/** The rows each statement of a batch returned, in order. */
+export type BatchRows<T extends readonly RawBuilder<unknown>[]> = { [K in keyof T]: T[K] extends RawBuilder<infer Row> ? Row[] : never };
+
+/**
+ * Runs statements that do not depend on each other's results as one tenant-bound
+ * transaction (the same binding as withTenant), in a single round trip: BEGIN, the tenant
+ * binding, the statements and COMMIT are pipelined on one connection. All or none commit:
+ * after a failed statement PostgreSQL refuses the rest and turns the COMMIT into a
+ * ROLLBACK, and the first error is thrown. For hot paths where every round trip shows
+ * (a login: one batch to read the user, one to open the session).
+ */
+export async function tenantBatch<const T extends readonly RawBuilder<unknown>[]>(db: Db, tenantId: string, statements: T): Promise<BatchRows<T>> {
+  const pool = pools.get(db);
+  if (!pool) throw new Error('tenantBatch needs a Db made by openDatabases');
+  const client = await pool.connect();
+  let healthy = false;
+  try {
+    const compiled = [bindTenant(tenantId), ...statements].map((statement) => statement.compile(db));
+    // Corked, the whole batch leaves in one write: one wake-up of the server, not one per statement.
+    const socket = (client as unknown as { connection?: { stream?: { cork?(): void; uncork?(): void } } }).connection?.stream;
+    socket?.cork?.();
+    let sent: Promise<pg.QueryResult>[];
+    try {
+      sent = [
+        client.query('begin'),
+        ...compiled.map((query) => client.query(query.sql, query.parameters as unknown[])),
+        client.query('commit'),
+      ];
+    } finally {
+      socket?.uncork?.();
+    }
+    const settled = await Promise.allSettled(sent);
+    // Every statement was answered, so the connection is idle again unless the link broke.
+    healthy = client.getTransactionStatus() === 'I';
+    const failed = settled.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
+    const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<pg.QueryResult>).value);
+    if (results[results.length - 1]?.command !== 'COMMIT') throw new Error('tenantBatch: the transaction did not commit');
+    return results.slice(2, -1).map((result) => result.rows) as BatchRows<T>;
+  } finally {
+    client.release(healthy ? undefined : new Error('connection left mid-transaction'));
+  }
 }

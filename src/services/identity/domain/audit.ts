@@ -54,7 +54,12 @@ export class AuditLog {
 
   /** Inside a tenant-bound transaction. */
   async record(trx: Tx, tenantId: string, entry: AuditEntry): Promise<void> {
-    await auditRepo.insertAuditEvent(trx, {
+    await this.insert(tenantId, entry).execute(trx);
+  }
+
+  /** The entry as a statement, to go in a tenantBatch with the change it records. */
+  insert(tenantId: string, entry: AuditEntry) {
+    return auditRepo.auditEventInsert({
       id: newId('aud'),
       tenant_id: tenantId,
       type: entry.type,

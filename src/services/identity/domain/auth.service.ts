@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Databases, Tx } from '../../../adapters/db/pg.ts';
-import { withTenant } from '../../../adapters/db/pg.ts';
+import { tenantBatch, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import { newId } from '../../../core/ids.ts';
 import type { CounterStore, Mailer } from '../../../core/ports.ts';
@@ -57,16 +57,30 @@ export class AuthService {
 
   /** Opens a new session (or continues `familyId`) for the user inside `trx`. */
   async issue(trx: Tx, user: usersRepo.UserRow, environment: Environment, familyId = newId('ses')): Promise<AuthResult> {
-    const refreshToken = newOpaqueToken('rt');
-    await sessionsRepo.insertRefreshToken(trx, {
-      id: newId('rtk'),
-      tenant_id: user.tenant_id,
-      user_id: user.id,
-      family_id: familyId,
-      hash: hashToken(refreshToken),
-      expires_at: new Date(Date.now() + REFRESH_TOKEN_DAYS * 86_400_000),
-    });
-    const access = await this.deps.tokens.sign({ userId: user.id, tenantId: user.tenant_id, environment, role: user.role, sessionId: familyId });
+    const session = this.newRefreshToken(user, familyId);
+    await sessionsRepo.refreshTokenInsert(session.row).execute(trx);
+    return this.result(user, environment, familyId, session.token);
+  }
+
+  /** A fresh refresh token of the family, and the row that stores its hash. */
+  private newRefreshToken(user: usersRepo.UserRow, familyId: string): { token: string; row: sessionsRepo.NewRefreshToken } {
+    const token = newOpaqueToken('rt');
+    return {
+      token,
+      row: {
+        id: newId('rtk'),
+        tenant_id: user.tenant_id,
+        user_id: user.id,
+        family_id: familyId,
+        hash: hashToken(token),
+        expires_at: new Date(Date.now() + REFRESH_TOKEN_DAYS * 86_400_000),
+      },
+    };
+  }
+
+  /** The answer to a login, register or refresh: the user and a signed access token beside the refresh token. */
+  private result(user: usersRepo.UserRow, environment: Environment, familyId: string, refreshToken: string): AuthResult {
+    const access = this.deps.tokens.sign({ userId: user.id, tenantId: user.tenant_id, environment, role: user.role, sessionId: familyId });
     return { user: toUser(user), access_token: access.token, refresh_token: refreshToken, token_type: 'Bearer', expires_in: access.expiresIn };
   }
 
@@ -108,7 +122,11 @@ export class AuthService {
       await audit.recordAlone(principal.environment, principal.tenantId, { type: 'login_throttled', actor: actorFor(principal), ip: context.ip, detail: { email } });
       throw error;
     }
-    const found = await withTenant(this.db(principal.environment), principal.tenantId, (trx) => usersRepo.findUserByEmail(trx, principal.tenantId, email));
+    // A login is the hot path argon2 is meant to dominate: its database work is two
+    // pipelined batches, one round trip each (tenantBatch), not two interactive transactions.
+    const db = this.db(principal.environment);
+    const [matches] = await tenantBatch(db, principal.tenantId, [usersRepo.userByEmailSelect(principal.tenantId, email)]);
+    const found = matches[0];
     // An unknown email costs one argon2 verification too, so both answers take about as long.
     const ok = found ? await this.deps.passwords.verify(found.password_hash, input.password) : await this.deps.passwords.verifyDummy(input.password);
     if (!found || !ok) {
@@ -122,13 +140,24 @@ export class AuthService {
       fail(Errors.invalidCredentials, 'Wrong email or password');
     }
     await throttle.succeeded(account);
-    return withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
-      // Re-read under lock: the user may have been deleted while the password was checked.
-      const user = await usersRepo.lockUser(trx, principal.tenantId, found.id);
-      if (!user) fail(Errors.invalidCredentials, 'Wrong email or password');
-      await audit.record(trx, principal.tenantId, { type: 'login_succeeded', actor: { type: 'user', id: user.id }, ip: context.ip, detail: { via: principal.kind } });
-      return this.issue(trx, user, principal.environment);
-    });
+    const familyId = newId('ses');
+    const session = this.newRefreshToken(found, familyId);
+    let locked: usersRepo.UserWithHash[];
+    try {
+      // The user is re-read under lock (it may have changed while the password was checked);
+      // if it was deleted meanwhile, the session's foreign key fails and nothing commits.
+      [locked] = await tenantBatch(db, principal.tenantId, [
+        usersRepo.userLockSelect(principal.tenantId, found.id),
+        sessionsRepo.refreshTokenInsert(session.row),
+        audit.insert(principal.tenantId, { type: 'login_succeeded', actor: { type: 'user', id: found.id }, ip: context.ip, detail: { via: principal.kind } }),
+      ]);
+    } catch (error) {
+      if (usersRepo.isMissingUser(error)) fail(Errors.invalidCredentials, 'Wrong email or password');
+      throw error;
+    }
+    const user = locked[0];
+    if (!user) fail(Errors.invalidCredentials, 'Wrong email or password');
+    return this.result(user, principal.environment, familyId, session.token);
   }
 
   async refresh(principal: KeyPrincipal, input: { refresh_token: string }, context: RequestContext): Promise<AuthResult> {

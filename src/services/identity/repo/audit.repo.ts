@@ -10,15 +10,23 @@ export interface AuditRow {
   created_at: Date;
 }
 
-export async function insertAuditEvent(
-  trx: Tx,
-  event: { id: string; tenant_id: string; type: string; actor: { type: string; id: string } | null; ip: string | null; detail: Record<string, unknown> },
-): Promise<void> {
-  await sql`
+export interface NewAuditEvent {
+  id: string;
+  tenant_id: string;
+  type: string;
+  actor: { type: string; id: string } | null;
+  ip: string | null;
+  detail: Record<string, unknown>;
+}
+
+/** The insert as a statement, for a tenantBatch. */
+export function auditEventInsert(event: NewAuditEvent) {
+  return sql`
     insert into identity.audit_event (id, tenant_id, type, actor, ip, detail)
     values (${event.id}, ${event.tenant_id}, ${event.type}, ${event.actor === null ? null : JSON.stringify(event.actor)}::jsonb,
-            ${event.ip}, ${JSON.stringify(event.detail)}::jsonb)`.execute(trx);
+            ${event.ip}, ${JSON.stringify(event.detail)}::jsonb)`;
 }
+
 
 export async function listAuditEvents(trx: Tx, tenantId: string, limit: number, before?: string): Promise<AuditRow[]> {
   const result = await sql<AuditRow>`

@@ -12,13 +12,24 @@ export interface RefreshTokenRow {
   revoked_at: Date | null;
 }
 
-export async function insertRefreshToken(
-  trx: Tx,
-  token: { id: string; tenant_id: string; user_id: string; family_id: string; hash: Buffer; expires_at: Date },
-): Promise<void> {
-  await sql`
+export interface NewRefreshToken {
+  id: string;
+  tenant_id: string;
+  user_id: string;
+  family_id: string;
+  hash: Buffer;
+  expires_at: Date;
+}
+
+/** The insert as a statement, for a tenantBatch. Fails with a foreign key violation when the user is gone. */
+export function refreshTokenInsert(token: NewRefreshToken) {
+  return sql`
     insert into identity.refresh_token (id, tenant_id, user_id, family_id, hash, expires_at)
-    values (${token.id}, ${token.tenant_id}, ${token.user_id}, ${token.family_id}, ${token.hash}, ${token.expires_at})`.execute(trx);
+    values (${token.id}, ${token.tenant_id}, ${token.user_id}, ${token.family_id}, ${token.hash}, ${token.expires_at})`;
+}
+
+export async function insertRefreshToken(trx: Tx, token: NewRefreshToken): Promise<void> {
+  await refreshTokenInsert(token).execute(trx);
 }
 
 /** Locks the token's row: two concurrent uses of one token are serialised, the second sees it spent. */

@@ -24,6 +24,11 @@ export function isUniqueViolation(error: unknown): boolean {
   return (error as { code?: string } | null)?.code === '23505';
 }
 
+/** PostgreSQL's foreign_key_violation: a row pointing at a user that no longer exists. */
+export function isMissingUser(error: unknown): boolean {
+  return (error as { code?: string } | null)?.code === '23503';
+}
+
 export async function insertUser(
   trx: Tx,
   user: { id: string; tenant_id: string; email: string; name: string; role: Role; password_hash: string },
@@ -35,10 +40,15 @@ export async function insertUser(
   return result.rows[0] as UserRow;
 }
 
-export async function findUserByEmail(trx: Tx, tenantId: string, email: string): Promise<UserWithHash | null> {
-  const result = await sql<UserWithHash>`
+/** The user with this email (compared case-insensitively), as a statement for a tenantBatch. */
+export function userByEmailSelect(tenantId: string, email: string) {
+  return sql<UserWithHash>`
     select ${columns}, password_hash from identity.app_user
-    where tenant_id = ${tenantId} and lower(email) = lower(${email})`.execute(trx);
+    where tenant_id = ${tenantId} and lower(email) = lower(${email})`;
+}
+
+export async function findUserByEmail(trx: Tx, tenantId: string, email: string): Promise<UserWithHash | null> {
+  const result = await userByEmailSelect(tenantId, email).execute(trx);
   return result.rows[0] ?? null;
 }
 
@@ -48,10 +58,14 @@ export async function findUser(trx: Tx, tenantId: string, id: string): Promise<U
   return result.rows[0] ?? null;
 }
 
-/** Locks the row so concurrent changes to one user apply one after the other. */
+/** Locks the row so concurrent changes to one user apply one after the other; as a statement for a tenantBatch. */
+export function userLockSelect(tenantId: string, id: string) {
+  return sql<UserWithHash>`
+    select ${columns}, password_hash from identity.app_user where tenant_id = ${tenantId} and id = ${id} for update`;
+}
+
 export async function lockUser(trx: Tx, tenantId: string, id: string): Promise<UserWithHash | null> {
-  const result = await sql<UserWithHash>`
-    select ${columns}, password_hash from identity.app_user where tenant_id = ${tenantId} and id = ${id} for update`.execute(trx);
+  const result = await userLockSelect(tenantId, id).execute(trx);
   return result.rows[0] ?? null;
 }
 
