@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Kysely, PostgresDialect, type RawBuilder, sql, type Transaction } from 'kysely';
@@ -173,6 +174,23 @@ export async function withTenant<T>(db: Db, tenantId: string, work: (trx: Tx) =>
   });
 }
 
+/**
+ * Batches run the same few statements over and over: each gets a name derived from its
+ * text, so every connection parses and plans it once, then only binds and executes it.
+ * Past PREPARED_MAX distinct texts (a caller building SQL dynamically), new ones go unnamed
+ * rather than piling up prepared statements on every connection.
+ */
+const PREPARED_MAX = 200;
+const statementNames = new Map<string, string>();
+function statementName(text: string): string | undefined {
+  let name = statementNames.get(text);
+  if (!name && statementNames.size < PREPARED_MAX) {
+    name = `tb_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`;
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
 /** The rows each statement of a batch returned, in order. */
 export type BatchRows<T extends readonly RawBuilder<unknown>[]> = { [K in keyof T]: T[K] extends RawBuilder<infer Row> ? Row[] : never };
 
@@ -198,7 +216,7 @@ export async function tenantBatch<const T extends readonly RawBuilder<unknown>[]
     try {
       sent = [
         client.query('begin'),
-        ...compiled.map((query) => client.query(query.sql, query.parameters as unknown[])),
+        ...compiled.map((query) => client.query({ name: statementName(query.sql), text: query.sql, values: query.parameters as unknown[] })),
         client.query('commit'),
       ];
     } finally {
