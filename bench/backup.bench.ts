@@ -152,7 +152,7 @@ async function fsyncPath(target: string): Promise<void> {
   }
 }
 
-export const pairs: BenchPair<any>[] = [
+export const pairs: BenchPair[] = [
   lagPair(50),
   lagPair(99),
   definePair<DrainCtx>({

@@ -216,7 +216,7 @@ interface RssCtx {
   seq: number;
 }
 
-export const pairs: BenchPair<any>[] = [
+export const pairs: BenchPair[] = [
   definePair<Ctx>({
     name: 'files/upload-100mib',
     description: `POST /v1/files of ${BIG / MiB} MiB raw body (hashed, fsynced, recorded with its event) vs a bare HTTPS server streaming it to a file with fsync`,

@@ -38,7 +38,7 @@ const rate = async (load: LoadGenerator, origin: string) => {
   return perSecond(REQUESTS, elapsedMs);
 };
 
-export const pairs: BenchPair<any>[] = [
+export const pairs: BenchPair[] = [
   definePair<Ctx>({
     name: 'gateway/healthz',
     description: `GET /healthz over HTTPS, ${CONCURRENCY} in flight on keep-alive connections, ${REQUESTS} requests per measurement`,

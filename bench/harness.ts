@@ -159,7 +159,7 @@ function envInt(name: string): number | undefined {
  * Runs one pair: setup, warm-up rounds, measured rounds alternating which side goes first
  * (round 0: A then B; round 1: B then A; ...), teardown. `log` receives progress lines.
  */
-export async function runPair(pair: BenchPair<any>, file: string, log: (line: string) => void = () => undefined): Promise<PairResult> {
+export async function runPair(pair: BenchPair, file: string, log: (line: string) => void = () => undefined): Promise<PairResult> {
   const rounds = Math.max(1, envInt('BENCH_ROUNDS') ?? pair.rounds ?? 5);
   const warmup = envInt('BENCH_WARMUP') ?? pair.warmup ?? 1;
   const labels = pair.labels ?? { a: 'A', b: 'B' };

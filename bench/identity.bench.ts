@@ -75,7 +75,7 @@ async function teardown(ctx: Ctx): Promise<void> {
   await ctx.bantu.close();
 }
 
-export const pairs: BenchPair<any>[] = [
+export const pairs: BenchPair[] = [
   definePair<Ctx>({
     name: 'identity/login',
     description: `POST /v1/auth/login over HTTPS, ${LOGIN_CONCURRENCY} in flight, ${LOGINS} logins per measurement, vs the same count of bare argon2id verifications`,

@@ -32,6 +32,9 @@ interface Side {
   update(target: Side['targets'][number]): Promise<{ id: string; version: number }>;
 }
 
+/** The part of a File object (POST /v1/files, PUT .../content) the benchmark reads. */
+type FileReply = { id: string; version: number };
+
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -66,18 +69,18 @@ async function startBantu(users: number): Promise<Side & { ca: string; dataDir: 
   const ca = fs.readFileSync(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
   const keys = JSON.parse(fs.readFileSync(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8')).keys;
   const agent = new Agent({ connect: { ca }, connections: 16 });
-  const call = async (method: string, pathname: string, headers: Record<string, string>, body?: string) => {
+  const call = async <T>(method: string, pathname: string, headers: Record<string, string>, body?: string): Promise<T> => {
     const response = await request(`${origin}${pathname}`, { method: method as 'POST', headers, body, dispatcher: agent });
-    const json = (await response.body.json()) as Record<string, any>;
+    const json = (await response.body.json()) as T;
     if (response.statusCode >= 300) throw new Error(`${method} ${pathname}: ${response.statusCode} ${JSON.stringify(json)}`);
     return json;
   };
   const appAuth = `Basic ${Buffer.from(`${keys.test.application_key}:`).toString('base64')}`;
   const targets: Side['targets'] = [];
   for (let u = 0; u < users; u++) {
-    const registered = await call('POST', '/v1/auth/register', { authorization: appAuth, 'content-type': 'application/json' }, JSON.stringify({ email: `u${u}@bench.example`, password: PASSWORD, name: `u${u}` }));
-    const token = registered.access_token as string;
-    const file = await call('POST', `/v1/files?name=doc-${u}.txt`, { authorization: `Bearer ${token}`, 'content-type': 'text/plain' }, 'v1');
+    const registered = await call<{ access_token: string }>('POST', '/v1/auth/register', { authorization: appAuth, 'content-type': 'application/json' }, JSON.stringify({ email: `u${u}@bench.example`, password: PASSWORD, name: `u${u}` }));
+    const token = registered.access_token;
+    const file = await call<FileReply>('POST', `/v1/files?name=doc-${u}.txt`, { authorization: `Bearer ${token}`, 'content-type': 'text/plain' }, 'v1');
     targets.push({ room: String(u), token, fileId: file.id, version: file.version });
   }
   return {
@@ -89,7 +92,7 @@ async function startBantu(users: number): Promise<Side & { ca: string; dataDir: 
     sockets: [],
     targets,
     async update(target) {
-      const file = await call('PUT', `/v1/files/${target.fileId}/content`, { authorization: `Bearer ${target.token}`, 'content-type': 'text/plain' }, `v${target.version + 1}`);
+      const file = await call<FileReply>('PUT', `/v1/files/${target.fileId}/content`, { authorization: `Bearer ${target.token}`, 'content-type': 'text/plain' }, `v${target.version + 1}`);
       target.version = file.version;
       return { id: file.id, version: file.version };
     },
@@ -242,7 +245,7 @@ async function memoryPerSocket(kind: 'bantu' | 'bare', shared: { ca: string; dat
   return (after - before) / sockets;
 }
 
-export const pairs: BenchPair<any>[] = [
+export const pairs: BenchPair[] = [
   latencyPair('notifications/latency-p50', 50, 5),
   latencyPair('notifications/latency-p99', 99, 10),
   definePair({

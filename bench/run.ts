@@ -88,10 +88,10 @@ async function main(): Promise<number> {
     .readdirSync(here)
     .filter((name) => name.endsWith('.bench.ts'))
     .sort();
-  const selected: Array<{ file: string; pair: BenchPair<any> }> = [];
+  const selected: Array<{ file: string; pair: BenchPair }> = [];
   const seen = new Set<string>();
   for (const file of files) {
-    const mod = (await import(pathToFileURL(path.join(here, file)).href)) as { pairs?: BenchPair<any>[] };
+    const mod = (await import(pathToFileURL(path.join(here, file)).href)) as { pairs?: BenchPair[] };
     if (!Array.isArray(mod.pairs)) {
       console.error(`bench/${file}: exports no \`pairs\` array; skipped`);
       continue;

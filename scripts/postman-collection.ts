@@ -15,7 +15,26 @@
  */
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type Schema = Record<string, any>;
+/** The JSON Schema keywords read here (TypeBox output); any other keyword passes through unread. */
+interface Schema {
+  $ref?: string;
+  type?: string | string[];
+  format?: string;
+  properties?: Record<string, Schema>;
+  required?: string[];
+  items?: Schema;
+  anyOf?: Schema[];
+  oneOf?: Schema[];
+  allOf?: Schema[];
+  enum?: unknown[];
+  const?: unknown;
+  default?: unknown;
+  example?: unknown;
+  examples?: unknown[];
+  minimum?: number;
+  minLength?: number;
+  [keyword: string]: unknown;
+}
 
 export interface OpenApiDocument {
   openapi: string;

@@ -11,8 +11,8 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { DiskBlobStore } from './adapters/blob/disk.ts';
 import { OutboxBus } from './adapters/bus/outbox.ts';
 import { MemoryCounterStore } from './adapters/cache/memory.ts';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from './adapters/db/embedded.ts';
-import { type Databases, ENVIRONMENTS, migrate, type MigrationSet, openDatabases } from './adapters/db/pg.ts';
+import { type EmbeddedDatabase, startEmbeddedPostgres } from './adapters/db/embedded.ts';
+import { type Databases, ENVIRONMENTS, type MigrationSet, migrate, openDatabases } from './adapters/db/pg.ts';
 import { dataPath, lockDataDir, readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import { FileMailer } from './adapters/mail/files.ts';
 import { SmtpMailer } from './adapters/mail/smtp.ts';
@@ -26,9 +26,9 @@ import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, createBackupService } from './services/backup/plugin.ts';
 import type { FilesService } from './services/files/domain/files.service.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
-import { createNotificationsService } from './services/notifications/plugin.ts';
-import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
+import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
+import { createNotificationsService } from './services/notifications/plugin.ts';
 
 /**
  * The composition root: builds every adapter and service from a Config and wires them

@@ -2,13 +2,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { Static } from '@sinclair/typebox';
 import { sql } from 'kysely';
-import { createTenant, sha256, uploadRaw, until } from './helpers/files.ts';
+import type { VersionEntry } from '../src/services/backup/http/backup.schemas.ts';
+import { createTenant, sha256, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /** Every history entry of a file, following next_cursor. */
 async function allVersions(server: TestServer, auth: string, id: string) {
-  const entries: Array<Record<string, any>> = [];
+  const entries: Array<Static<typeof VersionEntry>> = [];
   let cursor: string | null = null;
   do {
     const response = await server.request('GET', `/v1/files/${id}/versions?limit=20${cursor ? `&cursor=${cursor}` : ''}`, { auth });

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { runCli } from './helpers/cli.ts';
-import { uploadRaw, until } from './helpers/files.ts';
+import { until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /** The real CLI against a test server's database (external, or the server's embedded one) and data dir. */

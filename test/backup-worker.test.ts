@@ -2,8 +2,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { Static } from '@sinclair/typebox';
+import type { VersionEntry } from '../src/services/backup/http/backup.schemas.ts';
 import { type CliProcess, runCli } from './helpers/cli.ts';
-import { sha256, uploadRaw, until } from './helpers/files.ts';
+import { sha256, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /**
@@ -63,7 +65,7 @@ async function breakBackupStore(server: TestServer): Promise<{ mend(): Promise<v
   };
 }
 
-async function history(server: TestServer, auth: string, id: string): Promise<Array<Record<string, any>>> {
+async function history(server: TestServer, auth: string, id: string): Promise<Array<Static<typeof VersionEntry>>> {
   const response = await server.request('GET', `/v1/files/${id}/versions?limit=200`, { auth });
   if (response.status === 404) return [];
   assert.equal(response.status, 200, response.text);

@@ -8,9 +8,9 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { dropDatabases } from '../src/adapters/db/pg.ts';
+import { isProcessAlive } from '../src/adapters/local/data-dir.ts';
 import { sha256, until } from './helpers/files.ts';
 import { makeTempDir } from './helpers/server.ts';
-import { isProcessAlive } from '../src/adapters/local/data-dir.ts';
 
 /**
  * kill -9 of a real `bantu start` while uploads are in flight, then a restart on the same

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
-import { backedUp, blobCount, eventsOf, multipartBody, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
+import { backedUp, blobCount, eventsOf, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 const MiB = 1024 * 1024;

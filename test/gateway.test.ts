@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { request } from 'undici';
 import { after, before, describe, it } from 'node:test';
+import { request } from 'undici';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 describe('gateway over HTTPS', () => {

@@ -12,7 +12,7 @@ import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/core/config.ts';
 import type { Environment } from '../src/core/principal.ts';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
-import { makeTempDir, startServer, type TestServer } from './helpers/server.ts';
+import { makeTempDir, startServer, type TestResponse, type TestServer } from './helpers/server.ts';
 
 /**
  * Attacks on user access tokens. Each forged token is made with jose or node:crypto; the
@@ -245,7 +245,7 @@ describe('signing keys across restarts', () => {
       const agent = new Agent({ connect: { ca } });
       try {
         const response = await undiciRequest(`${url}${pathname}`, { method: method as 'GET', headers, body: options.json ? JSON.stringify(options.json) : undefined, dispatcher: agent });
-        return { status: response.statusCode, json: (await response.body.json().catch(() => undefined)) as any };
+        return { status: response.statusCode, json: (await response.body.json().catch(() => undefined)) as TestResponse['json'] };
       } finally {
         await agent.close();
       }

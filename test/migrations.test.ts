@@ -38,9 +38,9 @@ describe('migrations', () => {
     try {
       const applied = await Promise.all(starts.map((databases) => migrate(databases.control, [{ service: 'probe', folder }])));
       assert.deepEqual(applied.flat().sort(), ['probe/0001_create.sql', 'probe/0002_first_row.sql', 'probe/0003_second_row.sql']);
-      const rows = await sql<{ n: number }>`select n from migration_probe order by n`.execute(starts[0]!.control);
+      const rows = await sql<{ n: number }>`select n from migration_probe order by n`.execute((starts[0] as Databases).control);
       assert.deepEqual(rows.rows.map((r) => r.n), [1, 2], 'each insert ran once, the second after the first');
-      const again = await migrate(starts[1]!.control, [{ service: 'probe', folder }]);
+      const again = await migrate((starts[1] as Databases).control, [{ service: 'probe', folder }]);
       assert.deepEqual(again, [], 'a later start applies nothing');
     } finally {
       await Promise.all(starts.map((databases) => databases.close()));

@@ -7,8 +7,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
 import { sql } from 'kysely';
-import pino from 'pino';
 import pg from 'pg';
+import pino from 'pino';
 import { Registry } from 'prom-client';
 import { lockSubject, OutboxBus, type OutboxConsumerOptions } from '../src/adapters/bus/outbox.ts';
 import type { Db } from '../src/adapters/db/pg.ts';
@@ -34,7 +34,10 @@ describe('notifications over Socket.IO', () => {
   let boss: User;
   let other: Awaited<ReturnType<typeof createTenant>>;
   const open: Inbox[] = [];
-  const track = (inbox: Inbox) => (open.push(inbox), inbox);
+  const track = (inbox: Inbox) => {
+    open.push(inbox);
+    return inbox;
+  };
 
   async function register(email: string, key = server.keys.test.application_key): Promise<User> {
     const response = await server.request('POST', '/v1/auth/register', { basic: key, json: { email, password: PASSWORD, name: email } });
@@ -388,7 +391,10 @@ describe('notifications over Socket.IO', () => {
     await kept.waitFor((e) => e.payload.file.name === 'after-the-pruned-one.txt', 'the replay');
 
     // A zero-hour retention prunes whatever every consumer (backup included) has passed.
-    await until(async () => (await server.app.bus.prune(0), (await server.app.bus.readSince('test', since, 1)) === null), 'the prune');
+    await until(async () => {
+      await server.app.bus.prune(0);
+      return (await server.app.bus.readSince('test', since, 1)) === null;
+    }, 'the prune');
     const late = track(connect(server));
     await connected(late.socket);
     assert.deepEqual(await emitWithAck(late.socket, 'User_connect', { token: alice.access_token, since }), { ok: false, code: 'replay_unavailable' });

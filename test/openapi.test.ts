@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { exampleOf, firstDifference, resourceIdVariable, toPostmanCollection } from '../scripts/postman-collection.ts';
 import { generateDocs, OPENAPI_FILE, POSTMAN_FILE } from '../scripts/postman.ts';
+import { exampleOf, firstDifference, resourceIdVariable, toPostmanCollection } from '../scripts/postman-collection.ts';
 import { README_FILE, withCurrentTable } from '../scripts/readme-config.ts';
 import { configTable } from '../src/core/config.ts';
 

@@ -36,7 +36,7 @@ const workerFile = path.join(path.dirname(fileURLToPath(import.meta.url)), 'load
 
 export async function startLoad(options: { ca: string }): Promise<LoadGenerator> {
   const worker = new Worker(workerFile, { workerData: { ca: options.ca } });
-  const waiting = new Map<number, { resolve: (value: any) => void; reject: (error: Error) => void }>();
+  const waiting = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
   let nextId = 0;
   worker.on('message', (message: { id: number; ok: boolean; value?: unknown; error?: string }) => {
     const pending = waiting.get(message.id);
@@ -51,7 +51,7 @@ export async function startLoad(options: { ca: string }): Promise<LoadGenerator>
   const call = <T>(op: string, args?: unknown) =>
     new Promise<T>((resolve, reject) => {
       const id = nextId++;
-      waiting.set(id, { resolve, reject });
+      waiting.set(id, { resolve: (value) => resolve(value as T), reject });
       worker.postMessage({ id, op, args });
     });
   return {

@@ -46,7 +46,7 @@ function banner(started: StartedApp, config: Config): string {
   if (started.httpPort !== undefined) lines.push(`  Plain HTTP port ${started.httpPort} answers 403 https_required`);
   lines.push(`  Data: ${config.dataDir}${config.databaseUrl ? ' (PostgreSQL from DATABASE_URL)' : ' (embedded PostgreSQL)'}`);
   if (started.generatedOperatorToken) {
-    lines.push('', 'Operator token (shown once; saved 0600 in ' + path.join(started.secretsDir, 'operator-token') + '):', `  ${started.generatedOperatorToken}`);
+    lines.push('', `Operator token (shown once; saved 0600 in ${path.join(started.secretsDir, 'operator-token')}):`, `  ${started.generatedOperatorToken}`);
   }
   const tenant = started.createdDefaultTenant;
   if (tenant) {

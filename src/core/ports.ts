@@ -1,5 +1,5 @@
-import type { Environment } from './principal.ts';
 import type { BusEvent, NewEvent } from './events.ts';
+import type { Environment } from './principal.ts';
 
 /**
  * Ports: the interfaces services depend on. Each has drivers in src/adapters/<port>/,

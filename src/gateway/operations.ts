@@ -41,7 +41,15 @@ export function registerOperations(app: FastifyInstance, deps: { metrics: Regist
         [...deps.checks].map(async ([name, check]) => {
           let timedOut = false;
           try {
-            await Promise.race([check(), new Promise((_, reject) => setTimeout(() => ((timedOut = true), reject(new Error('timed out'))), 2000).unref())]);
+            await Promise.race([
+              check(),
+              new Promise((_, reject) =>
+                setTimeout(() => {
+                  timedOut = true;
+                  reject(new Error('timed out'));
+                }, 2000).unref(),
+              ),
+            ]);
             dependencies[name] = { status: 'ok' };
           } catch (error) {
             // The cause (addresses, driver messages) goes to the log, never to the client.

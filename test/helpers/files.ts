@@ -94,7 +94,7 @@ export async function streamUpload(
     headers: Record<string, string | number>;
     write: (request: import('node:http').ClientRequest) => Promise<void>;
   },
-): Promise<{ status: number; json: any; headers: import('node:http').IncomingHttpHeaders }> {
+): Promise<{ status: number; json: TestResponse['json']; headers: import('node:http').IncomingHttpHeaders }> {
   const https = await import('node:https');
   const url = new URL(options.path, server.url);
   return new Promise((resolve, reject) => {

@@ -2,7 +2,6 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
-import type { Environment } from '../../core/principal.ts';
 import {
   type BatchEventHandler,
   type ConsumerOptions,
@@ -13,6 +12,7 @@ import {
   type EventHandler,
   PoisonEventError,
 } from '../../core/ports.ts';
+import type { Environment } from '../../core/principal.ts';
 import { type Databases, type Db, ENVIRONMENTS, type Tx } from '../db/pg.ts';
 
 /**

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
 import type { Logger } from 'pino';
-import type { MailMessage, Mailer } from '../../core/ports.ts';
+import type { Mailer, MailMessage } from '../../core/ports.ts';
 
 /**
  * The embedded mail driver: each mail becomes an RFC 5322 `.eml` file under the given

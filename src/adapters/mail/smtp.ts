@@ -1,6 +1,6 @@
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
-import type { MailMessage, Mailer } from '../../core/ports.ts';
+import type { Mailer, MailMessage } from '../../core/ports.ts';
 
 /**
  * Mail through an SMTP server (`SMTP_URL`, e.g. `smtps://user:pass@host:465` or

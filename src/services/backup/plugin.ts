@@ -1,10 +1,10 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Gauge, Histogram, type Registry } from 'prom-client';
+import type { MigrationSet } from '../../adapters/db/pg.ts';
 import { type Databases, ENVIRONMENTS } from '../../adapters/db/pg.ts';
 import type { EventBus } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
-import type { MigrationSet } from '../../adapters/db/pg.ts';
 import type { RoutesPlugin } from '../../gateway/server.ts';
 import { BACKUP_CONSUMER, type BackupDeps, BackupService } from './domain/backup.service.ts';
 import { backupRoutes } from './http/backup.routes.ts';

@@ -9,8 +9,8 @@ import { controlMigrations, environmentMigrations } from '../../app.ts';
 import type { Config } from '../../core/config.ts';
 import type { Environment } from '../../core/principal.ts';
 import { FilesService } from '../files/domain/files.service.ts';
-import { createBackupService } from './plugin.ts';
 import type { BackupService } from './domain/backup.service.ts';
+import { createBackupService } from './plugin.ts';
 
 /**
  * The backup service outside the all-in-one app: `bantu serve backup` (the worker alone,

@@ -8,7 +8,7 @@ import type { RoutesPlugin } from '../../gateway/server.ts';
 import { ApiKeysService } from './domain/api-keys.service.ts';
 import { AuditLog } from './domain/audit.ts';
 import { AuthService } from './domain/auth.service.ts';
-import { DEFAULT_LOGIN_LIMITS, LoginThrottle } from './domain/login-throttle.ts';
+import { type DEFAULT_LOGIN_LIMITS, LoginThrottle } from './domain/login-throttle.ts';
 import { PasswordHasher } from './domain/passwords.ts';
 import { UserRevocations } from './domain/revocations.ts';
 import { SecretBox } from './domain/secret-box.ts';

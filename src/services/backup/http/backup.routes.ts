@@ -3,8 +3,8 @@ import { AppError, Errors, fail } from '../../../core/errors.ts';
 import { principalOf } from '../../../gateway/auth.ts';
 // The same HTTP download rules as GET /v1/files/{id}/content (Range, If-None-Match, filename).
 import { contentDisposition, noneMatch, parseRange } from '../../files/http/download.ts';
-import type { BackupPrincipal, BackupService, RetentionPolicy as Policy } from '../domain/backup.service.ts';
 import { FileObject } from '../../files/http/files.schemas.ts';
+import type { BackupPrincipal, BackupService, RetentionPolicy as Policy } from '../domain/backup.service.ts';
 import { BackupStatus, FileIdParams, RetentionPolicy, VersionPage, VersionParams, VersionsQuery } from './backup.schemas.ts';
 
 const READERS = ['account_key', 'application_key', 'user'] as const;

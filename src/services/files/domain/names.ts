@@ -7,8 +7,9 @@ import { AppError, Errors } from '../../../core/errors.ts';
 export const MAX_NAME_BYTES = 255;
 export const MAX_PATH_BYTES = 1024;
 
-// C0 controls (NUL included), DEL and C1 controls: invisible, and unsafe in headers and shells.
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+// C0 controls (NUL included), DEL and C1 controls (U+0000-001F, U+007F-009F, Unicode's Cc):
+// invisible, and unsafe in headers and shells.
+const CONTROL = /\p{Cc}/u;
 
 function invalid(field: string, message: string): AppError {
   return new AppError(Errors.validationFailed, `${field} ${message}`, { errors: [{ field, message }] });
@@ -50,6 +51,7 @@ export function normalizePath(raw: string | undefined, field = 'path'): string {
 }
 
 /** Content types are echoed in a response header: keep only a well-formed `type/subtype; params`. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: deliberate, a quoted parameter value must not carry C0 controls into the header
 const MEDIA_TYPE = /^[a-z0-9!#$&^_.+-]{1,127}\/[a-z0-9!#$&^_.+-]{1,127}(\s*;\s*[a-z0-9!#$&^_.+-]+=("[^"\u0000-\u001f\\]*"|[a-z0-9!#$&^_.+-]+))*$/i;
 
 export function normalizeContentType(raw: string | undefined): string {

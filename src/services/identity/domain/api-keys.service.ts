@@ -5,8 +5,8 @@ import { newId } from '../../../core/ids.ts';
 import { pageOf } from '../../../core/pagination.ts';
 import type { Environment, Principal } from '../../../core/principal.ts';
 import * as keysRepo from '../repo/api-keys.repo.ts';
-import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 import { displayPrefix, generateKey, hashKey, type KeyKind, parseKey } from './api-keys.ts';
+import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 
 /** A key as lists show it: never the secret, only its display prefix. */
 export interface KeyInfo {

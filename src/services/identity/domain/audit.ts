@@ -1,8 +1,8 @@
 import type { Databases, Tx } from '../../../adapters/db/pg.ts';
 import { withTenant } from '../../../adapters/db/pg.ts';
 import { newId } from '../../../core/ids.ts';
-import { actorOf, type Environment, type Principal } from '../../../core/principal.ts';
 import { pageOf } from '../../../core/pagination.ts';
+import { actorOf, type Environment, type Principal } from '../../../core/principal.ts';
 import * as auditRepo from '../repo/audit.repo.ts';
 
 /**

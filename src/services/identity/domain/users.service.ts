@@ -133,7 +133,7 @@ export class UsersService {
   private async assertAdmin(trx: Tx, principal: TenantBound): Promise<void> {
     if (principal.kind !== 'user') return;
     const self = principal.role === 'admin' ? await usersRepo.findUser(trx, principal.tenantId, principal.userId) : null;
-    if (!self || self.role !== 'admin') fail(Errors.forbidden, 'Only admins may manage users');
+    if (self?.role !== 'admin') fail(Errors.forbidden, 'Only admins may manage users');
   }
 
   async list(principal: TenantBound, limit: number, before?: string): Promise<{ data: User[]; next_cursor: string | null }> {
@@ -176,7 +176,7 @@ export class UsersService {
       if (principal.kind === 'user' && principal.userId !== id) {
         // A plain user asking for someone else learns nothing, not even that the id exists.
         const self = principal.role === 'admin' ? await usersRepo.findUser(trx, principal.tenantId, principal.userId) : null;
-        if (!self || self.role !== 'admin') throw notFound();
+        if (self?.role !== 'admin') throw notFound();
       }
       const row = await usersRepo.findUser(trx, principal.tenantId, id);
       if (!row) throw notFound();
@@ -187,7 +187,7 @@ export class UsersService {
   private async assertManages(trx: Tx, principal: TenantBound, id: string): Promise<void> {
     if (principal.kind !== 'user') return;
     const self = principal.role === 'admin' ? await usersRepo.findUser(trx, principal.tenantId, principal.userId) : null;
-    if (!self || self.role !== 'admin') {
+    if (self?.role !== 'admin') {
       if (principal.userId === id) fail(Errors.forbidden, 'Use /v1/users/me to change your own account');
       throw notFound();
     }

@@ -17,8 +17,8 @@ import {
   roomOf,
   type Subscription,
   subscriptionFor,
-  toNotification,
   tokenExpiry,
+  toNotification,
   userRoom,
 } from '../domain/notifications.ts';
 
