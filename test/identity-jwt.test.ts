@@ -3,7 +3,7 @@ import { createHmac, createPrivateKey, generateKeyPairSync, type KeyObject, rand
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { base64url, decodeJwt, decodeProtectedHeader, SignJWT } from 'jose';
+import { base64url, createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, SignJWT } from 'jose';
 import { sql } from 'kysely';
 import pino from 'pino';
 import { Agent, request as undiciRequest } from 'undici';
@@ -104,6 +104,21 @@ describe('user access tokens (JWT) under attack', () => {
     assert.equal(response.json.code, 'unauthorized', why);
     assert.ok(response.headers['www-authenticate'], why);
   };
+
+  it('issues tokens that a third party verifies with jose against the published JWKS', async () => {
+    const login = await server.request('POST', '/v1/auth/login', { basic: server.keys.test.application_key, json: { email: 'mallory@example.com', password: PASSWORD } });
+    assert.equal(login.status, 200, login.text);
+    const jwks = createLocalJWKSet((await server.request('GET', '/.well-known/jwks.json')).json);
+    for (const token of [session.access_token, login.json.access_token as string]) {
+      const { payload, protectedHeader } = await jwtVerify(token, jwks, { algorithms: ['EdDSA'], issuer, audience: 'bantu', typ: 'at+jwt', requiredClaims: ['exp', 'iat', 'sub', 'jti'] });
+      assert.deepEqual(protectedHeader, { alg: 'EdDSA', kid: signingKeys.test.kid, typ: 'at+jwt' });
+      assert.equal(payload.sub, session.user.id);
+      assert.equal(payload.env, 'test');
+      assert.equal(payload.role, 'user');
+      assert.equal((payload.exp as number) - (payload.iat as number), 900);
+    }
+    assert.notEqual(decodeJwt(login.json.access_token).sid, decodeJwt(session.access_token).sid, 'a login opens a session of its own');
+  });
 
   it('refuses alg none', async () => {
     const valid = await forge();

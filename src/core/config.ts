@@ -38,7 +38,7 @@ export const EnvSchema = Type.Object({
   BANTU_BACKUP_MAX_ATTEMPTS: positiveInt('Tries of a file event that can never be copied (bytes missing or not matching their checksum) before the backup sets it aside as a dead letter; store and database failures are retried until they pass', 5),
   BANTU_BACKUP_SWEEP_MINUTES: positiveInt('How often the backup enforces retention and removes unreferenced backup blobs', 60),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
-  DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one')),
+  DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one. Through PgBouncer in transaction mode, set its `max_prepared_statements` (hot paths use prepared statements)')),
   NATS_URL: Type.Optional(url('NATS JetStream (distributed mode)')),
   REDIS_URL: Type.Optional(url('Redis (distributed mode)')),
   SMTP_URL: Type.Optional(url('SMTP server for mail; without it mail is written as .eml files')),
