@@ -24,7 +24,7 @@ import { type LoadGenerator, startLoad } from './lib/http-load.ts';
  */
 // About 3 s per side at ~80 logins/s: shorter measurements swung the ratio by ±0.1 between rounds.
 const LOGINS = Number(process.env.BENCH_LOGINS ?? 240);
-const LOGIN_CONCURRENCY = 4;
+const LOGIN_CONCURRENCY = Number(process.env.BENCH_LOGIN_CONCURRENCY ?? 4);
 const ME_REQUESTS = Number(process.env.BENCH_ME_REQUESTS ?? 20_000);
 const ME_CONCURRENCY = 32;
 const PASSWORD = 'benchmark password 1';
