@@ -58,7 +58,7 @@ export class AuthService {
   /** Opens a new session (or continues `familyId`) for the user inside `trx`. */
   async issue(trx: Tx, user: usersRepo.UserRow, environment: Environment, familyId = newId('ses')): Promise<AuthResult> {
     const session = this.newRefreshToken(user, familyId);
-    await sessionsRepo.refreshTokenInsert(session.row).execute(trx);
+    await sessionsRepo.insertRefreshToken(trx, session.row);
     return this.result(user, environment, familyId, session.token);
   }
 
