@@ -5,7 +5,7 @@
 #   docker run -p 8443:8443 -v bantu-data:/var/lib/bantu bantu
 #
 # Embedded mode by default (one process, embedded PostgreSQL under /var/lib/bantu); set
-# DATABASE_URL (and later NATS_URL, REDIS_URL) for external services: see compose.yaml.
+# DATABASE_URL and REDIS_URL (and later NATS_URL) for external services: see compose.yaml.
 FROM node:20-bookworm-slim
 
 ENV NODE_ENV=production \

@@ -11,6 +11,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { DiskBlobStore } from './adapters/blob/disk.ts';
 import { OutboxBus } from './adapters/bus/outbox.ts';
 import { MemoryCounterStore } from './adapters/cache/memory.ts';
+import { RedisCounterStore } from './adapters/cache/redis.ts';
 import { type EmbeddedDatabase, startEmbeddedPostgres } from './adapters/db/embedded.ts';
 import { type Databases, ENVIRONMENTS, type MigrationSet, migrate, openDatabases } from './adapters/db/pg.ts';
 import { dataPath, lockDataDir, readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
@@ -137,11 +138,14 @@ export function createApp(config: Config, logger: Logger): App {
     closers.push(() => mailer.close());
     // Links in mails and the tokens' issuer: BANTU_PUBLIC_URL, else the gateway's own URL once it listens.
     let gatewayUrl = `https://${config.host}:${config.port}`;
+    // Rate-limit counters: in memory for one process, in Redis when several share the limits.
+    const redisCounters = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix }) : undefined;
+    if (redisCounters) closers.push(() => redisCounters.close());
     const identity = createIdentityService({
       databases: dbs,
       secretKey,
       mailer,
-      counters: new MemoryCounterStore(),
+      counters: redisCounters ?? new MemoryCounterStore(),
       publicUrl: () => config.publicUrl ?? gatewayUrl,
       logger,
     });
@@ -161,6 +165,7 @@ export function createApp(config: Config, logger: Logger): App {
       ['database_live', async () => void (await sql`select 1`.execute(dbs.environments.live))],
       ['database_test', async () => void (await sql`select 1`.execute(dbs.environments.test))],
     ]);
+    if (redisCounters) checks.set('redis', () => redisCounters.ping());
 
     // The backup store has its own root (BANTU_BACKUP_DIR, so it can live on another disk), one per environment.
     const backupStores = {

@@ -40,7 +40,13 @@ export const EnvSchema = Type.Object({
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one. Through PgBouncer in transaction mode, set its `max_prepared_statements` (hot paths use prepared statements)')),
   NATS_URL: Type.Optional(url('NATS JetStream (distributed mode)')),
-  REDIS_URL: Type.Optional(url('Redis (distributed mode)')),
+  REDIS_URL: Type.Optional(url('Redis: rate-limit counters (login throttling) shared by every process and kept across restarts; without it they live in memory')),
+  BANTU_REDIS_PREFIX: Type.String({
+    minLength: 1,
+    maxLength: 64,
+    default: 'bantu:',
+    description: 'Prefix of every Redis key Bantu writes: give each installation sharing one Redis its own',
+  }),
   SMTP_URL: Type.Optional(url('SMTP server for mail; without it mail is written as .eml files')),
   BANTU_SOCKET_AUTH_TIMEOUT_MS: positiveInt('A Socket.IO client that has not sent User_connect or Admin_connect by then is disconnected', 10_000),
   BANTU_SOCKET_RECHECK_MS: positiveInt('How often a live subscription re-checks its credential (revoked keys, deleted users end it)', 30_000),
@@ -70,6 +76,7 @@ export interface Config {
   databaseUrl?: string;
   natsUrl?: string;
   redisUrl?: string;
+  redisPrefix: string;
   smtpUrl?: string;
   mailFrom: string;
   socketAuthTimeoutMs: number;
@@ -135,6 +142,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       databaseUrl: e.DATABASE_URL,
       natsUrl: e.NATS_URL,
       redisUrl: e.REDIS_URL,
+      redisPrefix: e.BANTU_REDIS_PREFIX,
       smtpUrl: e.SMTP_URL,
       mailFrom: e.MAIL_FROM,
       socketAuthTimeoutMs: e.BANTU_SOCKET_AUTH_TIMEOUT_MS,

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { counterStoreContract } from './counter-store.contract.ts';
 import { MemoryCounterStore } from './memory.ts';
+
+counterStoreContract('memory', { make: async () => new MemoryCounterStore() });
 
 describe('MemoryCounterStore', () => {
   it('counts within a window and starts again after it', async () => {

@@ -119,6 +119,8 @@ export class AuthService {
     try {
       await throttle.check(account, context.ip);
     } catch (error) {
+      // Only a refusal is a security event; the counter store being down (503) is not.
+      if (!(error instanceof AppError && error.definition === Errors.rateLimited)) throw error;
       await audit.recordAlone(principal.environment, principal.tenantId, { type: 'login_throttled', actor: actorFor(principal), ip: context.ip, detail: { email } });
       throw error;
     }
