@@ -139,7 +139,7 @@ export function createApp(config: Config, logger: Logger): App {
     // Links in mails and the tokens' issuer: BANTU_PUBLIC_URL, else the gateway's own URL once it listens.
     let gatewayUrl = `https://${config.host}:${config.port}`;
     // Rate-limit counters: in memory for one process, in Redis when several share the limits.
-    const redisCounters = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix }) : undefined;
+    const redisCounters = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
     if (redisCounters) closers.push(() => redisCounters.close());
     const identity = createIdentityService({
       databases: dbs,

@@ -29,6 +29,8 @@ export interface LoadRun {
 
 export interface LoadGenerator {
   run(options: LoadRun): Promise<{ elapsedMs: number; bytes: number }>;
+  /** The load thread's OS thread id (Linux; undefined elsewhere), to read its CPU time in /proc. */
+  threadId(): Promise<number | undefined>;
   close(): Promise<void>;
 }
 
@@ -56,6 +58,7 @@ export async function startLoad(options: { ca: string }): Promise<LoadGenerator>
     });
   return {
     run: (run) => call('run', run),
+    threadId: () => call('thread-id'),
     async close() {
       await call('close');
       await worker.terminate();

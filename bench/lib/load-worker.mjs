@@ -2,6 +2,7 @@
 // It runs on its own event loop (its own core), so the client does not steal the server's
 // thread. One undici Pool per origin, kept alive across rounds: each measured round
 // reuses warm TLS connections, as a real client with keep-alive would.
+import fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Pool } from 'undici';
 
@@ -44,6 +45,8 @@ async function run({ origin, path, method = 'GET', headers = {}, body, count, co
 parentPort.on('message', async ({ id, op, args }) => {
   try {
     if (op === 'run') parentPort.postMessage({ id, ok: true, value: await run(args) });
+    // The OS thread id (Linux), so a diagnostic can read this thread's CPU time in /proc.
+    else if (op === 'thread-id') parentPort.postMessage({ id, ok: true, value: fs.existsSync('/proc/thread-self') ? Number(fs.readlinkSync('/proc/thread-self').split('/').pop()) : undefined });
     else if (op === 'close') {
       await Promise.all([...pools.values()].map((pool) => pool.close()));
       pools.clear();

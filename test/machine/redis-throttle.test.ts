@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
+import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { startServer, type TestServer } from '../helpers/server.ts';
@@ -50,10 +51,17 @@ describe('login throttling on Redis', () => {
   let proxy: Awaited<ReturnType<typeof redisProxy>>;
   let a: TestServer;
   let b: TestServer;
+  const logA: string[] = [];
 
   before(async () => {
     proxy = await redisProxy();
-    a = await startServer({ REDIS_URL: proxy.url, BANTU_REDIS_PREFIX: prefix });
+    const destination = new Writable({
+      write(chunk, _encoding, done) {
+        logA.push(String(chunk));
+        done();
+      },
+    });
+    a = await startServer({ REDIS_URL: proxy.url, BANTU_REDIS_PREFIX: prefix, BANTU_LOG_LEVEL: 'info' }, { logDestination: destination });
     b = await startServer({ REDIS_URL: REDIS_URL.toString(), BANTU_REDIS_PREFIX: prefix });
   });
 
@@ -121,5 +129,9 @@ describe('login throttling on Redis', () => {
     assert.equal(ready, 200, 'ready again once Redis answers');
     // The counters outlived the outage: the address is still throttled.
     assert.equal((await login(a, 'someone@example.com')).status, 429);
+    // The operator reads one line when the connection is lost and one when it is back.
+    const messages = logA.map((line) => JSON.parse(line).msg as string);
+    assert.equal(messages.filter((m) => m.startsWith('Redis connection lost')).length, 1);
+    assert.equal(messages.filter((m) => m === 'Redis connection back').length, 1);
   });
 });

@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
 import { AppError, Errors } from '../../core/errors.ts';
 import type { CounterState, CounterStore } from '../../core/ports.ts';
 
@@ -45,9 +46,13 @@ export interface RedisCounterStoreOptions {
   prefix: string;
   /** How long one call may wait for Redis before it fails. Default 2000 ms. */
   commandTimeoutMs?: number;
+  /** Told when the connection is lost and when it is back (once each, not per retry). */
+  logger?: Pick<Logger, 'warn' | 'info'>;
 }
 
 export class RedisCounterStore implements CounterStore {
+  private closing = false;
+
   private constructor(
     private readonly redis: Redis,
     private readonly scripts: CounterScripts,
@@ -68,7 +73,10 @@ export class RedisCounterStore implements CounterStore {
       retryStrategy: (attempt) => Math.min(attempt * 100, 2000),
     });
     // Without a listener, a connection error would be an unhandled 'error' event.
-    redis.on('error', () => {});
+    let lastError = '';
+    redis.on('error', (error: Error) => {
+      lastError = error.message;
+    });
     redis.defineCommand('bantuCounterIncrement', { numberOfKeys: 1, lua: INCREMENT });
     redis.defineCommand('bantuCounterRead', { numberOfKeys: 1, lua: READ, readOnly: true });
     try {
@@ -78,7 +86,20 @@ export class RedisCounterStore implements CounterStore {
       redis.disconnect();
       throw new Error(`REDIS_URL: cannot reach Redis at ${redactedUrl(url)}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     }
-    return new RedisCounterStore(redis, redis as unknown as CounterScripts);
+    const store = new RedisCounterStore(redis, redis as unknown as CounterScripts);
+    // Reconnection attempts stay quiet; losing and regaining the connection are logged once each.
+    let lost = false;
+    redis.on('close', () => {
+      if (lost || store.closing) return;
+      lost = true;
+      options.logger?.warn({ redis: redactedUrl(url), error: lastError || undefined }, 'Redis connection lost: logins answer 503 until it is back');
+    });
+    redis.on('ready', () => {
+      if (!lost) return;
+      lost = false;
+      options.logger?.info({ redis: redactedUrl(url) }, 'Redis connection back');
+    });
+    return store;
   }
 
   async get(key: string): Promise<CounterState> {
@@ -101,6 +122,7 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     try {
       await this.redis.quit();
     } catch {

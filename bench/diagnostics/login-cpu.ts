@@ -1,0 +1,200 @@
+/**
+ * Where a login's CPU goes, next to the bare argon2id verification it is benchmarked against
+ * (identity/login in bench/identity.bench.ts). Linux only: it reads per-thread CPU time from
+ * /proc while the same load as the benchmark runs.
+ *
+ *   node --import tsx bench/diagnostics/login-cpu.ts        # LOGINS=300 CONCURRENCY=4 ROUNDS=3
+ *
+ * For each side it prints milliseconds of CPU per login (per verification) by thread group:
+ * the argon2 threads (libuv's pool), the main thread (HTTPS, Fastify, pg, the login itself),
+ * the load client's thread, V8's helper threads (garbage collection, compilation), the
+ * embedded PostgreSQL, and what the two cores spent elsewhere (idle, or other processes).
+ * The benchmark's ratio is about (bare total) / (login total).
+ *
+ * Then a contention probe: a fixed piece of allocation-heavy JavaScript, timed alone and
+ * while argon2 verifications keep the other core busy. On a machine whose cores share a
+ * memory system that argon2id (19 MiB per verification) saturates, everything a login does
+ * besides argon2 costs that factor more under load than when measured alone.
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { hash, verify } from '@node-rs/argon2';
+import { ARGON2_OPTIONS } from '../../src/services/identity/domain/passwords.ts';
+import { startServer } from '../../test/helpers/server.ts';
+import { runConcurrent } from '../harness.ts';
+import { startLoad } from '../lib/http-load.ts';
+
+const LOGINS = Number(process.env.LOGINS ?? 300);
+const CONCURRENCY = Number(process.env.CONCURRENCY ?? 4);
+const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const PASSWORD = 'benchmark password 1';
+const TICK_MS = 1000 / 100; // USER_HZ: /proc reports CPU time in 1/100 s
+
+if (process.platform !== 'linux') {
+  console.error('login-cpu reads /proc: Linux only');
+  process.exit(2);
+}
+
+/** CPU milliseconds used so far by one thread or process, from its stat line (utime + stime). */
+function cpuMs(statFile: string): number {
+  try {
+    const stat = fs.readFileSync(statFile, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
+  } catch {
+    return 0; // it ended between the listing and the read
+  }
+}
+
+function threadsOf(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) out.set(Number(tid), cpuMs(`/proc/${pid}/task/${tid}/stat`));
+  return out;
+}
+
+/** Every process below `root` (the embedded PostgreSQL runs as our child or grandchild). */
+function descendants(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    } catch {}
+  }
+  const out: number[] = [];
+  const walk = (pid: number) => {
+    for (const child of children.get(pid) ?? []) {
+      out.push(child);
+      walk(child);
+    }
+  };
+  walk(root);
+  return out;
+}
+
+interface Snapshot {
+  at: number;
+  threads: Map<number, number>;
+  children: number;
+}
+
+function snapshot(): Snapshot {
+  // Processes that ended mid-measurement drop out: the PostgreSQL backends live as long as the pool's connections.
+  const children = descendants(process.pid).reduce((sum, pid) => sum + cpuMs(`/proc/${pid}/stat`), 0);
+  return { at: performance.now(), threads: threadsOf(process.pid), children };
+}
+
+interface Split {
+  perSecond: number;
+  groups: Record<'argon2' | 'main' | 'client' | 'v8 helpers' | 'postgres' | 'elsewhere', number>;
+}
+
+/** CPU per operation by group between two snapshots; `pool` are the argon2 threads, `client` the load thread. */
+function split(start: Snapshot, end: Snapshot, operations: number, pool: Set<number>, client: number | undefined): Split {
+  const groups = { argon2: 0, main: 0, client: 0, 'v8 helpers': 0, postgres: 0, elsewhere: 0 };
+  let ours = 0;
+  for (const [tid, after] of end.threads) {
+    const used = after - (start.threads.get(tid) ?? 0);
+    ours += used;
+    const group: keyof typeof groups = tid === process.pid ? 'main' : pool.has(tid) ? 'argon2' : tid === client ? 'client' : 'v8 helpers';
+    groups[group] += used;
+  }
+  groups.postgres = Math.max(0, end.children - start.children);
+  ours += groups.postgres;
+  const elapsed = end.at - start.at;
+  groups.elsewhere = Math.max(0, os.availableParallelism() * elapsed - ours);
+  for (const key of Object.keys(groups) as (keyof typeof groups)[]) groups[key] /= operations;
+  return { perSecond: (operations / elapsed) * 1000, groups };
+}
+
+function show(label: string, result: Split): void {
+  const total = Object.values(result.groups).reduce((a, b) => a + b, 0);
+  const parts = Object.entries(result.groups).map(([name, ms]) => `${name} ${ms.toFixed(2)}`);
+  console.log(`  ${label.padEnd(6)} ${result.perSecond.toFixed(1).padStart(6)}/s  CPU ms per op: ${parts.join(', ')} (all ${total.toFixed(2)})`);
+}
+
+/** Allocation-heavy JavaScript, roughly the kind a request runs: objects, strings, JSON. */
+function jsWork(): number {
+  let size = 0;
+  for (let i = 0; i < 2000; i++) size += JSON.stringify({ id: `usr_${i}`, name: String(i), roles: [i, i + 1], at: new Date(i).toISOString() }).length;
+  return size;
+}
+
+/** How much slower jsWork runs while another process keeps one core busy with argon2id verifications. */
+async function contentionFactor(): Promise<number> {
+  const time = () => {
+    const started = performance.now();
+    for (let i = 0; i < 150; i++) jsWork();
+    return performance.now() - started;
+  };
+  for (let i = 0; i < 3; i++) time();
+  const alone = Math.min(time(), time(), time());
+  // A separate process, so its verifications go on while this thread is busy.
+  const busy = spawn(
+    process.execPath,
+    ['-e', `const a = require('@node-rs/argon2'); (async () => { const h = await a.hash('x', ${JSON.stringify(ARGON2_OPTIONS)}); process.stdout.write('ready\\n'); for (;;) await a.verify(h, 'x'); })();`],
+    { cwd: path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..'), stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  try {
+    await once(busy.stdout, 'data');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    return Math.min(time(), time(), time()) / alone;
+  } finally {
+    busy.kill();
+  }
+}
+
+const bantu = await startServer({ BANTU_LOG_LEVEL: 'silent' });
+const load = await startLoad({ ca: bantu.ca });
+try {
+  const appKey = bantu.keys.test.application_key;
+  const registered = await bantu.request('POST', '/v1/auth/register', { basic: appKey, json: { email: 'bench@example.com', password: PASSWORD, name: 'Bench' } });
+  if (registered.status !== 201) throw new Error(`register: ${registered.status} ${registered.text}`);
+  const passwordHash = await hash(PASSWORD, ARGON2_OPTIONS);
+  const clientTid = await load.threadId();
+  const logins = () =>
+    load.run({
+      origin: bantu.url,
+      path: '/v1/auth/login',
+      method: 'POST',
+      headers: { authorization: `Bearer ${appKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ email: 'bench@example.com', password: PASSWORD }),
+      count: LOGINS,
+      concurrency: CONCURRENCY,
+    });
+  const verifications = () =>
+    runConcurrent(LOGINS, CONCURRENCY, async () => {
+      if (!(await verify(passwordHash, PASSWORD))) throw new Error('verify failed');
+    });
+
+  // Warm-up; the threads that work during bare verifications are libuv's pool (argon2).
+  await logins();
+  const before = snapshot();
+  await verifications();
+  const after = snapshot();
+  const pool = new Set([...after.threads].filter(([tid, ms]) => tid !== process.pid && ms - (before.threads.get(tid) ?? 0) > LOGINS).map(([tid]) => tid));
+
+  console.log(`identity/login CPU split: ${LOGINS} per measurement, ${CONCURRENCY} in flight, ${os.availableParallelism()} cores`);
+  for (let round = 1; round <= ROUNDS; round++) {
+    console.log(`round ${round}/${ROUNDS}`);
+    let start = snapshot();
+    await logins();
+    const login = split(start, snapshot(), LOGINS, pool, clientTid);
+    start = snapshot();
+    await verifications();
+    const bare = split(start, snapshot(), LOGINS, pool, clientTid);
+    show('login', login);
+    show('bare', bare);
+    console.log(`  ratio ${(login.perSecond / bare.perSecond).toFixed(3)}`);
+  }
+  console.log(`contention: allocation-heavy JavaScript runs ${(await contentionFactor()).toFixed(2)}x slower while argon2 runs on another core`);
+} finally {
+  await load.close();
+  await bantu.close();
+}
