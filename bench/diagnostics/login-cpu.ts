@@ -3,7 +3,7 @@
  * (identity/login in bench/identity.bench.ts). Linux only: it reads per-thread CPU time from
  * /proc while the same load as the benchmark runs.
  *
- *   node --import tsx bench/diagnostics/login-cpu.ts        # LOGINS=300 CONCURRENCY=4 ROUNDS=3
+ *   node --import tsx bench/diagnostics/login-cpu.ts     # LOGINS=300 CONCURRENCY=4 ROUNDS=3 WARMUP=1
  *
  * For each side it prints milliseconds of CPU per login (per verification) by thread group:
  * the argon2 threads (libuv's pool), the main thread (HTTPS, Fastify, pg, the login itself),
@@ -11,17 +11,11 @@
  * embedded PostgreSQL, and what the two cores spent elsewhere (idle, or other processes).
  * The benchmark's ratio is about (bare total) / (login total).
  *
- * Then a contention probe: a fixed piece of allocation-heavy JavaScript, timed alone and
- * while argon2 verifications keep the other core busy. On a machine whose cores share a
- * memory system that argon2id (19 MiB per verification) saturates, everything a login does
- * besides argon2 costs that factor more under load than when measured alone.
+ * The load is the benchmark's: the worker-thread HTTPS client (bench/lib/http-load.ts) and
+ * the same number in flight. WARMUP (default 1) measurements of logins run first, unreported.
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { hash, verify } from '@node-rs/argon2';
 import { ARGON2_OPTIONS } from '../../src/services/identity/domain/passwords.ts';
 import { startServer } from '../../test/helpers/server.ts';
@@ -81,13 +75,19 @@ function descendants(root: number): number[] {
 interface Snapshot {
   at: number;
   threads: Map<number, number>;
-  children: number;
+  processes: Map<number, number>;
 }
 
 function snapshot(): Snapshot {
-  // Processes that ended mid-measurement drop out: the PostgreSQL backends live as long as the pool's connections.
-  const children = descendants(process.pid).reduce((sum, pid) => sum + cpuMs(`/proc/${pid}/stat`), 0);
-  return { at: performance.now(), threads: threadsOf(process.pid), children };
+  const processes = new Map(descendants(process.pid).map((pid) => [pid, cpuMs(`/proc/${pid}/stat`)]));
+  return { at: performance.now(), threads: threadsOf(process.pid), processes };
+}
+
+/** CPU used between two snapshots by the given ids (a process that ended in between is missing its last moments). */
+function used(start: Map<number, number>, end: Map<number, number>, ids: Iterable<number>): number {
+  let sum = 0;
+  for (const id of ids) sum += (end.get(id) ?? 0) - (start.get(id) ?? 0);
+  return Math.max(0, sum);
 }
 
 interface Split {
@@ -99,13 +99,13 @@ interface Split {
 function split(start: Snapshot, end: Snapshot, operations: number, pool: Set<number>, client: number | undefined): Split {
   const groups = { argon2: 0, main: 0, client: 0, 'v8 helpers': 0, postgres: 0, elsewhere: 0 };
   let ours = 0;
-  for (const [tid, after] of end.threads) {
-    const used = after - (start.threads.get(tid) ?? 0);
-    ours += used;
+  for (const tid of end.threads.keys()) {
+    const ms = used(start.threads, end.threads, [tid]);
+    ours += ms;
     const group: keyof typeof groups = tid === process.pid ? 'main' : pool.has(tid) ? 'argon2' : tid === client ? 'client' : 'v8 helpers';
-    groups[group] += used;
+    groups[group] += ms;
   }
-  groups.postgres = Math.max(0, end.children - start.children);
+  groups.postgres = used(start.processes, end.processes, end.processes.keys());
   ours += groups.postgres;
   const elapsed = end.at - start.at;
   groups.elsewhere = Math.max(0, os.availableParallelism() * elapsed - ours);
@@ -117,37 +117,6 @@ function show(label: string, result: Split): void {
   const total = Object.values(result.groups).reduce((a, b) => a + b, 0);
   const parts = Object.entries(result.groups).map(([name, ms]) => `${name} ${ms.toFixed(2)}`);
   console.log(`  ${label.padEnd(6)} ${result.perSecond.toFixed(1).padStart(6)}/s  CPU ms per op: ${parts.join(', ')} (all ${total.toFixed(2)})`);
-}
-
-/** Allocation-heavy JavaScript, roughly the kind a request runs: objects, strings, JSON. */
-function jsWork(): number {
-  let size = 0;
-  for (let i = 0; i < 2000; i++) size += JSON.stringify({ id: `usr_${i}`, name: String(i), roles: [i, i + 1], at: new Date(i).toISOString() }).length;
-  return size;
-}
-
-/** How much slower jsWork runs while another process keeps one core busy with argon2id verifications. */
-async function contentionFactor(): Promise<number> {
-  const time = () => {
-    const started = performance.now();
-    for (let i = 0; i < 150; i++) jsWork();
-    return performance.now() - started;
-  };
-  for (let i = 0; i < 3; i++) time();
-  const alone = Math.min(time(), time(), time());
-  // A separate process, so its verifications go on while this thread is busy.
-  const busy = spawn(
-    process.execPath,
-    ['-e', `const a = require('@node-rs/argon2'); (async () => { const h = await a.hash('x', ${JSON.stringify(ARGON2_OPTIONS)}); process.stdout.write('ready\\n'); for (;;) await a.verify(h, 'x'); })();`],
-    { cwd: path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..'), stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  try {
-    await once(busy.stdout, 'data');
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    return Math.min(time(), time(), time()) / alone;
-  } finally {
-    busy.kill();
-  }
 }
 
 const bantu = await startServer({ BANTU_LOG_LEVEL: 'silent' });
@@ -174,7 +143,7 @@ try {
     });
 
   // Warm-up; the threads that work during bare verifications are libuv's pool (argon2).
-  await logins();
+  for (let i = 0; i < Number(process.env.WARMUP ?? 1); i++) await logins();
   const before = snapshot();
   await verifications();
   const after = snapshot();
@@ -193,7 +162,6 @@ try {
     show('bare', bare);
     console.log(`  ratio ${(login.perSecond / bare.perSecond).toFixed(3)}`);
   }
-  console.log(`contention: allocation-heavy JavaScript runs ${(await contentionFactor()).toFixed(2)}x slower while argon2 runs on another core`);
 } finally {
   await load.close();
   await bantu.close();
