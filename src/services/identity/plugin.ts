@@ -18,7 +18,7 @@ import { UserCache } from './domain/user-cache.ts';
 import { UsersService } from './domain/users.service.ts';
 import type { UserPrincipal } from './domain/users.ts';
 import { authRoutes } from './http/auth.routes.ts';
-import { jwksRoutes, keysRoutes } from './http/keys.routes.ts';
+import { jwksRoutes, keysRoutes, signingKeysRoutes } from './http/keys.routes.ts';
 import { tenantsRoutes } from './http/tenants.routes.ts';
 import { usersRoutes } from './http/users.routes.ts';
 
@@ -108,7 +108,7 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     auth,
     audit,
     verifiers: [{ verify: (credential) => apiKeys.verify(credential) }, userTokens],
-    routes: [tenantsRoutes(tenants), keysRoutes(apiKeys), authRoutes(auth), usersRoutes(users, audit)],
+    routes: [tenantsRoutes(tenants), keysRoutes(apiKeys), signingKeysRoutes(tokens), authRoutes(auth), usersRoutes(users, audit)],
     rootRoutes: [jwksRoutes(tokens)],
     start: () => tokens.start(),
   };

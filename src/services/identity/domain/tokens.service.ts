@@ -25,6 +25,12 @@ const ALGORITHM = 'EdDSA';
 /** An unknown kid reloads the key set (another process may have rotated), at most this often. */
 const RELOAD_MIN_MS = 5_000;
 /**
+ * Key sets older than this are re-read in the background (the call in hand uses the current
+ * one): a rotation made by another process reaches this one, and a retired key leaves the
+ * set and the JWKS once the tokens it signed have expired.
+ */
+const KEYSET_MAX_AGE_MS = 60_000;
+/**
  * Verified tokens are remembered until they expire: a client sends the same token for
  * minutes, and a signature check costs far more than the rest of a small request.
  * Bounded; when full it is emptied (the next requests simply verify again).
@@ -47,6 +53,18 @@ interface VerificationKey {
   jwk: JWK;
 }
 
+/** A signing key as the operator sees it (never its private part). */
+export interface SigningKeyInfo {
+  kid: string;
+  environment: Environment;
+  algorithm: string;
+  status: 'active' | 'retired';
+  created_at: string;
+  retired_at: string | null;
+  /** Retired keys: when the last token they signed expires and they leave the JWKS. */
+  verifies_until: string | null;
+}
+
 interface KeySet {
   /** `header` is the encoded JWS header of every token this key signs, made once. */
   signer: { kid: string; privateKey: KeyObject; header: string };
@@ -63,6 +81,8 @@ const purposeOf = (environment: Environment, kid: string) => `signing-key:${envi
 export class TokenService {
   private readonly sets = new Map<Environment, KeySet>();
   private readonly reloading = new Map<Environment, Promise<void>>();
+  /** When a background refresh was last tried, so a database that is down is not asked on every call. */
+  private readonly refreshTriedAt = new Map<Environment, number>();
   private readonly verified = new Map<string, { claims: AccessClaims; expiresAtMs: number; kid: string }>();
 
   constructor(
@@ -90,6 +110,31 @@ export class TokenService {
     }
   }
 
+  /**
+   * The keys of each environment that still verify tokens: the active one (the signer) and
+   * those retired less than one token lifetime ago, read from the database (so this process
+   * also sees rotations made elsewhere). Newest first within each environment.
+   */
+  async listKeys(): Promise<SigningKeyInfo[]> {
+    const lifetimeMs = (ACCESS_TOKEN_SECONDS + CLOCK_SKEW_SECONDS) * 1000;
+    const out: SigningKeyInfo[] = [];
+    for (const environment of ENVIRONMENTS) {
+      const rows = await keysRepo.listUsableSigningKeys(this.deps.databases.environments[environment], new Date(this.now() - lifetimeMs));
+      for (const row of rows) {
+        out.push({
+          kid: row.kid,
+          environment,
+          algorithm: row.algorithm,
+          status: row.retired_at ? 'retired' : 'active',
+          created_at: row.created_at.toISOString(),
+          retired_at: row.retired_at?.toISOString() ?? null,
+          verifies_until: row.retired_at ? new Date(row.retired_at.getTime() + lifetimeMs).toISOString() : null,
+        });
+      }
+    }
+    return out;
+  }
+
   /** Makes a new signing key for the environment; tokens signed by the old one stay valid until they expire. */
   async rotate(environment: Environment): Promise<string> {
     const key = this.newKey(environment);
@@ -98,6 +143,8 @@ export class TokenService {
       await keysRepo.retireActiveSigningKey(trx);
       await keysRepo.insertSigningKey(trx, key);
     });
+    // A background read started before the commit must not land after this one with the old set.
+    await this.reloading.get(environment)?.catch(() => undefined);
     await this.load(environment);
     return key.kid;
   }
@@ -149,6 +196,7 @@ export class TokenService {
    * the argon2 verifications of concurrent logins. Verification stays with jose.
    */
   sign(claims: Omit<AccessClaims, 'issuedAt'>): { token: string; expiresIn: number } {
+    this.refreshIfStale(claims.environment);
     const { signer } = this.set(claims.environment);
     const now = Math.floor(this.now() / 1000);
     const payload = base64url({
@@ -194,6 +242,7 @@ export class TokenService {
       return null;
     }
     if (typeof kid !== 'string' || typeof environment !== 'string' || !isEnvironment(environment)) return null;
+    this.refreshIfStale(environment);
     const key = await this.keyFor(environment, kid);
     if (!key) return null;
     try {
@@ -223,21 +272,37 @@ export class TokenService {
     let found = this.set(environment).verification.get(kid);
     if (!found && this.now() - this.set(environment).loadedAt > RELOAD_MIN_MS) {
       // Another process may have rotated: look once, shared by concurrent callers.
-      let reload = this.reloading.get(environment);
-      if (!reload) {
-        reload = this.load(environment).finally(() => this.reloading.delete(environment));
-        this.reloading.set(environment, reload);
-      }
-      await reload.catch(() => undefined);
+      await this.reload(environment).catch(() => undefined);
       found = this.set(environment).verification.get(kid);
     }
     return found?.publicKey ?? null;
+  }
+
+  /** Re-reads the environment's key set; concurrent callers share one read. */
+  private reload(environment: Environment): Promise<void> {
+    let reload = this.reloading.get(environment);
+    if (!reload) {
+      reload = this.load(environment).finally(() => this.reloading.delete(environment));
+      this.reloading.set(environment, reload);
+    }
+    return reload;
+  }
+
+  /** Starts a background re-read when the set is older than KEYSET_MAX_AGE_MS (at most one try per RELOAD_MIN_MS). */
+  private refreshIfStale(environment: Environment): void {
+    const set = this.sets.get(environment);
+    const now = this.now();
+    if (!set || now - set.loadedAt < KEYSET_MAX_AGE_MS || now - (this.refreshTriedAt.get(environment) ?? 0) < RELOAD_MIN_MS) return;
+    this.refreshTriedAt.set(environment, now);
+    // A failed read keeps the current set; the next try comes after RELOAD_MIN_MS.
+    this.reload(environment).catch(() => undefined);
   }
 
   /** The public keys of both environments, for GET /.well-known/jwks.json. */
   jwks(): { keys: JWK[] } {
     const keys: JWK[] = [];
     for (const environment of ENVIRONMENTS) {
+      this.refreshIfStale(environment);
       for (const key of this.sets.get(environment)?.verification.values() ?? []) keys.push(key.jwk);
     }
     return { keys };

@@ -95,3 +95,22 @@ export const AuditEvent = Type.Object({
 });
 
 export const Jwks = Type.Object({ keys: Type.Array(Type.Record(Type.String(), Type.Unknown())) });
+
+const EnvironmentName = Type.Union([Type.Literal('live'), Type.Literal('test')]);
+
+export const SigningKey = Type.Object({
+  kid: Type.String(),
+  environment: EnvironmentName,
+  algorithm: Type.String({ description: 'EdDSA (Ed25519)' }),
+  status: Type.Union([Type.Literal('active'), Type.Literal('retired')], { description: 'active: signs new tokens; retired: only verifies the tokens it signed' }),
+  created_at: Type.String({ format: 'date-time' }),
+  retired_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  verifies_until: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], { description: 'retired keys: when the last token they signed expires and they leave the JWKS' }),
+});
+
+export const SigningKeyList = Type.Object({ data: Type.Array(SigningKey), next_cursor: Type.Null() });
+
+export const RotateSigningKeysBody = Type.Object(
+  { environment: Type.Optional(EnvironmentName) },
+  { additionalProperties: false, description: 'Without `environment`, both environments get a new key.' },
+);

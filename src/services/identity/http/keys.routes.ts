@@ -1,11 +1,12 @@
 import type { Static } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { ENVIRONMENTS } from '../../../adapters/db/pg.ts';
 import { decodeCursor, ListQuery, Page } from '../../../core/pagination.ts';
 import type { Principal } from '../../../core/principal.ts';
 import { principalOf } from '../../../gateway/auth.ts';
 import type { ApiKeysService } from '../domain/api-keys.service.ts';
 import type { TokenService } from '../domain/tokens.service.ts';
-import { CreatedKey, CreateKeyBody, IdParams, Jwks, KeyInfo } from './identity.schemas.ts';
+import { CreatedKey, CreateKeyBody, IdParams, Jwks, KeyInfo, RotateSigningKeysBody, SigningKeyList } from './identity.schemas.ts';
 
 type AccountPrincipal = Extract<Principal, { kind: 'account_key' }>;
 const tags = ['keys'];
@@ -74,6 +75,59 @@ export function jwksRoutes(tokens: TokenService) {
         // Short: a client that meets an unknown kid after a rotation should not wait long.
         reply.header('cache-control', 'public, max-age=60');
         return tokens.jwks();
+      },
+    );
+  };
+}
+
+/** The JWT signing keys, for the platform operator: what is published, and rotation. */
+export function signingKeysRoutes(tokens: TokenService) {
+  return async (app: FastifyInstance) => {
+    const tags = ['signing keys'];
+    app.get(
+      '/signing-keys',
+      {
+        config: { auth: ['operator'] },
+        schema: {
+          tags,
+          summary: 'JWT signing keys that still verify tokens, per environment (operator token)',
+          description: 'Never the private keys. One `active` key per environment signs new access tokens; `retired` ones verify the tokens they signed until `verifies_until`.',
+          response: { 200: SigningKeyList },
+        },
+      },
+      async () => ({ data: await tokens.listKeys(), next_cursor: null }),
+    );
+
+    app.post(
+      '/signing-keys/rotate',
+      {
+        config: { auth: ['operator'] },
+        schema: {
+          tags,
+          summary: 'Rotate the JWT signing key of one or both environments (operator token)',
+          description:
+            'A new key signs every access token from now on. Tokens signed by the previous key keep working until they expire (15 minutes), ' +
+            'and the previous key stays at /.well-known/jwks.json until then. Other processes of the installation follow within a minute. ' +
+            'Answers the new keys.',
+          body: RotateSigningKeysBody,
+          response: { 201: SigningKeyList },
+        },
+        // No body at all means "both environments", like an empty object.
+        preValidation: async (request) => {
+          request.body ??= {};
+        },
+      },
+      async (request, reply) => {
+        const { environment } = request.body as Static<typeof RotateSigningKeysBody>;
+        const rotated = environment ? [environment] : [...ENVIRONMENTS];
+        const kids = new Set<string>();
+        for (const env of rotated) {
+          const kid = await tokens.rotate(env);
+          kids.add(kid);
+          request.log.info({ environment: env, kid }, 'JWT signing key rotated');
+        }
+        const keys = (await tokens.listKeys()).filter((key) => kids.has(key.kid));
+        return reply.code(201).send({ data: keys, next_cursor: null });
       },
     );
   };
