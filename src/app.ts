@@ -90,6 +90,10 @@ export function createApp(config: Config, logger: Logger): App {
     const secretsDir = dataPath(config.dataDir, 'secrets');
     // Before anything starts: an unusable configured certificate fails the start at once.
     const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
+    // Rate-limit counters: in memory for one process, in Redis when several share the limits.
+    // Also before anything starts: a Redis that cannot be reached fails the start at once.
+    const redisCounters = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
+    if (redisCounters) closers.push(() => redisCounters.close());
 
     let baseUrl = config.databaseUrl;
     if (!baseUrl) {
@@ -138,9 +142,6 @@ export function createApp(config: Config, logger: Logger): App {
     closers.push(() => mailer.close());
     // Links in mails and the tokens' issuer: BANTU_PUBLIC_URL, else the gateway's own URL once it listens.
     let gatewayUrl = `https://${config.host}:${config.port}`;
-    // Rate-limit counters: in memory for one process, in Redis when several share the limits.
-    const redisCounters = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
-    if (redisCounters) closers.push(() => redisCounters.close());
     const identity = createIdentityService({
       databases: dbs,
       secretKey,

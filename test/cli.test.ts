@@ -225,6 +225,16 @@ describe('bantu CLI', () => {
     }
   });
 
+  it('refuses an unreachable REDIS_URL plainly before starting anything, without showing its password', async () => {
+    const dir = await makeTempDir();
+    const bad = runCli(['start'], { BANTU_DATA_DIR: dir, BANTU_PORT: '0', REDIS_URL: 'redis://:s3cret@127.0.0.1:1' });
+    assert.equal((await bad.exited).code, 1);
+    assert.match(bad.stderr(), /Bantu cannot start: REDIS_URL: cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1 \(connect ECONNREFUSED/);
+    assert.doesNotMatch(bad.stderr() + bad.stdout(), /s3cret/);
+    assert.doesNotMatch(bad.stderr(), /\n\s+at /, 'no stack trace');
+    assert.ok(!fs.existsSync(path.join(dir, 'postgres')), 'nothing was started');
+  });
+
   // PostgreSQL refuses to run as root, so as root the embedded server runs as "postgres".
   // CI runs as root, so this runs there; as a normal user there is nothing to check.
   it('as root, explains plainly when the postgres user cannot reach the data dir', { skip: isRoot ? false : 'only meaningful as root' }, async () => {

@@ -4,6 +4,7 @@ import { parseEnv } from 'node:util';
 import cliProgress from 'cli-progress';
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
+import { RedisUnreachableError } from '../adapters/cache/redis.ts';
 import { EmbeddedPostgresError, stopEmbeddedPostgresNow } from '../adapters/db/embedded.ts';
 import { DataDirLockedError } from '../adapters/local/data-dir.ts';
 import { createApp, type StartedApp, VERSION } from '../app.ts';
@@ -92,7 +93,7 @@ async function start(): Promise<void> {
     process.stdout.write(banner(started, config));
   } catch (error) {
     await app.close().catch(() => undefined);
-    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError || error instanceof TlsConfigError) {
+    if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError || error instanceof TlsConfigError || error instanceof RedisUnreachableError) {
       process.stderr.write(`Bantu cannot start: ${error.message}\n`);
       process.exit(1);
     }

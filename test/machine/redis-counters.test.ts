@@ -60,7 +60,7 @@ describe('RedisCounterStore', () => {
 
   it('refuses to start when Redis cannot be reached, naming REDIS_URL without its password', async () => {
     await assert.rejects(RedisCounterStore.connect('redis://:s3cret@127.0.0.1:1', { prefix: 'x:', commandTimeoutMs: 500 }), (error: Error) => {
-      assert.match(error.message, /^REDIS_URL: cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1/);
+      assert.match(error.message, /^REDIS_URL: cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1 \(connect ECONNREFUSED 127\.0\.0\.1:1\)$/);
       assert.doesNotMatch(error.message, /s3cret/);
       return true;
     });

@@ -39,6 +39,14 @@ interface CounterScripts {
   bantuCounterRead(key: string): Promise<[number, number]>;
 }
 
+/** Redis did not answer at start: the CLI says so in one line and exits. */
+export class RedisUnreachableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RedisUnreachableError';
+  }
+}
+
 /** Replies that mean "this Redis cannot serve right now" rather than "this command is wrong". */
 const UNAVAILABLE_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN)\b/;
 
@@ -84,7 +92,8 @@ export class RedisCounterStore implements CounterStore {
       await redis.ping();
     } catch (error) {
       redis.disconnect();
-      throw new Error(`REDIS_URL: cannot reach Redis at ${redactedUrl(url)}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      // The socket's own error (ECONNREFUSED, ENOTFOUND, NOAUTH...) says more than ioredis's "Connection is closed".
+      throw new RedisUnreachableError(`REDIS_URL: cannot reach Redis at ${redactedUrl(url)} (${lastError || (error instanceof Error ? error.message : String(error))})`);
     }
     const store = new RedisCounterStore(redis, redis as unknown as CounterScripts);
     // Reconnection attempts stay quiet; losing and regaining the connection are logged once each.
