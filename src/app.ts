@@ -151,6 +151,7 @@ export function createApp(config: Config, logger: Logger): App {
       logger,
     });
     await identity.start();
+    closers.push(async () => identity.close());
     identityService = identity;
 
     let createdDefaultTenant: CreatedTenant | undefined;

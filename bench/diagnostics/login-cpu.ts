@@ -147,7 +147,9 @@ try {
   const before = snapshot();
   await verifications();
   const after = snapshot();
-  const pool = new Set([...after.threads].filter(([tid, ms]) => tid !== process.pid && ms - (before.threads.get(tid) ?? 0) > LOGINS).map(([tid]) => tid));
+  const bareUse = [...after.threads.keys()].filter((tid) => tid !== process.pid).map((tid) => [tid, used(before.threads, after.threads, [tid])] as const);
+  const busiest = Math.max(...bareUse.map(([, ms]) => ms));
+  const pool = new Set(bareUse.filter(([, ms]) => ms >= busiest / 4).map(([tid]) => tid));
 
   console.log(`identity/login CPU split: ${LOGINS} per measurement, ${CONCURRENCY} in flight, ${os.availableParallelism()} cores`);
   for (let round = 1; round <= ROUNDS; round++) {

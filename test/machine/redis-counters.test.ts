@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import net from 'node:net';
 import { after, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { counterStoreContract } from '../../src/adapters/cache/counter-store.contract.ts';
@@ -60,10 +63,49 @@ describe('RedisCounterStore', () => {
 
   it('refuses to start when Redis cannot be reached, naming REDIS_URL without its password', async () => {
     await assert.rejects(RedisCounterStore.connect('redis://:s3cret@127.0.0.1:1', { prefix: 'x:', commandTimeoutMs: 500 }), (error: Error) => {
-      assert.match(error.message, /^REDIS_URL: cannot reach Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:1 \(connect ECONNREFUSED 127\.0\.0\.1:1\)$/);
+      assert.match(error.message, /^REDIS_URL: cannot reach Redis at redis:\/\/\*\*\*@127\.0\.0\.1:1 \(connect ECONNREFUSED 127\.0\.0\.1:1\)$/);
       assert.doesNotMatch(error.message, /s3cret/);
       return true;
     });
+  });
+
+  it('never shows a password given in the query string', async () => {
+    await assert.rejects(RedisCounterStore.connect('redis://127.0.0.1:1/0?password=s3cret', { prefix: 'x:', commandTimeoutMs: 500 }), (error: Error) => {
+      assert.match(error.message, /^REDIS_URL: cannot reach Redis at redis:\/\/127\.0\.0\.1:1\/0 \(/);
+      assert.doesNotMatch(error.message, /s3cret|password/);
+      return true;
+    });
+  });
+
+  it('a Redis that answers but cannot write (out of memory) is "unavailable" (503), not a bug (500)', async () => {
+    // A private redis-server that refuses every write: the machine's one is shared with other tests.
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as net.AddressInfo;
+        probe.close(() => resolve(port));
+      });
+    });
+    const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--maxmemory', '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      for (let ready = false; !ready; ) {
+        const [chunk] = (await once(server.stdout, 'data')) as [Buffer];
+        ready = /Ready to accept connections/.test(chunk.toString());
+      }
+      const store = await RedisCounterStore.connect(`redis://127.0.0.1:${port}`, { prefix: 'oom:' });
+      try {
+        await assert.rejects(store.increment('k', 1000), (error: unknown) => {
+          assert.ok(error instanceof AppError, String(error));
+          assert.equal(error.code, 'service_unavailable');
+          assert.match(String((error.cause as Error).message), /^OOM/);
+          return true;
+        });
+      } finally {
+        await store.close();
+      }
+    } finally {
+      server.kill();
+      await once(server, 'exit');
+    }
   });
 
   it('a key of the wrong type is a bug (the reply error), not "Redis is down"', async () => {

@@ -11,7 +11,7 @@ import type { CounterState, CounterStore } from '../../core/ports.ts';
  * increment and the expiry, whatever the number of processes.
  *
  * Every key starts with `prefix` (BANTU_REDIS_PREFIX), so one Redis can serve several
- * installations. When Redis does not answer, calls fail within `commandTimeoutMs` with a
+ * installations. When Redis cannot serve, calls fail within `commandTimeoutMs` with a
  * 503 `service_unavailable` (Retry-After 5) rather than queueing: logins answer at once
  * and /readyz reports Redis down, instead of requests piling up behind a dead connection.
  * Failing closed is deliberate: without its counters, throttling cannot stop a password
@@ -47,8 +47,12 @@ export class RedisUnreachableError extends Error {
   }
 }
 
-/** Replies that mean "this Redis cannot serve right now" rather than "this command is wrong". */
-const UNAVAILABLE_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN)\b/;
+/**
+ * Replies that mean "this command is wrong" (a bug here, such as a key of another type under
+ * our prefix). Every other failure, replies included (OOM, MISCONF, LOADING, READONLY,
+ * NOAUTH...), means this Redis cannot serve right now.
+ */
+const BUG_REPLY = /^(WRONGTYPE|ERR (Error running script|user_script|wrong number of arguments|unknown command))/;
 
 export interface RedisCounterStoreOptions {
   prefix: string;
@@ -78,6 +82,9 @@ export class RedisCounterStore implements CounterStore {
       // the background, at most every 2 s.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
+      // A command cut off by a lost connection has already failed its caller (503): sending
+      // it again after the reconnection could count a hit twice.
+      autoResendUnfulfilledCommands: false,
       retryStrategy: (attempt) => Math.min(attempt * 100, 2000),
     });
     // Without a listener, a connection error would be an unhandled 'error' event.
@@ -143,10 +150,10 @@ export class RedisCounterStore implements CounterStore {
     try {
       return await command();
     } catch (error) {
-      // A reply error is Redis refusing this command (a bug here, such as a key of the wrong
-      // type): it stays a 500 with its cause logged. Anything else is Redis out of reach.
-      if (error instanceof Error && error.name === 'ReplyError' && !UNAVAILABLE_REPLY.test(error.message)) throw error;
-      throw new AppError(Errors.unavailable, 'A service this request needs (Redis) is not answering. Try again shortly.', {
+      // A bug stays a 500 with its cause logged; anything else is Redis unable to serve.
+      // The client learns nothing of what is behind the gateway (the cause goes to the log).
+      if (error instanceof Error && error.name === 'ReplyError' && BUG_REPLY.test(error.message)) throw error;
+      throw new AppError(Errors.unavailable, 'A service this request needs is not answering. Try again shortly.', {
         headers: { 'Retry-After': '5' },
         cause: error,
       });
@@ -154,12 +161,15 @@ export class RedisCounterStore implements CounterStore {
   }
 }
 
-/** The URL without its password, for messages and logs. */
+/**
+ * Where Redis is, for messages and logs: scheme, host, port and database only. Credentials
+ * can hide in the user info and in the query (`?password=`), so neither is shown.
+ */
 function redactedUrl(url: string): string {
   try {
     const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
+    const credentials = parsed.username || parsed.password ? '***@' : '';
+    return `${parsed.protocol}//${credentials}${parsed.host}${parsed.pathname === '/' ? '' : parsed.pathname}`;
   } catch {
     return 'REDIS_URL';
   }

@@ -57,6 +57,8 @@ export interface IdentityService {
   rootRoutes: RoutesPlugin[];
   /** Loads (or on first start makes) the signing keys; before the gateway serves. */
   start(): Promise<void>;
+  /** Stops the background work (the key sets' periodic re-read). */
+  close(): void;
 }
 
 export function createIdentityService(deps: IdentityDeps): IdentityService {
@@ -111,5 +113,6 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     routes: [tenantsRoutes(tenants), keysRoutes(apiKeys), signingKeysRoutes(tokens), authRoutes(auth), usersRoutes(users, audit)],
     rootRoutes: [jwksRoutes(tokens)],
     start: () => tokens.start(),
+    close: () => tokens.stop(),
   };
 }

@@ -207,7 +207,15 @@ export class AuthService {
   async forgot(principal: KeyPrincipal, input: { email: string }, context: RequestContext): Promise<void> {
     const email = normaliseEmail(input.email);
     const limitKey = `forgot:${principal.environment}:${principal.tenantId}:${email.toLowerCase()}`;
-    const state = await this.deps.counters.increment(limitKey, FORGOT_LIMIT.windowMs);
+    let state: { count: number };
+    try {
+      state = await this.deps.counters.increment(limitKey, FORGOT_LIMIT.windowMs);
+    } catch (error) {
+      // The answer is 202 whatever happens (it must not tell known addresses apart). Without
+      // the counter no mail goes out: unlimited mails would make a mail bomb of an outage.
+      this.deps.logger.warn({ err: error }, 'password reset mail not sent: the rate-limit counters are unavailable');
+      return;
+    }
     if (state.count > FORGOT_LIMIT.max) return; // a mail bomb stops here, silently
     const token = newOpaqueToken('prt');
     const user = await withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
@@ -259,7 +267,10 @@ export class AuthService {
     });
     if (!user) throw new AppError(Errors.invalidToken, 'The reset token is invalid, used or expired');
     this.deps.cache.forget(principal.environment, principal.tenantId, user.id);
-    // Whoever proved control of the mailbox may log in again at once.
-    await this.deps.throttle.succeeded(`${principal.environment}:${principal.tenantId}:${user.email.toLowerCase()}`);
+    // Whoever proved control of the mailbox may log in again at once. The reset itself has
+    // committed: if the counters cannot be cleared now, the answer is still a success.
+    await this.deps.throttle.succeeded(`${principal.environment}:${principal.tenantId}:${user.email.toLowerCase()}`).catch((error: unknown) => {
+      this.deps.logger.warn({ err: error, user_id: user.id }, 'password reset: failed logins of the account could not be forgiven (rate-limit counters unavailable)');
+    });
   }
 }

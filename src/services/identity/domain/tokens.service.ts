@@ -15,7 +15,7 @@ import type { SecretBox } from './secret-box.ts';
  * Private keys are stored sealed (AES-256-GCM) under the instance secret.
  *
  * Rotation makes a new key the signer; the old one keeps verifying for one token lifetime
- * (plus clock skew), then drops out of the set and of the JWKS.
+ * (plus clock skew and one refresh interval), then drops out of the set and of the JWKS.
  */
 export const ACCESS_TOKEN_SECONDS = 15 * 60;
 export const AUDIENCE = 'bantu';
@@ -25,11 +25,16 @@ const ALGORITHM = 'EdDSA';
 /** An unknown kid reloads the key set (another process may have rotated), at most this often. */
 const RELOAD_MIN_MS = 5_000;
 /**
- * Key sets older than this are re-read in the background (the call in hand uses the current
- * one): a rotation made by another process reaches this one, and a retired key leaves the
- * set and the JWKS once the tokens it signed have expired.
+ * Every process re-reads its key sets this often, in the background: a rotation made by
+ * another process reaches it, and a retired key leaves its set and the JWKS once the tokens
+ * it signed have expired.
  */
-const KEYSET_MAX_AGE_MS = 60_000;
+const KEYSET_REFRESH_MS = 60_000;
+/**
+ * How long a retired key keeps verifying: a token lifetime and the clock skew, plus one
+ * refresh interval, because a process that has not yet seen the rotation still signs with it.
+ */
+const RETIRED_KEY_VERIFIES_MS = (ACCESS_TOKEN_SECONDS + CLOCK_SKEW_SECONDS) * 1000 + KEYSET_REFRESH_MS;
 /**
  * Verified tokens are remembered until they expire: a client sends the same token for
  * minutes, and a signature check costs far more than the rest of a small request.
@@ -81,8 +86,7 @@ const purposeOf = (environment: Environment, kid: string) => `signing-key:${envi
 export class TokenService {
   private readonly sets = new Map<Environment, KeySet>();
   private readonly reloading = new Map<Environment, Promise<void>>();
-  /** When a background refresh was last tried, so a database that is down is not asked on every call. */
-  private readonly refreshTriedAt = new Map<Environment, number>();
+  private refreshTimer: NodeJS.Timeout | undefined;
   private readonly verified = new Map<string, { claims: AccessClaims; expiresAtMs: number; kid: string }>();
 
   constructor(
@@ -92,6 +96,8 @@ export class TokenService {
       /** The `iss` claim: the public base URL, known once the gateway listens. */
       issuer: () => string;
       now?: () => number;
+      /** How often the key sets are re-read (default one minute; tests make it short). */
+      refreshEveryMs?: number;
     },
   ) {}
 
@@ -108,6 +114,15 @@ export class TokenService {
       });
       await this.load(environment);
     }
+    // A failed re-read (database away) keeps the current set until the next one.
+    this.refreshTimer = setInterval(() => {
+      for (const environment of ENVIRONMENTS) this.reload(environment).catch(() => undefined);
+    }, this.deps.refreshEveryMs ?? KEYSET_REFRESH_MS);
+    this.refreshTimer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.refreshTimer);
   }
 
   /**
@@ -116,10 +131,9 @@ export class TokenService {
    * also sees rotations made elsewhere). Newest first within each environment.
    */
   async listKeys(): Promise<SigningKeyInfo[]> {
-    const lifetimeMs = (ACCESS_TOKEN_SECONDS + CLOCK_SKEW_SECONDS) * 1000;
     const out: SigningKeyInfo[] = [];
     for (const environment of ENVIRONMENTS) {
-      const rows = await keysRepo.listUsableSigningKeys(this.deps.databases.environments[environment], new Date(this.now() - lifetimeMs));
+      const rows = await keysRepo.listUsableSigningKeys(this.deps.databases.environments[environment], new Date(this.now() - RETIRED_KEY_VERIFIES_MS));
       for (const row of rows) {
         out.push({
           kid: row.kid,
@@ -128,7 +142,7 @@ export class TokenService {
           status: row.retired_at ? 'retired' : 'active',
           created_at: row.created_at.toISOString(),
           retired_at: row.retired_at?.toISOString() ?? null,
-          verifies_until: row.retired_at ? new Date(row.retired_at.getTime() + lifetimeMs).toISOString() : null,
+          verifies_until: row.retired_at ? new Date(row.retired_at.getTime() + RETIRED_KEY_VERIFIES_MS).toISOString() : null,
         });
       }
     }
@@ -162,7 +176,7 @@ export class TokenService {
   }
 
   private async load(environment: Environment): Promise<void> {
-    const retiredAfter = new Date(this.now() - (ACCESS_TOKEN_SECONDS + CLOCK_SKEW_SECONDS) * 1000);
+    const retiredAfter = new Date(this.now() - RETIRED_KEY_VERIFIES_MS);
     const rows = await keysRepo.listUsableSigningKeys(this.deps.databases.environments[environment], retiredAfter);
     const active = rows.find((row) => row.retired_at === null);
     if (!active) throw new Error(`no active signing key in the ${environment} database`);
@@ -196,7 +210,6 @@ export class TokenService {
    * the argon2 verifications of concurrent logins. Verification stays with jose.
    */
   sign(claims: Omit<AccessClaims, 'issuedAt'>): { token: string; expiresIn: number } {
-    this.refreshIfStale(claims.environment);
     const { signer } = this.set(claims.environment);
     const now = Math.floor(this.now() / 1000);
     const payload = base64url({
@@ -242,7 +255,6 @@ export class TokenService {
       return null;
     }
     if (typeof kid !== 'string' || typeof environment !== 'string' || !isEnvironment(environment)) return null;
-    this.refreshIfStale(environment);
     const key = await this.keyFor(environment, kid);
     if (!key) return null;
     try {
@@ -288,21 +300,10 @@ export class TokenService {
     return reload;
   }
 
-  /** Starts a background re-read when the set is older than KEYSET_MAX_AGE_MS (at most one try per RELOAD_MIN_MS). */
-  private refreshIfStale(environment: Environment): void {
-    const set = this.sets.get(environment);
-    const now = this.now();
-    if (!set || now - set.loadedAt < KEYSET_MAX_AGE_MS || now - (this.refreshTriedAt.get(environment) ?? 0) < RELOAD_MIN_MS) return;
-    this.refreshTriedAt.set(environment, now);
-    // A failed read keeps the current set; the next try comes after RELOAD_MIN_MS.
-    this.reload(environment).catch(() => undefined);
-  }
-
   /** The public keys of both environments, for GET /.well-known/jwks.json. */
   jwks(): { keys: JWK[] } {
     const keys: JWK[] = [];
     for (const environment of ENVIRONMENTS) {
-      this.refreshIfStale(environment);
       for (const key of this.sets.get(environment)?.verification.values() ?? []) keys.push(key.jwk);
     }
     return { keys };

@@ -112,5 +112,5 @@ export const SigningKeyList = Type.Object({ data: Type.Array(SigningKey), next_c
 
 export const RotateSigningKeysBody = Type.Object(
   { environment: Type.Optional(EnvironmentName) },
-  { additionalProperties: false, description: 'Without `environment`, both environments get a new key.' },
+  { additionalProperties: false, description: 'Without `environment` (`{}`), both environments get a new key.' },
 );

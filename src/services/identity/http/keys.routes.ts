@@ -108,13 +108,13 @@ export function signingKeysRoutes(tokens: TokenService) {
           description:
             'A new key signs every access token from now on. Tokens signed by the previous key keep working until they expire (15 minutes), ' +
             'and the previous key stays at /.well-known/jwks.json until then. Other processes of the installation follow within a minute. ' +
-            'Answers the new keys.',
+            'Send `{}` (or no body) to rotate both environments. Answers the new keys.',
           body: RotateSigningKeysBody,
           response: { 201: SigningKeyList },
         },
-        // No body at all means "both environments", like an empty object.
+        // A request without any body counts as `{}` (both environments); `null` stays invalid.
         preValidation: async (request) => {
-          request.body ??= {};
+          if (request.body === undefined) request.body = {};
         },
       },
       async (request, reply) => {
