@@ -5,6 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { SMTPServer } from 'smtp-server';
+import { decodeQuotedPrintable, resetTokenIn, waitForMails } from './helpers/mail.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /** The user's whole life over real HTTPS: register to password reset, by mail file and by SMTP. */
@@ -19,27 +20,6 @@ async function register(server: TestServer, email: string, password = PASSWORD, 
 async function login(server: TestServer, email: string, password: string, key = server.keys.test.application_key) {
   return server.request('POST', '/v1/auth/login', { basic: key, json: { email, password } });
 }
-
-/** Waits (bounded) until the mail folder holds `count` files; returns their names, oldest first. */
-async function waitForMails(dataDir: string, count: number): Promise<string[]> {
-  const folder = path.join(dataDir, 'mail');
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const files = (await fs.readdir(folder).catch(() => [] as string[])).filter((f) => f.endsWith('.eml')).sort();
-    if (files.length >= count) return files.map((f) => path.join(folder, f));
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`expected ${count} mail(s) in ${folder}`);
-}
-
-/** The text of a quoted-printable mail body, as a mail client would show it. */
-const decodeQuotedPrintable = (mail: string) =>
-  mail.replace(/=\r?\n/g, '').replace(/=([0-9A-F]{2})/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)));
-
-const resetTokenIn = (mail: string) => {
-  const match = /prt_[A-Za-z0-9_-]{43}/.exec(decodeQuotedPrintable(mail));
-  assert.ok(match, 'the mail carries a reset token');
-  return match[0];
-};
 
 describe('identity flow over HTTPS (mail as .eml files)', () => {
   let server: TestServer;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { resetTokenIn, waitForMails } from './helpers/mail.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /**
@@ -156,14 +156,8 @@ describe('isolation between users, tenants and environments', () => {
 
     // A reset token mailed for tenant 1 test works only there.
     await server.request('POST', '/v1/auth/password/forgot', { basic: t1.test.application_key, json: { email: 'b@example.com' } });
-    let mail = '';
-    for (let i = 0; i < 200 && !mail; i++) {
-      const files = await fs.readdir(path.join(server.dataDir, 'mail')).catch(() => [] as string[]);
-      if (files.some((f) => f.endsWith('.eml'))) mail = await fs.readFile(path.join(server.dataDir, 'mail', files.find((f) => f.endsWith('.eml')) as string), 'utf8');
-      else await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    const token = /prt_[A-Za-z0-9_-]{43}/.exec(mail)?.[0];
-    assert.ok(token);
+    const [mailFile] = await waitForMails(server.dataDir, 1);
+    const token = resetTokenIn(await fs.readFile(mailFile as string, 'utf8'));
     for (const key of [t2.test.application_key, t1.live.application_key]) {
       const reset = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'hijacked password' } });
       assert.equal(reset.status, 400);

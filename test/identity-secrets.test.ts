@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
-import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import type { Db } from '../src/adapters/db/pg.ts';
+import { resetTokenIn, waitForMails } from './helpers/mail.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /**
@@ -66,15 +66,8 @@ describe('secrets at rest and in logs', () => {
     secrets.createdKey = key.json.key;
 
     assert.equal((await server.request('POST', '/v1/auth/password/forgot', { basic: appKey, json: { email: 'kim@example.com' } })).status, 202);
-    const folder = path.join(server.dataDir, 'mail');
-    let mail = '';
-    for (let attempt = 0; attempt < 200 && !mail; attempt++) {
-      const files = (await fs.readdir(folder).catch(() => [] as string[])).filter((f) => f.endsWith('.eml'));
-      if (files[0]) mail = await fs.readFile(path.join(folder, files[0]), 'utf8');
-      else await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    const resetToken = /prt_[A-Za-z0-9_-]{43}/.exec(mail.replace(/=\r?\n/g, ''))?.[0];
-    assert.ok(resetToken, 'the reset mail carries a token');
+    const [mailFile] = await waitForMails(server.dataDir, 1);
+    const resetToken = resetTokenIn(await fs.readFile(mailFile as string, 'utf8'));
     secrets.resetToken = resetToken;
     assert.equal((await server.request('POST', '/v1/auth/password/reset', { basic: appKey, json: { token: resetToken, password: NEW_PASSWORD } })).status, 204);
 

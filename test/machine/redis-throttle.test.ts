@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
+import { resetTokenIn, waitForMails } from '../helpers/mail.ts';
 import { startServer, type TestServer } from '../helpers/server.ts';
 
 /**
@@ -103,6 +104,16 @@ describe('login throttling on Redis', () => {
     }
   });
 
+  /** Polls /readyz (bounded) until it answers 200, as it does once ioredis has reconnected; returns the last status. */
+  const readinessOnceRedisAnswers = async (server: TestServer) => {
+    let status = 0;
+    for (let i = 0; i < 50 && status !== 200; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      status = (await server.request('GET', '/readyz')).status;
+    }
+    return status;
+  };
+
   const mailsOf = async (server: TestServer) => (await fs.readdir(path.join(server.dataDir, 'mail')).catch(() => [] as string[])).filter((f) => f.endsWith('.eml'));
 
   it('password recovery through an outage: forgot still answers 202 (sending nothing), a reset that committed answers 204', async () => {
@@ -110,15 +121,8 @@ describe('login throttling on Redis', () => {
     const registered = await a.request('POST', '/v1/auth/register', { basic: key, json: { email: 'reset-me@example.com', password: 'first password 1', name: 'Reset Me' } });
     assert.equal(registered.status, 201);
     assert.equal((await a.request('POST', '/v1/auth/password/forgot', { basic: key, json: { email: 'reset-me@example.com' } })).status, 202);
-    let mails: string[] = [];
-    for (let i = 0; i < 100 && mails.length === 0; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      mails = await mailsOf(a);
-    }
-    assert.equal(mails.length, 1);
-    const mail = await fs.readFile(path.join(a.dataDir, 'mail', mails[0] as string), 'utf8');
-    const token = /prt_[A-Za-z0-9_-]{43}/.exec(mail.replace(/=\r?\n/g, ''))?.[0];
-    assert.ok(token);
+    const [mail] = await waitForMails(a.dataDir, 1);
+    const token = resetTokenIn(await fs.readFile(mail as string, 'utf8'));
 
     await proxy.cut();
     try {
@@ -131,11 +135,7 @@ describe('login throttling on Redis', () => {
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.equal((await mailsOf(a)).length, 1, 'no mail went out without its rate limit');
-    let ready = 0;
-    for (let i = 0; i < 50 && ready !== 200; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      ready = (await a.request('GET', '/readyz')).status;
-    }
+    const ready = await readinessOnceRedisAnswers(a);
     assert.equal(ready, 200);
   });
 
@@ -159,11 +159,7 @@ describe('login throttling on Redis', () => {
     assert.equal(await throttledEvents(), throttledBefore, 'an outage is not recorded as a throttled login');
 
     await proxy.restore();
-    let ready = 0;
-    for (let i = 0; i < 50 && ready !== 200; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      ready = (await a.request('GET', '/readyz')).status;
-    }
+    const ready = await readinessOnceRedisAnswers(a);
     assert.equal(ready, 200, 'ready again once Redis answers');
     // The counters outlived the outage: the address is still throttled.
     assert.equal((await login(a, 'someone@example.com')).status, 429);

@@ -27,7 +27,6 @@ export function auditEventInsert(event: NewAuditEvent) {
             ${event.ip}, ${JSON.stringify(event.detail)}::jsonb)`;
 }
 
-
 export async function listAuditEvents(trx: Tx, tenantId: string, limit: number, before?: string): Promise<AuditRow[]> {
   const result = await sql<AuditRow>`
     select id, type, actor, ip, detail, created_at from identity.audit_event

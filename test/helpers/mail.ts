@@ -1,0 +1,27 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+
+/** Mail written by the default driver: `.eml` files under `<data dir>/mail/`. */
+
+/** Waits (bounded) until the mail folder holds `count` files; returns their paths, oldest first. */
+export async function waitForMails(dataDir: string, count: number): Promise<string[]> {
+  const folder = path.join(dataDir, 'mail');
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const files = (await fs.readdir(folder).catch(() => [] as string[])).filter((f) => f.endsWith('.eml')).sort();
+    if (files.length >= count) return files.map((f) => path.join(folder, f));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`expected ${count} mail(s) in ${folder}`);
+}
+
+/** The text of a quoted-printable mail body, as a mail client would show it. */
+export const decodeQuotedPrintable = (mail: string) =>
+  mail.replace(/=\r?\n/g, '').replace(/=([0-9A-F]{2})/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)));
+
+/** The password reset token a mail carries (fails the test when there is none). */
+export function resetTokenIn(mail: string): string {
+  const match = /prt_[A-Za-z0-9_-]{43}/.exec(decodeQuotedPrintable(mail));
+  assert.ok(match, 'the mail carries a reset token');
+  return match[0];
+}
