@@ -73,6 +73,7 @@ export const Errors = {
   methodNotAllowed: defineError('method_not_allowed', 405, 'Method not allowed'),
   validationFailed: defineError('validation_failed', 422, 'The request is not valid'),
   badRequest: defineError('bad_request', 400, 'Bad request'),
+  malformedBody: defineError('malformed_body', 400, 'The request body is malformed'),
   emailTaken: defineError('email_taken', 409, 'This email is already registered'),
   invalidCredentials: defineError('invalid_credentials', 401, 'Wrong email or password'),
   invalidToken: defineError('invalid_token', 400, 'The token is invalid, used or expired'),

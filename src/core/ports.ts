@@ -157,6 +157,17 @@ export interface StoredBlob {
   size: number;
 }
 
+/**
+ * Bytes written and durable, but not yet under their key: `commit` makes them a blob (as
+ * `put` would have), `discard` removes them. For uploads whose request can still fail after
+ * the content ended (a multipart body cut short after its file part): then nothing is kept,
+ * and no blob that another upload may share is ever deleted. Exactly one of the two is called.
+ */
+export interface StagedBlob extends StoredBlob {
+  commit(): Promise<StoredBlob>;
+  discard(): Promise<void>;
+}
+
 /** An inclusive byte range, as HTTP Range speaks it: `{start: 0, end: 99}` is the first 100 bytes. */
 export interface ByteRange {
   start: number;
@@ -181,11 +192,15 @@ export class BlobTooLargeError extends Error {
  * - Blobs are content-addressed (`key` is the SHA-256 in hex; a driver maps it to its own
  *   object names), so a blob never changes once written, and equal bytes are stored once.
  * - `get` of a missing key rejects with an error whose `code` is `ENOENT`; `stat` answers null.
+ * - A staged blob is invisible (`get`, `stat`, `list`) until committed; discarded, it leaves
+ *   nothing behind.
  * - `put` refreshes `modifiedAt` even when the bytes were already there, so a sweep that only
  *   deletes unreferenced blobs older than a grace period never races an upload in flight.
  */
 export interface BlobStore {
   put(source: AsyncIterable<Uint8Array>, options?: { maxBytes?: number }): Promise<StoredBlob>;
+  /** Like `put`, but what it wrote becomes visible only on `commit`. */
+  stage(source: AsyncIterable<Uint8Array>, options?: { maxBytes?: number }): Promise<StagedBlob>;
   get(key: string, range?: ByteRange): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
   stat(key: string): Promise<BlobInfo | null>;
   delete(key: string): Promise<void>;

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { Errors } from '../core/errors.ts';
 import { type CredentialVerifier, registerAuthentication } from './auth.ts';
+import { registerLingeringClose } from './linger.ts';
 import { type ReadinessCheck, registerOperations } from './operations.ts';
 import { problemOf, registerProblemHandlers } from './problem.ts';
 import { registerResponseHeaders } from './security-headers.ts';
@@ -50,10 +51,9 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   }) as unknown as FastifyInstance;
   app.setValidatorCompiler(createValidatorCompiler());
 
-
   registerProblemHandlers(app);
-
   registerResponseHeaders(app);
+  registerLingeringClose(app);
   await app.register(cors, {
     origin: options.corsOrigins.includes('*') ? true : options.corsOrigins,
     exposedHeaders: ['X-Request-Id', 'ETag', 'Content-Disposition', 'Content-Length', 'Retry-After', 'Location'],

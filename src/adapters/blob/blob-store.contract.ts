@@ -101,6 +101,43 @@ export function blobStoreContract(driver: string, harness: BlobStoreHarness): vo
       assert.deepEqual(await keysOf(store), []);
     });
 
+    it('stages bytes invisibly: commit makes them the blob, discard leaves nothing', async () => {
+      const store = await harness.make();
+      const data = randomBytes(70_000);
+      const staged = await store.stage(Readable.from([data.subarray(0, 30_000), data.subarray(30_000)]));
+      assert.equal(staged.sha256, sha(data));
+      assert.equal(staged.size, data.length);
+      assert.equal(await store.stat(staged.key), null, 'not visible before commit');
+      await assert.rejects(store.get(staged.key), (error: NodeJS.ErrnoException) => error.code === 'ENOENT');
+      assert.deepEqual(await keysOf(store), []);
+      assert.deepEqual(await staged.commit(), { key: staged.key, sha256: staged.sha256, size: staged.size });
+      assert.deepEqual(await readAll(await store.get(staged.key)), data);
+      assert.equal(await harness.inFlight(store), 0);
+
+      const dropped = await store.stage(Readable.from([randomBytes(10_000)]));
+      await dropped.discard();
+      assert.equal(await store.stat(dropped.key), null);
+      assert.deepEqual(await keysOf(store), [staged.key]);
+      assert.equal(await harness.inFlight(store), 0, 'a discarded stage leaves no partial upload');
+    });
+
+    it('discarding a stage never touches a stored blob of the same bytes', async () => {
+      const store = await harness.make();
+      const data = randomBytes(20_000);
+      const stored = await store.put(Readable.from([data]));
+      const twin = await store.stage(Readable.from([data]));
+      assert.equal(twin.key, stored.key);
+      await twin.discard();
+      assert.deepEqual(await readAll(await store.get(stored.key)), data);
+    });
+
+    it('stage refuses content over maxBytes and keeps nothing', async () => {
+      const store = await harness.make();
+      await assert.rejects(store.stage(chunks(10_000, 1000), { maxBytes: 9_999 }), BlobTooLargeError);
+      assert.deepEqual(await keysOf(store), []);
+      assert.equal(await harness.inFlight(store), 0);
+    });
+
     it('keeps concurrent puts apart', async () => {
       const store = await harness.make();
       const datas = Array.from({ length: 8 }, (_, i) => randomBytes(50_000 + i));

@@ -5,7 +5,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StoredBlob } from '../../core/ports.ts';
+import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StagedBlob, type StoredBlob } from '../../core/ports.ts';
 import { isProcessAlive } from '../local/data-dir.ts';
 
 /**
@@ -17,7 +17,8 @@ import { isProcessAlive } from '../local/data-dir.ts';
  * Write order, so that a crash at any moment leaves either no blob or a whole one:
  * temp file (exclusive create) -> write while hashing -> fsync the file -> rename to its
  * content address -> fsync the folder (the rename itself is durable). Callers record the
- * blob in the database only after `put` resolves.
+ * blob in the database only after `put` resolves. `stage` stops before the rename, which
+ * `commit` does.
  */
 const SHA256_KEY = /^[0-9a-f]{64}$/;
 const WRITE_BUFFER = 1024 * 1024;
@@ -78,11 +79,15 @@ export class DiskBlobStore implements BlobStore {
   }
 
   async put(source: AsyncIterable<Uint8Array>, options: { maxBytes?: number } = {}): Promise<StoredBlob> {
+    return (await this.stage(source, options)).commit();
+  }
+
+  /** Writes, hashes and fsyncs a temp file; `commit` renames it to its content address. */
+  async stage(source: AsyncIterable<Uint8Array>, options: { maxBytes?: number } = {}): Promise<StagedBlob> {
     const maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
     const temp = path.join(this.root, 'tmp', `${process.pid}-${randomBytes(12).toString('hex')}`);
     const hash = createHash('sha256');
     let size = 0;
-    let renamed = false;
     // `flush` fsyncs the file before it is closed; the pipeline settles after the close.
     const sink = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true, highWaterMark: this.bufferBytes });
     try {
@@ -98,21 +103,32 @@ export class DiskBlobStore implements BlobStore {
         },
         sink,
       );
-      const sha256 = hash.digest('hex');
-      const target = this.pathOf(sha256);
-      // Same bytes already stored: renaming over them is harmless and refreshes the mtime
-      // that the orphan sweep's grace period relies on.
-      await fs.rename(temp, target);
-      renamed = true;
-      await fsyncPath(path.dirname(target));
-      return { key: sha256, sha256, size };
     } catch (error) {
       // The stream opens its file asynchronously: wait for it to close, or the open could
       // create the temp file after we removed it.
       if (!sink.closed) await once(sink, 'close').catch(() => undefined);
-      if (!renamed) await fs.rm(temp, { force: true });
+      await fs.rm(temp, { force: true });
       throw error;
     }
+    const sha256 = hash.digest('hex');
+    const blob = { key: sha256, sha256, size };
+    return {
+      ...blob,
+      commit: async () => {
+        const target = this.pathOf(sha256);
+        try {
+          // Same bytes already stored: renaming over them is harmless and refreshes the mtime
+          // that the orphan sweep's grace period relies on.
+          await fs.rename(temp, target);
+        } catch (error) {
+          await fs.rm(temp, { force: true });
+          throw error;
+        }
+        await fsyncPath(path.dirname(target));
+        return blob;
+      },
+      discard: () => fs.rm(temp, { force: true }),
+    };
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {

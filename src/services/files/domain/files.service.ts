@@ -5,7 +5,7 @@ import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { FileEventType, FileObject } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
-import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type StoredBlob } from '../../../core/ports.ts';
+import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type StagedBlob, type StoredBlob } from '../../../core/ports.ts';
 import { actorOf, type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
 import * as repo from '../repo/files.repo.ts';
 import { normalizeContentType, normalizePath, validateName } from './names.ts';
@@ -92,7 +92,7 @@ export function etagMatches(header: string, sha256: string): boolean {
  * The files service: metadata in PostgreSQL, bytes in the environment's BlobStore, and one
  * File_* event per committed change, appended in the same transaction (outbox).
  *
- * Write order for content: the blob is made durable first (`storeContent`), then ONE
+ * Write order for content: the blob is made durable first (`stageContent`, then commit), then ONE
  * transaction records the version, the usage, the idempotency answer and the event. A crash
  * before the commit leaves at most an unreferenced blob (swept after a grace period), never
  * a row without its bytes.
@@ -154,10 +154,14 @@ export class FilesService {
     return limit;
   }
 
-  /** Streams content into the environment's blob store (hashing as it goes); durable on return. */
-  async storeContent(principal: FilesPrincipal, source: AsyncIterable<Uint8Array>, limit: { maxBytes: number; byQuota: boolean }): Promise<StoredBlob> {
+  /**
+   * Streams content into the environment's blob store (hashing as it goes), durable on return
+   * but kept only once committed: the request that carries it may still fail after the content
+   * (a multipart body cut short), and then nothing must be left.
+   */
+  async stageContent(principal: FilesPrincipal, source: AsyncIterable<Uint8Array>, limit: { maxBytes: number; byQuota: boolean }): Promise<StagedBlob> {
     try {
-      return await this.deps.blobs[principal.environment].put(source, { maxBytes: limit.maxBytes });
+      return await this.deps.blobs[principal.environment].stage(source, { maxBytes: limit.maxBytes });
     } catch (error) {
       if (error instanceof BlobTooLargeError) throw this.tooLarge(limit);
       throw error;

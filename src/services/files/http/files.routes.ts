@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import multipart from '@fastify/multipart';
+import type { Readable } from 'node:stream';
+import multipart, { type Multipart } from '@fastify/multipart';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
-import type { StoredBlob } from '../../../core/ports.ts';
+import type { StagedBlob, StoredBlob } from '../../../core/ports.ts';
 import { isTenantAdmin } from '../../../core/principal.ts';
 import { principalOf } from '../../../gateway/auth.ts';
 import { type FilesPrincipal, type FilesService, type Idempotency, principalKey, type WriteAnswer } from '../domain/files.service.ts';
@@ -24,6 +25,14 @@ const VISIBILITY =
   'Visibility: a user token reaches only its own files; an account key, an admin user, or an application key with the `files:read` / `files:write` scope ' +
   '(a client app acting without a user) reaches every file of the tenant and environment. Any other file answers 404.';
 
+/** How an upload can fail on its body, for the OpenAPI description of both upload routes. */
+const UPLOAD_ERRORS =
+  'A body that cannot be parsed (no or wrong multipart boundary, cut short, bad JSON field, a field named `__proto__`) is 400 `malformed_body`; ' +
+  'a body over the upload limit or the tenant quota is 413 (`payload_too_large`, `quota_exceeded`), as are more than 20 parts; ' +
+  'no `file` part, two of them, an unknown field or one over 4,096 bytes is 422 `validation_failed` with `errors[]`. Nothing of a refused upload is kept. ' +
+  'An answer given before the body has been read (by its Content-Length, its credentials, the file it names) carries `Connection: close`; ' +
+  'the server reads and discards the rest of the body for up to 5 s or 64 MiB first, so that clients still sending get to read it. '
+
 const problem = { description: 'problem+json', type: 'object', additionalProperties: true } as const;
 
 function filesPrincipal(request: FastifyRequest): FilesPrincipal {
@@ -37,6 +46,12 @@ function declaredLength(request: FastifyRequest): number | undefined {
   return header === undefined ? undefined : Number(header);
 }
 
+/** The form fields an upload takes besides its `file` part. */
+const CREATE_FIELDS = ['name', 'path', 'owner_id'] as const;
+
+/** What an upload's content became: a blob staged in the store, or only its hash (a replay). */
+type Content = StagedBlob | { sha256: string; size: number };
+
 /** The content of an upload, and the form fields that came with it (multipart), once all are read. */
 interface Received {
   blob: StoredBlob | { sha256: string; size: number };
@@ -45,49 +60,126 @@ interface Received {
   filename?: string;
 }
 
+type Consume = (content: AsyncIterable<Uint8Array>, early: { fields: Record<string, string>; filename?: string }) => Promise<Content>;
+
+/**
+ * No fileSize limit: busboy would silently truncate at it. The blob store enforces the upload
+ * limit itself, failing the upload (413) instead of keeping a cut file. Part headers beyond
+ * their limits are cut by busboy, which then fails the part's name or filename checks (422).
+ */
+const MULTIPART_LIMITS = { parts: 20, fields: 10, fieldSize: 4096, headerPairs: 20, headerSize: 16 * 1024, fileSize: Number.MAX_SAFE_INTEGER };
+
 /**
  * Reads an upload, raw or multipart, handing the content stream to `consume` as it arrives.
  * `consume` gets the fields seen before the content (and the part's filename), so a request
- * doomed by them fails before its bytes are stored.
+ * doomed by them fails before its bytes are stored. The content is committed to the store
+ * only once the whole body has been read and found sound; any failure discards it.
  */
-async function receive(
-  request: FastifyRequest,
-  consume: (content: AsyncIterable<Uint8Array>, early: { fields: Record<string, string>; filename?: string }) => Promise<Received['blob']>,
-): Promise<Received> {
+async function receive(request: FastifyRequest, accepted: readonly string[], consume: Consume): Promise<Received> {
   if (!request.isMultipart()) {
-    const contentType = request.headers['content-type'];
-    return { blob: await consume(request.raw, { fields: {} }), contentType, fields: {} };
+    // Not destroyed when the store stops reading (413 mid-stream): the gateway still drains
+    // it, so that the answer reaches the client (see gateway/linger.ts).
+    const body = request.raw.iterator({ destroyOnReturn: false });
+    return { blob: await committed(await consume(body, { fields: {} })), contentType: request.headers['content-type'], fields: {} };
   }
+  let content: Content | undefined;
+  try {
+    const form = await readMultipart(request, accepted, async (stream, early) => {
+      content = await consume(stream, early);
+    });
+    return { ...form, blob: await committed(content as Content) };
+  } catch (error) {
+    if (content && 'discard' in content) await content.discard();
+    throw error;
+  }
+}
+
+async function committed(content: Content): Promise<Received['blob']> {
+  return 'commit' in content ? content.commit() : content;
+}
+
+/**
+ * Walks a multipart body: fields, then the one part named `file`, handed to `onFile` while it
+ * arrives. Everything wrong with the body itself is a 4xx: 400 `malformed_body` (framing,
+ * boundary, truncation), 413 (too many parts), 422 (a field unknown or too long, no or two
+ * `file` parts).
+ */
+async function readMultipart(
+  request: FastifyRequest,
+  accepted: readonly string[],
+  onFile: (content: AsyncIterable<Uint8Array>, early: { fields: Record<string, string>; filename?: string }) => Promise<void>,
+): Promise<Omit<Received, 'blob'>> {
   const fields: Record<string, string> = {};
-  let received: Received | undefined;
-  // No fileSize limit here: busboy would silently truncate at it. The blob store enforces the
-  // upload limit itself, failing the upload (413) instead of keeping a cut file.
-  const limits = { parts: 20, fields: 10, fieldSize: 4096, fileSize: Number.MAX_SAFE_INTEGER };
-  for await (const part of request.parts({ limits })) {
+  let file: { contentType: string; filename: string } | undefined;
+  const parts = request.parts({ limits: MULTIPART_LIMITS });
+  for (let next = await nextPart(parts); !next.done; next = await nextPart(parts)) {
+    const part = next.value;
+    if (part.fieldname !== 'file' && !accepted.includes(part.fieldname)) {
+      const field = part.fieldname.length > 100 ? `${part.fieldname.slice(0, 100)}...` : part.fieldname;
+      fail(Errors.validationFailed, `This upload takes a part file${accepted.length ? ` and the fields ${accepted.join(', ')}` : ''}`, {
+        errors: [{ field, message: 'is not an accepted field' }],
+      });
+    }
     if (part.type === 'field') {
+      if (part.valueTruncated) {
+        fail(Errors.validationFailed, `Multipart fields are limited to ${MULTIPART_LIMITS.fieldSize} bytes`, { errors: [{ field: part.fieldname, message: 'is too long' }] });
+      }
       if (typeof part.value === 'string') fields[part.fieldname] = part.value;
       continue;
     }
-    if (part.fieldname !== 'file' || received) {
-      part.file.resume(); // not ours: read past it
-      if (part.fieldname === 'file') fail(Errors.validationFailed, 'Send one part named file', { errors: [{ field: 'file', message: 'appears twice' }] });
-      continue;
-    }
-    const raw: IncomingMessage = request.raw;
-    // busboy does not fail a part whose client went away: do it, so the store drops its temp file.
-    const onClose = () => {
-      if (!raw.complete) part.file.destroy(new Error('client disconnected during the upload'));
-    };
-    raw.once('close', onClose);
-    try {
-      const blob = await consume(part.file, { fields: { ...fields }, filename: part.filename });
-      received = { blob, contentType: part.mimetype, fields, filename: part.filename };
-    } finally {
-      raw.off('close', onClose);
-    }
+    if (file) fail(Errors.validationFailed, 'Send one part named file', { errors: [{ field: 'file', message: 'appears twice' }] });
+    file = { contentType: part.mimetype, filename: part.filename };
+    await readFilePart(request, part.file, (content) => onFile(content, { fields: { ...fields }, filename: part.filename }));
   }
-  if (!received) fail(Errors.validationFailed, 'A multipart upload needs a part named file', { errors: [{ field: 'file', message: 'is required' }] });
-  return received;
+  if (!file) fail(Errors.validationFailed, 'A multipart upload needs a part named file', { errors: [{ field: 'file', message: 'is required' }] });
+  return { contentType: file.contentType, fields, filename: file.filename };
+}
+
+/** The next part, with the parser's failures told as what they are: the body's fault. */
+async function nextPart(parts: AsyncIterator<Multipart>): Promise<IteratorResult<Multipart>> {
+  try {
+    return await parts.next();
+  } catch (error) {
+    throw multipartError(error);
+  }
+}
+
+/** Runs `consume` on a file part's content. */
+async function readFilePart(request: FastifyRequest, stream: Readable, consume: (content: AsyncIterable<Uint8Array>) => Promise<void>): Promise<void> {
+  const raw: IncomingMessage = request.raw;
+  // busboy does not fail a part whose client went away: do it, so the store drops its temp file.
+  const onClose = () => {
+    if (!raw.complete) stream.destroy(new Error('client disconnected during the upload'));
+  };
+  raw.once('close', onClose);
+  try {
+    await consume(contentOf(stream));
+  } finally {
+    raw.off('close', onClose);
+  }
+}
+
+/**
+ * A part's bytes. A failure to read them (the body cut short, the client gone) is the body's
+ * fault, told as a 400; a failure of whatever consumes them (the store) stays what it is.
+ */
+async function* contentOf(stream: Readable): AsyncIterable<Uint8Array> {
+  try {
+    for await (const chunk of stream) yield chunk;
+  } catch (error) {
+    throw multipartError(error);
+  }
+}
+
+/** What @fastify/multipart and busboy throw, as problems. Anything they raise is about the body. */
+function multipartError(error: unknown): AppError {
+  if (error instanceof AppError) return error;
+  const code = (error as { code?: string }).code;
+  if (code === 'FST_PARTS_LIMIT' || code === 'FST_FILES_LIMIT' || code === 'FST_FIELDS_LIMIT') {
+    return new AppError(Errors.payloadTooLarge, `A multipart upload has at most ${MULTIPART_LIMITS.parts} parts and ${MULTIPART_LIMITS.fields} fields; nothing was kept`);
+  }
+  const reason = error instanceof Error ? error.message : String(error);
+  return new AppError(Errors.malformedBody, `The multipart body could not be read (${reason}); nothing was kept`, { cause: error });
 }
 
 function fingerprint(request: FastifyRequest, principal: FilesPrincipal, sha256: string, params: unknown[]): string {
@@ -111,12 +203,6 @@ function uploadRoutes(files: FilesService) {
     app.addContentTypeParser('*', (_request, _payload, done) => done(null));
     await app.register(multipart, { throwFileSizeLimit: false });
 
-    // An answer sent before the body was read (413, 409, 422...) closes the connection:
-    // draining a large unwanted body would only waste both sides' time.
-    app.addHook('onSend', async (request, reply) => {
-      if (!request.raw.complete) reply.header('connection', 'close');
-    });
-
     app.post(
       '/files',
       {
@@ -127,10 +213,11 @@ function uploadRoutes(files: FilesService) {
           description:
             'multipart/form-data with a part `file` (and optional fields `path`, `name`, `owner_id`), or a raw body with its Content-Type and `?name=&path=`. ' +
             'The content is streamed to storage while it is hashed. Optional Idempotency-Key: a retry replays the first answer and stores nothing twice. ' +
+            UPLOAD_ERRORS +
             VISIBILITY,
           querystring: UploadQuery,
           headers: UploadHeaders,
-          response: { 201: FileObject, 409: problem, 413: problem, 422: problem },
+          response: { 201: FileObject, 400: problem, 401: problem, 409: problem, 413: problem, 422: problem },
         },
       },
       async (request, reply) => {
@@ -160,12 +247,12 @@ function uploadRoutes(files: FilesService) {
           const early = target({});
           if (precheck) await files.precheckCreate(principal, early);
         }
-        const received = await receive(request, async (content, early) => {
+        const received = await receive(request, CREATE_FIELDS, async (content, early) => {
           if (multipartBody) {
             const known = target(early.fields, early.filename);
             if (precheck) await files.precheckCreate(principal, known);
           }
-          return recorded ? files.hashContent(content, limit) : files.storeContent(principal, content, limit);
+          return recorded ? files.hashContent(content, limit) : files.stageContent(principal, content, limit);
         });
         const final = target(received.fields, received.filename);
         const print = fingerprint(request, principal, received.blob.sha256, [final.name, final.path, final.owner, received.contentType ?? null]);
@@ -185,11 +272,12 @@ function uploadRoutes(files: FilesService) {
           summary: 'Replace the content (a new version)',
           description:
             'Raw body or multipart part `file`. `If-Match: "<sha256>"` makes it conditional: when the content changed since, 412 version_conflict. ' +
-            'Without If-Match, concurrent replaces each make their own version; none is lost. ' +
+            'Without If-Match, concurrent replaces each make their own version; none is lost. A multipart replace takes no other field. ' +
+            UPLOAD_ERRORS +
             VISIBILITY,
           params: FileParams,
           headers: ReplaceHeaders,
-          response: { 200: FileObject, 404: problem, 412: problem, 413: problem },
+          response: { 200: FileObject, 400: problem, 401: problem, 404: problem, 412: problem, 413: problem, 422: problem },
         },
       },
       async (request, reply) => {
@@ -197,11 +285,12 @@ function uploadRoutes(files: FilesService) {
         const { id } = request.params as { id: string };
         const key = request.headers['idempotency-key'] as string | undefined;
         const ifMatch = request.headers['if-match'];
-        const limit = await files.checkDeclaredSize(principal, declaredLength(request), request.isMultipart() ? MULTIPART_SLACK : 0);
+        // A file the caller cannot see is a 404 whatever the body: checked before its size.
         const recorded = key ? await files.recordedAnswer(principal, key) : null;
         if (!recorded) await files.precheckReplace(principal, id, key ? undefined : ifMatch);
-        const received = await receive(request, (content) =>
-          recorded ? files.hashContent(content, limit) : files.storeContent(principal, content, limit),
+        const limit = await files.checkDeclaredSize(principal, declaredLength(request), request.isMultipart() ? MULTIPART_SLACK : 0);
+        const received = await receive(request, [], (content) =>
+          recorded ? files.hashContent(content, limit) : files.stageContent(principal, content, limit),
         );
         const print = fingerprint(request, principal, received.blob.sha256, [ifMatch ?? null, received.contentType ?? null]);
         if (recorded) return sendAnswer(reply, files.replay(recorded, print));
