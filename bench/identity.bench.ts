@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { hash, verify } from '@node-rs/argon2';
 import Fastify, { type FastifyInstance } from 'fastify';
+import pg from 'pg';
 import { ARGON2_OPTIONS } from '../src/services/identity/domain/passwords.ts';
 import { User } from '../src/services/identity/http/identity.schemas.ts';
 import { startServer, type TestServer } from '../test/helpers/server.ts';
@@ -12,10 +13,17 @@ import { type LoadGenerator, startLoad } from './lib/http-load.ts';
 /**
  * Identity's two hot paths, each against the floor it cannot beat:
  *
- * - identity/login: POST /v1/auth/login over HTTPS (key check, throttle check, user lookup,
- *   argon2id verify, session insert, audit entry, EdDSA signature) against a bare loop of
- *   the same argon2id verification in-process, with the same number in flight. argon2id
- *   (19 MiB, t=2) dominates by design, so the login should keep most of the bare rate.
+ * - identity/login-floor: POST /v1/auth/login over HTTPS (key check, throttle check, user
+ *   lookup, argon2id verify, session insert, audit entry, EdDSA signature) against the
+ *   simplest server doing the unavoidable part of a login: a bare Fastify HTTPS route on the
+ *   same certificate that runs a trivial query (`select 1`) on the same PostgreSQL, the same
+ *   argon2id verification (same ARGON2_OPTIONS, same password), a second trivial query, and
+ *   answers a small JSON. Same load client, same number in flight, same count. This is the
+ *   login pair with a target: what it measures is what Bantu's own code adds.
+ * - identity/login: the same logins against a bare loop of the argon2id verification
+ *   in-process. Information only, no target: on this 2-core machine even the floor above
+ *   stays at about 0.83 of that loop (HTTPS and two queries alone cost that much), so a
+ *   target on it judged costs Bantu cannot remove. It still shows what argon2id alone allows.
  * - identity/users-me: GET /v1/users/me with a user access token (JWT verification, a
  *   tenant-bound read of the user) against a bare Fastify HTTPS route answering the same
  *   JSON with the same response schema.
@@ -35,6 +43,8 @@ interface Ctx {
   appKey: string;
   accessToken: string;
   passwordHash: string;
+  /** Bantu's certificate and key, for the bare servers. */
+  tls: { cert: string; key: string };
   bare: FastifyInstance;
   bareOrigin: string;
 }
@@ -60,6 +70,7 @@ async function setup(): Promise<Ctx> {
       appKey,
       accessToken: registered.json.access_token,
       passwordHash: await hash(PASSWORD, ARGON2_OPTIONS),
+      tls: { cert, key },
       bare,
       bareOrigin: `https://127.0.0.1:${(bare.server.address() as AddressInfo).port}`,
     };
@@ -75,29 +86,91 @@ async function teardown(ctx: Ctx): Promise<void> {
   await ctx.bantu.close();
 }
 
+interface FloorCtx extends Ctx {
+  /** The floor's own connections to Bantu's PostgreSQL, opened once (a login does not connect). */
+  pool: pg.Pool;
+  floor: FastifyInstance;
+  floorOrigin: string;
+}
+
+/** Everything `setup` starts, plus the login floor: a pg Pool and a bare Fastify HTTPS server. */
+async function setupFloor(): Promise<FloorCtx> {
+  const ctx = await setup();
+  // The test application key logs in to the `test` environment: query the database Bantu's login uses.
+  // One connection per login in flight, so no request waits for the pool.
+  const pool = new pg.Pool({ connectionString: ctx.bantu.app.databases.environmentUrls.test, max: LOGIN_CONCURRENCY });
+  const floor = Fastify({ https: ctx.tls }) as unknown as FastifyInstance;
+  try {
+    // The unavoidable part of a login and nothing else: a read before the verification (the
+    // user), the same argon2id verification of the password sent, a write after it (the
+    // session), each reduced to a trivial query. A wrong password answers 500, which fails the run.
+    floor.post('/v1/auth/login', async (request) => {
+      await pool.query('select 1');
+      if (!(await verify(ctx.passwordHash, (request.body as { password: string }).password))) throw new Error('verify failed');
+      await pool.query('select 1');
+      return { ok: true };
+    });
+    await floor.listen({ host: '127.0.0.1', port: 0 });
+    return { ...ctx, pool, floor, floorOrigin: `https://127.0.0.1:${(floor.server.address() as AddressInfo).port}` };
+  } catch (error) {
+    await floor.close();
+    await pool.end();
+    await teardown(ctx);
+    throw error;
+  }
+}
+
+async function teardownFloor(ctx: FloorCtx): Promise<void> {
+  await ctx.floor.close();
+  // Before Bantu stops its PostgreSQL: a connection the server drops while idle in the pool is an unhandled error.
+  await ctx.pool.end();
+  await teardown(ctx);
+}
+
+/** LOGINS logins with LOGIN_CONCURRENCY in flight against `origin`, the same requests for Bantu and the floor; logins/s. */
+async function loginRate(ctx: Ctx, origin: string): Promise<number> {
+  const { elapsedMs } = await ctx.load.run({
+    origin,
+    path: '/v1/auth/login',
+    method: 'POST',
+    headers: { authorization: `Bearer ${ctx.appKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ email: 'bench@example.com', password: PASSWORD }),
+    count: LOGINS,
+    concurrency: LOGIN_CONCURRENCY,
+  });
+  return perSecond(LOGINS, elapsedMs);
+}
+
 export const pairs: BenchPair[] = [
+  definePair<FloorCtx>({
+    name: 'identity/login-floor',
+    description:
+      `POST /v1/auth/login over HTTPS, ${LOGIN_CONCURRENCY} in flight, ${LOGINS} logins per measurement, vs the same requests to a bare Fastify HTTPS route ` +
+      '(same certificate) doing select 1, the same argon2id verification, select 1 on the same PostgreSQL',
+    labels: { a: 'bantu login', b: 'bare https + 2 queries + argon2id' },
+    unit: 'ops/s',
+    higherIsBetter: true,
+    target: { ratio: 0.9, description: 'a login keeps at least 90% of the rate of a bare HTTPS route doing the same argon2id verification between two trivial queries' },
+    rounds: 5,
+    warmup: 1,
+    setup: setupFloor,
+    a: (ctx) => loginRate(ctx, ctx.bantu.url),
+    b: (ctx) => loginRate(ctx, ctx.floorOrigin),
+    teardown: teardownFloor,
+  }),
   definePair<Ctx>({
     name: 'identity/login',
-    description: `POST /v1/auth/login over HTTPS, ${LOGIN_CONCURRENCY} in flight, ${LOGINS} logins per measurement, vs the same count of bare argon2id verifications`,
+    description:
+      `POST /v1/auth/login over HTTPS, ${LOGIN_CONCURRENCY} in flight, ${LOGINS} logins per measurement, vs the same count of bare argon2id verifications. ` +
+      'Information only, no target: the target is on identity/login-floor, because on 2 cores even that floor (HTTPS and two trivial queries around the ' +
+      'same verification) measured about 0.83 of this bare loop',
     labels: { a: 'bantu login', b: 'bare argon2id verify' },
     unit: 'ops/s',
     higherIsBetter: true,
-    target: { ratio: 0.85, description: 'a login costs little more than its argon2id verification' },
     rounds: 5,
     warmup: 1,
     setup,
-    async a(ctx) {
-      const { elapsedMs } = await ctx.load.run({
-        origin: ctx.bantu.url,
-        path: '/v1/auth/login',
-        method: 'POST',
-        headers: { authorization: `Bearer ${ctx.appKey}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ email: 'bench@example.com', password: PASSWORD }),
-        count: LOGINS,
-        concurrency: LOGIN_CONCURRENCY,
-      });
-      return perSecond(LOGINS, elapsedMs);
-    },
+    a: (ctx) => loginRate(ctx, ctx.bantu.url),
     async b(ctx) {
       const elapsedMs = await runConcurrent(LOGINS, LOGIN_CONCURRENCY, async () => {
         if (!(await verify(ctx.passwordHash, PASSWORD))) throw new Error('verify failed');
