@@ -197,7 +197,8 @@ export function createApp(config: Config, logger: Logger): App {
       checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...identity.routes, ...files.routes, ...backup.routes],
+      routes: [...backup.routes],
+      plugins: [...identity.routes, ...files.routes],
       rootRoutes: [...identity.rootRoutes],
       version: VERSION,
     });

@@ -1,4 +1,5 @@
 import type { Environment } from './principal.ts';
+import type { FileObject } from './schemas.ts';
 
 /**
  * Events on the bus. Every event is committed in the same transaction as the change it
@@ -8,22 +9,7 @@ import type { Environment } from './principal.ts';
 export const FILE_EVENT_TYPES = ['File_create', 'File_update', 'File_delete'] as const;
 export type FileEventType = (typeof FILE_EVENT_TYPES)[number];
 
-/**
- * The contract's File object, as file events carry it (`data.file`; the last state for a
- * delete). `owner_id` is null for a file the tenant itself owns.
- */
-export interface FileObject {
-  id: string;
-  name: string;
-  path: string;
-  size: number;
-  content_type: string;
-  sha256: string;
-  version: number;
-  owner_id: string | null;
-  created_at: string;
-  updated_at: string;
-}
+export type { FileObject } from './schemas.ts';
 
 export interface FileEventData {
   file: FileObject;

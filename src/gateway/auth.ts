@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AppError, Errors } from '../core/errors.ts';
-import type { Principal } from '../core/principal.ts';
+import type { Principal, TenantPrincipal } from '../core/principal.ts';
 
 /**
  * Authentication at the gateway: services receive `request.principal`, already verified.
@@ -111,4 +111,11 @@ function authenticator(verifiers: CredentialVerifier[], rule: RouteAuth & { auth
 export function principalOf(request: FastifyRequest): Principal {
   if (!request.principal) throw unauthorized();
   return request.principal;
+}
+
+/** The principal of a route about a tenant's data: the operator token owns none. */
+export function tenantPrincipalOf(request: FastifyRequest): TenantPrincipal {
+  const principal = principalOf(request);
+  if (principal.kind === 'operator') throw new AppError(Errors.forbidden, 'The operator token does not own tenant data');
+  return principal;
 }

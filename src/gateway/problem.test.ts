@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { AppError, Errors } from '../core/errors.ts';
+import { route } from './routes.ts';
 import { createGateway } from './server.ts';
 
 // The gateway's error rendering on its own (Fastify inject, no network): registered errors
@@ -25,14 +26,22 @@ describe('problem+json rendering', () => {
       verifiers: [],
       version: 'test',
       routes: [
-        async (app) => {
-          app.get('/boom', async () => {
+        route({
+          method: 'GET',
+          url: '/boom',
+          schema: {},
+          handler: async () => {
             throw new Error('connect ECONNREFUSED 10.0.0.7:5432 password=hunter2');
-          });
-          app.get('/exists', async () => {
+          },
+        }),
+        route({
+          method: 'GET',
+          url: '/exists',
+          schema: {},
+          handler: async () => {
             throw new AppError(Errors.fileExists, 'report.pdf already exists', { headers: { 'x-extra': 'yes' } });
-          });
-        },
+          },
+        }),
       ],
     });
   }

@@ -1,5 +1,23 @@
+import { Type } from '@sinclair/typebox';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, type ErrorDefinition, Errors, type FieldError } from '../core/errors.ts';
+
+/** The one problem+json schema, registered once (`registerProblemHandlers`) and referenced by every error response. */
+export const ProblemSchema = Type.Object(
+  {
+    type: Type.String({ description: '`urn:bantu:problem:<code>`' }),
+    title: Type.String(),
+    status: Type.Integer(),
+    detail: Type.String(),
+    code: Type.String({ description: 'Stable snake_case code, e.g. `not_found`, `validation_failed`, `payload_too_large`' }),
+    request_id: Type.String(),
+    errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() }), { description: 'On validation failures' })),
+  },
+  { $id: 'Problem', title: 'Problem', description: 'RFC 9457 problem details (application/problem+json)', additionalProperties: true },
+);
+
+/** An error response of a route: the shared Problem schema. */
+export const ProblemRef = { $ref: 'Problem#', description: 'problem+json' } as const;
 
 /**
  * Renders every error as RFC 9457 problem+json from the one error registry.
@@ -95,6 +113,7 @@ export function toAppError(error: unknown): AppError | null {
 }
 
 export function registerProblemHandlers(app: FastifyInstance): void {
+  app.addSchema(ProblemSchema);
   app.setErrorHandler((error: unknown, request: FastifyRequest, reply: FastifyReply) => {
     const known = toAppError(error);
     if (known) {

@@ -11,6 +11,7 @@ import { type CredentialVerifier, registerAuthentication } from './auth.ts';
 import { registerLingeringClose } from './linger.ts';
 import { type ReadinessCheck, registerOperations } from './operations.ts';
 import { problemOf, registerProblemHandlers } from './problem.ts';
+import { mountRoutes, type Route } from './routes.ts';
 import { registerResponseHeaders } from './security-headers.ts';
 import type { TlsMaterial } from './tls.ts';
 import { createValidatorCompiler } from './validation.ts';
@@ -27,8 +28,11 @@ export interface GatewayOptions {
   metrics: Registry;
   checks: Map<string, ReadinessCheck>;
   verifiers: CredentialVerifier[];
-  routes: RoutesPlugin[];
-  /** Routes outside `/v1`, at the root (e.g. `/.well-known/jwks.json`). */
+  /** The mounted services' route manifests (under `/v1`, or at the root when they say so). */
+  routes: Route[];
+  /** Route plugins not yet declared as manifests, under `/v1`. */
+  plugins?: RoutesPlugin[];
+  /** Route plugins outside `/v1`, at the root (e.g. `/.well-known/jwks.json`). */
   rootRoutes?: RoutesPlugin[];
   version: string;
 }
@@ -63,6 +67,8 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   });
 
   await app.register(swagger, {
+    // Shared schemas keep their $id as their name in components.schemas (`Problem`, not `def-0`).
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
     openapi: {
       openapi: '3.1.0',
       info: {
@@ -88,9 +94,11 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   for (const routes of options.rootRoutes ?? []) await app.register(routes);
+  await mountRoutes(app, options.routes.filter((r) => r.at === 'root'));
   await app.register(
     async (v1) => {
-      for (const routes of options.routes) await routes(v1);
+      await mountRoutes(v1, options.routes.filter((r) => (r.at ?? 'v1') === 'v1'));
+      for (const routes of options.plugins ?? []) await routes(v1);
     },
     { prefix: '/v1' },
   );

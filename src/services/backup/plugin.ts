@@ -5,7 +5,7 @@ import type { MigrationSet } from '../../adapters/db/pg.ts';
 import { type Databases, ENVIRONMENTS } from '../../adapters/db/pg.ts';
 import type { EventBus } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
-import type { RoutesPlugin } from '../../gateway/server.ts';
+import type { Route } from '../../gateway/routes.ts';
 import { BACKUP_CONSUMER, type BackupDeps, BackupService } from './domain/backup.service.ts';
 import { backupRoutes } from './http/backup.routes.ts';
 import * as repo from './repo/backup.repo.ts';
@@ -30,7 +30,7 @@ export interface BackupOptions extends Omit<BackupDeps, 'bus' | 'observer'> {
 
 export interface BackupModule {
   service: BackupService;
-  routes: RoutesPlugin[];
+  routes: Route[];
   /** Starts the periodic sweep. Call after the bus has started. */
   start(): void;
   close(): Promise<void>;
@@ -61,7 +61,7 @@ export function createBackupService(options: BackupOptions): BackupModule {
   };
   return {
     service,
-    routes: [backupRoutes(service)],
+    routes: backupRoutes(service),
     start() {
       // Only where the worker runs: one sweeper per deployment, next to the writer it races with.
       if (!options.worker) return;

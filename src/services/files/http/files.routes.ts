@@ -8,9 +8,9 @@ import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { StagedBlob, StoredBlob } from '../../../core/ports.ts';
 import { isTenantAdmin } from '../../../core/principal.ts';
 import { principalOf } from '../../../gateway/auth.ts';
+import { contentDisposition, noneMatch, parseRange } from '../../../gateway/download.ts';
 import { type FilesPrincipal, type FilesService, type Idempotency, principalKey, type WriteAnswer } from '../domain/files.service.ts';
 import { normalizePath, validateName } from '../domain/names.ts';
-import { contentDisposition, noneMatch, parseRange } from './download.ts';
 import { FileObject, FilePage, FileParams, ListFilesQuery, PatchFileBody, ReplaceHeaders, UploadHeaders, UploadQuery, Usage } from './files.schemas.ts';
 
 const READERS = ['account_key', 'application_key', 'user'] as const;

@@ -1,4 +1,6 @@
-import type { ByteRange } from '../../../core/ports.ts';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { AppError, Errors } from '../core/errors.ts';
+import type { ByteRange } from '../core/ports.ts';
 
 /**
  * HTTP details of downloads: Range (RFC 9110 14), conditional requests, Content-Disposition
@@ -48,4 +50,50 @@ export function contentDisposition(name: string): string {
     encoded += byte < 0x80 && ATTR_CHAR.test(char) ? char : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
   }
   return `attachment; filename="${ascii}"; filename*=UTF-8''${encoded}`;
+}
+
+/** What a download answers with: content-addressed bytes, their name and type. */
+export interface Downloadable {
+  sha256: string;
+  size: number;
+  name: string;
+  contentType: string;
+  lastModified: string;
+  /** `private, no-cache` for a file's current content; a version never changes and may be cached for good. */
+  cacheControl: string;
+}
+
+/**
+ * Sends bytes the way every download route does: `ETag: "<sha256>"`, If-None-Match (304),
+ * Range and If-Range (206, 416), Content-Disposition. `open` is called only when bytes go out.
+ */
+export async function sendContent(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  content: Downloadable,
+  open: (range?: ByteRange) => Promise<NodeJS.ReadableStream>,
+): Promise<FastifyReply> {
+  const etag = `"${content.sha256}"`;
+  reply.headers({
+    etag,
+    'last-modified': new Date(content.lastModified).toUTCString(),
+    'cache-control': content.cacheControl,
+    'accept-ranges': 'bytes',
+    'x-content-type-options': 'nosniff',
+  });
+  if (noneMatch(request.headers['if-none-match'], etag)) return reply.code(304).send();
+  const ifRange = request.headers['if-range'];
+  const range = ifRange && ifRange !== etag ? null : parseRange(request.headers.range, content.size);
+  if (range === 'unsatisfiable') {
+    reply.header('content-range', `bytes */${content.size}`);
+    throw new AppError(Errors.rangeNotSatisfiable, `The content has ${content.size} bytes`);
+  }
+  const stream = await open(range ?? undefined);
+  reply.headers({ 'content-type': content.contentType, 'content-disposition': contentDisposition(content.name) });
+  if (range) {
+    reply.code(206).headers({ 'content-range': `bytes ${range.start}-${range.end}/${content.size}`, 'content-length': range.end - range.start + 1 });
+  } else {
+    reply.header('content-length', content.size);
+  }
+  return reply.send(stream);
 }
