@@ -5,25 +5,17 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
-import { sql } from 'kysely';
 import type { Logger } from 'pino';
-import { collectDefaultMetrics, Registry } from 'prom-client';
-import { DiskBlobStore } from './adapters/blob/disk.ts';
-import { OutboxBus } from './adapters/bus/outbox.ts';
-import { MemoryCounterStore } from './adapters/cache/memory.ts';
-import { RedisCounterStore } from './adapters/cache/redis.ts';
-import { type EmbeddedDatabase, startEmbeddedPostgres } from './adapters/db/embedded.ts';
-import { type Databases, ENVIRONMENTS, type MigrationSet, migrate, openDatabases } from './adapters/db/pg.ts';
-import { dataPath, lockDataDir, readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
-import { FileMailer } from './adapters/mail/files.ts';
-import { SmtpMailer } from './adapters/mail/smtp.ts';
+import type { OutboxBus } from './adapters/bus/outbox.ts';
+import type { Databases } from './adapters/db/pg.ts';
+import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import type { Config } from './core/config.ts';
-import type { Mailer } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
-import type { ReadinessCheck } from './gateway/operations.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls } from './gateway/tls.ts';
-import type { BackupService } from './services/backup/domain/backup.service.ts';
+import { registerConsumers } from './platform/module.ts';
+import { openPlatform, type Platform } from './platform/platform.ts';
+import { type BackupService, backupUsage } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, createBackupService } from './services/backup/plugin.ts';
 import type { FilesService } from './services/files/domain/files.service.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
@@ -32,21 +24,15 @@ import { createIdentityService, type IdentityService, identityMigrations } from 
 import { createNotificationsService } from './services/notifications/plugin.ts';
 
 /**
- * The composition root: builds every adapter and service from a Config and wires them
- * together explicitly. Nothing here reads process.env or listens at import time.
+ * The composition root of `bantu start`: the platform, then every service module on it with
+ * the narrow ports each uses, then the gateway in front of them. Nothing here reads
+ * process.env or listens at import time.
  */
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(here, '..', 'package.json'), 'utf8')).version;
 
-/** Migrations of each environment database, in the order they must run. */
-export const environmentMigrations: MigrationSet[] = [
-  { service: 'platform', folder: path.join(here, 'adapters', 'db', 'migrations') },
-  { service: 'bus', folder: path.join(here, 'adapters', 'bus', 'migrations') },
-  ...identityMigrations.environment,
-  ...filesMigrations.environment,
-  ...backupMigrations.environment,
-];
-export const controlMigrations: MigrationSet[] = [...identityMigrations.control];
+/** Every module's migrations, in the order they run. */
+export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations];
 
 export interface StartedApp {
   /** Base URL of the HTTPS gateway, e.g. https://127.0.0.1:8443 */
@@ -74,127 +60,80 @@ export interface App {
   readonly files: FilesService;
 }
 
+interface Running {
+  platform: Platform;
+  gateway: FastifyInstance;
+  identity: IdentityService;
+  files: FilesService;
+  backup: BackupService;
+}
+
 export function createApp(config: Config, logger: Logger): App {
-  const closers: Array<() => Promise<void>> = [];
-  let gateway: FastifyInstance | undefined;
-  let databases: Databases | undefined;
-  let bus: OutboxBus | undefined;
-  let identityService: IdentityService | undefined;
-  let backupService: BackupService | undefined;
-  let filesService: FilesService | undefined;
-  let closing: Promise<void> | undefined;
+  let platform: Promise<Platform> | undefined;
+  let running: Running | undefined;
 
   async function start(): Promise<StartedApp> {
-    const release = await lockDataDir(config.dataDir);
-    closers.push(release);
-    const secretsDir = dataPath(config.dataDir, 'secrets');
     // Before anything starts: an unusable configured certificate fails the start at once.
     const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
-    // Rate-limit counters: in memory for one process, in Redis when several share the limits.
-    // Also before anything starts: a Redis that cannot be reached fails the start at once.
-    const redisCounters = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
-    if (redisCounters) closers.push(() => redisCounters.close());
-
-    let baseUrl = config.databaseUrl;
-    if (!baseUrl) {
-      const embedded: EmbeddedDatabase = await startEmbeddedPostgres(config.dataDir, logger);
-      closers.push(() => embedded.stop());
-      baseUrl = embedded.url.replace(/\/postgres$/, '/bantu');
-    }
-    databases = await openDatabases(baseUrl);
-    const dbs = databases;
-    closers.push(() => dbs.close());
-    const applied = [
-      ...(await migrate(dbs.control, controlMigrations)),
-      ...(await Promise.all(ENVIRONMENTS.map((env) => migrate(dbs.environments[env], environmentMigrations)))).flat(),
-    ];
-    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
-
+    platform = openPlatform(config, logger, { migrations: ALL_MIGRATIONS, exclusiveDataDir: true });
+    const p = await platform;
     const operator = config.operatorToken
       ? { value: config.operatorToken, created: false }
-      : await readOrCreateSecret(path.join(secretsDir, 'operator-token'), () => `op_${randomToken()}`);
-
-    bus = new OutboxBus(dbs, logger.child({ component: 'bus' }));
-    // One blob root per environment: live and test never share storage.
-    const blobs = {
-      live: await DiskBlobStore.open(dataPath(config.dataDir, 'blobs', 'live')),
-      test: await DiskBlobStore.open(dataPath(config.dataDir, 'blobs', 'test')),
-    };
-    const files = createFilesService({
-      databases: dbs,
-      blobs,
-      bus,
-      limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
-      logger: logger.child({ component: 'files' }),
-      // Usage reports what the backup holds, from the backup service's own status (built below:
-      // it needs the files service for restores; both exist before the gateway serves a request).
-      backupBytes: async (principal) => {
-        if (!backupService) throw new Error('the backup service is not built yet');
-        return (await backupService.status(principal)).bytes;
-      },
-    });
-    filesService = files.service;
-    // Seals the JWT signing keys in the databases; losing it only means new keys (users log in again).
-    const secretKey = config.secretKey ?? (await readOrCreateSecret(path.join(secretsDir, 'secret-key'))).value;
-    const mailer: Mailer = config.smtpUrl
-      ? new SmtpMailer(config.smtpUrl, config.mailFrom, logger.child({ component: 'mail' }))
-      : new FileMailer(dataPath(config.dataDir, 'mail'), config.mailFrom, logger.child({ component: 'mail' }));
-    closers.push(() => mailer.close());
+      : await readOrCreateSecret(path.join(p.secretsDir, 'operator-token'), () => `op_${randomToken()}`);
     // Links in mails and the tokens' issuer: BANTU_PUBLIC_URL, else the gateway's own URL once it listens.
     let gatewayUrl = `https://${config.host}:${config.port}`;
+
     const identity = createIdentityService({
-      databases: dbs,
-      secretKey,
-      mailer,
-      counters: redisCounters ?? new MemoryCounterStore(),
+      databases: p.databases,
+      secretKey: p.secretKey,
+      mailer: p.mailer,
+      counters: p.counters,
       publicUrl: () => config.publicUrl ?? gatewayUrl,
       logger,
     });
-    await identity.start();
-    closers.push(async () => identity.close());
-    identityService = identity;
-
-    let createdDefaultTenant: CreatedTenant | undefined;
-    if ((await identity.tenants.list(1)).rows.length === 0) {
-      createdDefaultTenant = await identity.tenants.create('default');
-      await writeSecretFile(path.join(secretsDir, 'default-tenant.json'), `${JSON.stringify(createdDefaultTenant, null, 2)}\n`);
-    }
-
-    const metrics = new Registry();
-    collectDefaultMetrics({ register: metrics });
-    const checks = new Map<string, ReadinessCheck>([
-      ['database', async () => void (await sql`select 1`.execute(dbs.control))],
-      ['database_live', async () => void (await sql`select 1`.execute(dbs.environments.live))],
-      ['database_test', async () => void (await sql`select 1`.execute(dbs.environments.test))],
-    ]);
-    if (redisCounters) checks.set('redis', () => redisCounters.ping());
-
-    // The backup store has its own root (BANTU_BACKUP_DIR, so it can live on another disk), one per environment.
-    const backupStores = {
-      live: await DiskBlobStore.open(path.join(config.backupDir, 'live')),
-      test: await DiskBlobStore.open(path.join(config.backupDir, 'test')),
-    };
+    const usage = backupUsage(p.databases);
+    const files = createFilesService({
+      databases: p.databases,
+      blobs: p.blobs,
+      bus: p.bus,
+      limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
+      logger: logger.child({ component: 'files' }),
+      backupBytes: (principal) => usage.heldBytes(principal),
+    });
     const backup = createBackupService({
-      databases: dbs,
-      sources: blobs,
-      store: backupStores,
-      bus,
-      files: files.service,
+      databases: p.databases,
+      sources: p.blobs,
+      store: p.backups,
+      bus: p.bus,
+      files: files.port,
       worker: config.backupWorker,
       maxAttempts: config.backupMaxAttempts,
       sweepEveryMs: config.backupSweepMinutes * 60_000,
-      metrics,
+      metrics: p.metrics,
       logger: logger.child({ component: 'backup' }),
     });
-    backupService = backup.service;
+    const notifications = createNotificationsService({
+      bus: p.bus,
+      verifiers: identity.verifiers,
+      logger: logger.child({ component: 'notifications' }),
+      metrics: p.metrics,
+      corsOrigins: config.corsOrigins,
+      authTimeoutMs: config.socketAuthTimeoutMs,
+      recheckMs: config.socketRecheckMs,
+    });
+    const modules = [identity, files, backup, notifications];
 
-    gateway = await createGateway({
+    await identity.start();
+    p.defer(() => identity.close());
+    const createdDefaultTenant = await ensureDefaultTenant(identity, p.secretsDir);
+
+    const gateway = await createGateway({
       logger,
       tls,
       corsOrigins: config.corsOrigins,
       maxUploadBytes: config.maxUploadBytes,
-      metrics,
-      checks,
+      metrics: p.metrics,
+      checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
       routes: [...backup.routes],
@@ -202,50 +141,30 @@ export function createApp(config: Config, logger: Logger): App {
       rootRoutes: [...identity.rootRoutes],
       version: VERSION,
     });
-    const gw = gateway;
-    const notifications = createNotificationsService({
-      bus,
-      verifiers: identity.verifiers,
-      logger: logger.child({ component: 'notifications' }),
-      metrics,
-      corsOrigins: config.corsOrigins,
-      authTimeoutMs: config.socketAuthTimeoutMs,
-      recheckMs: config.socketRecheckMs,
-    });
-    notifications.attach(gw.server as https.Server);
-    await bus.start();
-    const busRef = bus;
-    closers.push(() => busRef.close());
+    notifications.attach(gateway.server as https.Server);
+    registerConsumers(p.bus, modules);
+    await p.bus.start();
     // Replayable history is kept for the retention, then pruned once every consumer has passed it.
     const prune = setInterval(() => {
-      busRef.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'));
+      p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'));
     }, 3600_000);
     prune.unref();
-    closers.push(async () => clearInterval(prune));
+    p.defer(() => clearInterval(prune));
 
-    await gw.listen({ host: config.host, port: config.port });
-    closers.push(() => gw.close());
+    await gateway.listen({ host: config.host, port: config.port });
+    p.defer(() => gateway.close());
     // Sockets first: an open WebSocket would otherwise hold the HTTPS server's close.
-    closers.push(() => notifications.close());
-    files.start();
-    closers.push(() => files.close());
-    backup.start();
-    closers.push(() => backup.close());
-    const port = (gw.server.address() as AddressInfo).port;
-
-    let httpPort: number | undefined;
-    if (config.httpPort !== undefined) {
-      const rejector: http.Server = createHttpRejector(logger);
-      await new Promise<void>((resolve, reject) => {
-        rejector.once('error', reject);
-        rejector.listen(config.httpPort, config.host, () => resolve());
-      });
-      httpPort = (rejector.address() as AddressInfo).port;
-      closers.push(() => new Promise<void>((resolve) => rejector.close(() => resolve())));
+    p.defer(() => notifications.close());
+    for (const module of [files, backup]) {
+      await module.start();
+      p.defer(() => module.close());
     }
+    const port = (gateway.server.address() as AddressInfo).port;
+    const httpPort = config.httpPort === undefined ? undefined : await listenHttpRejector(p, config.httpPort);
 
     const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
     gatewayUrl = `https://${hostForUrl === '0.0.0.0' ? '127.0.0.1' : hostForUrl}:${port}`;
+    running = { platform: p, gateway, identity, files: files.service, backup: backup.service };
     return {
       url: gatewayUrl,
       port,
@@ -254,52 +173,61 @@ export function createApp(config: Config, logger: Logger): App {
       tlsGenerated: tls.generated,
       generatedOperatorToken: operator.created ? operator.value : undefined,
       createdDefaultTenant,
-      secretsDir,
+      secretsDir: p.secretsDir,
     };
   }
 
   /** Closes in reverse order of opening: stop accepting, drain, then stop the database. */
-  function close(): Promise<void> {
-    closing ??= (async () => {
-      for (const closer of closers.reverse()) {
-        try {
-          await closer();
-        } catch (error) {
-          logger.error({ err: error }, 'error while shutting down');
-        }
-      }
-    })();
-    return closing;
+  async function close(): Promise<void> {
+    const opened = await platform?.catch(() => undefined);
+    await opened?.close();
   }
 
+  const get = <K extends keyof Running>(key: K): Running[K] => {
+    if (!running) throw new Error('app not started');
+    return running[key];
+  };
   return {
     start,
     close,
     get gateway() {
-      if (!gateway) throw new Error('app not started');
-      return gateway;
+      return get('gateway');
     },
     get databases() {
-      if (!databases) throw new Error('app not started');
-      return databases;
+      return get('platform').databases;
     },
     get bus() {
-      if (!bus) throw new Error('app not started');
-      return bus;
+      return get('platform').bus;
     },
     get identity() {
-      if (!identityService) throw new Error('app not started');
-      return identityService;
+      return get('identity');
     },
     get backup() {
-      if (!backupService) throw new Error('app not started');
-      return backupService;
+      return get('backup');
     },
     get files() {
-      if (!filesService) throw new Error('app not started');
-      return filesService;
+      return get('files');
     },
   };
+}
+
+/** The first start creates tenant `default` and keeps its keys (shown once) in the secrets folder. */
+async function ensureDefaultTenant(identity: IdentityService, secretsDir: string): Promise<CreatedTenant | undefined> {
+  if ((await identity.tenants.list(1)).rows.length > 0) return undefined;
+  const created = await identity.tenants.create('default');
+  await writeSecretFile(path.join(secretsDir, 'default-tenant.json'), `${JSON.stringify(created, null, 2)}\n`);
+  return created;
+}
+
+/** The optional plain-HTTP port, which only ever answers 403 https_required. */
+async function listenHttpRejector(platform: Platform, port: number): Promise<number> {
+  const rejector: http.Server = createHttpRejector(platform.logger);
+  await new Promise<void>((resolve, reject) => {
+    rejector.once('error', reject);
+    rejector.listen(port, platform.config.host, () => resolve());
+  });
+  platform.defer(() => new Promise<void>((resolve) => rejector.close(() => resolve())));
+  return (rejector.address() as AddressInfo).port;
 }
 
 function randomToken(): string {

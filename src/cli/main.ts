@@ -10,10 +10,9 @@ import { DataDirLockedError } from '../adapters/local/data-dir.ts';
 import { createApp, type StartedApp, VERSION } from '../app.ts';
 import { type Config, loadConfig } from '../core/config.ts';
 import { AppError } from '../core/errors.ts';
-import { type Environment, isEnvironment } from '../core/principal.ts';
+import { type Environment, isEnvironment, type TenantPrincipal } from '../core/principal.ts';
 import { TlsConfigError } from '../gateway/tls.ts';
-import type { BackupPrincipal } from '../services/backup/domain/backup.service.ts';
-import { type BackupRuntime, openBackupRuntime } from '../services/backup/standalone.ts';
+import { type BackupProcess, openBackupProcess } from '../serve.ts';
 
 /**
  * The only place that reads process.env, listens to signals and decides exit codes.
@@ -140,9 +139,9 @@ function toolLogger(config: Config) {
   return pino({ level: config.logLevel, base: { service: 'bantu' } }, pino.destination(2));
 }
 
-async function openRuntimeOrExit(config: Config, logger: pino.Logger, worker: boolean): Promise<BackupRuntime> {
+async function openRuntimeOrExit(config: Config, logger: pino.Logger, worker: boolean): Promise<BackupProcess> {
   try {
-    return await openBackupRuntime(config, logger, { worker });
+    return await openBackupProcess(config, logger, { worker });
   } catch (error) {
     if (error instanceof DataDirLockedError || error instanceof EmbeddedPostgresError || error instanceof TlsConfigError) {
       process.stderr.write(`bantu: ${error.message}\n(With a running server, point DATABASE_URL at its database instead.)\n`);
@@ -157,7 +156,7 @@ async function openRuntimeOrExit(config: Config, logger: pino.Logger, worker: bo
 async function serveBackup(): Promise<void> {
   const config = configOrExit();
   const logger = pino({ level: config.logLevel, base: { service: 'bantu-backup' } });
-  let runtime: BackupRuntime | undefined;
+  let runtime: BackupProcess | undefined;
   let stopping = false;
   ownSignals((signal) => {
     if (stopping) process.exit(1);
@@ -202,7 +201,7 @@ backupCommand
     const runtime = await openRuntimeOrExit(config, toolLogger(config), false);
     ownSignals(() => runtime.close().finally(() => process.exit(1)));
     const bar = progress('verify');
-    let result: Awaited<ReturnType<BackupRuntime['backup']['verify']>>;
+    let result: Awaited<ReturnType<BackupProcess['backup']['verify']>>;
     try {
       result = await runtime.backup.verify((done, total) => {
         if (done === total || done % 100 === 0) bar.step(done, total, 'blobs');
@@ -234,7 +233,7 @@ backupCommand
     const config = configOrExit();
     const runtime = await openRuntimeOrExit(config, toolLogger(config), false);
     ownSignals(() => runtime.close().finally(() => process.exit(1)));
-    let result: Awaited<ReturnType<BackupRuntime['backup']['retryDeadLetters']>>;
+    let result: Awaited<ReturnType<BackupProcess['backup']['retryDeadLetters']>>;
     try {
       result = await runtime.backup.retryDeadLetters();
     } catch (error) {
@@ -285,7 +284,7 @@ backupCommand
     const runtime = await openRuntimeOrExit(config, toolLogger(config), false);
     ownSignals(() => runtime.close().finally(() => process.exit(1)));
     // The tool acts with the tenant's full power, as an account key would; its events name it.
-    const principal: BackupPrincipal = { kind: 'account_key', keyId: 'cli_backup_restore', tenantId: options.tenant, environment: options.env };
+    const principal: TenantPrincipal = { kind: 'account_key', keyId: 'cli_backup_restore', tenantId: options.tenant, environment: options.env };
     let code = 0;
     try {
       if (options.file !== undefined) {

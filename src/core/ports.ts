@@ -1,5 +1,6 @@
 import type { BusEvent, NewEvent } from './events.ts';
-import type { Environment } from './principal.ts';
+import type { Environment, TenantPrincipal } from './principal.ts';
+import type { FileObject } from './schemas.ts';
 
 /**
  * Ports: the interfaces services depend on. Each has drivers in src/adapters/<port>/,
@@ -206,4 +207,32 @@ export interface BlobStore {
   delete(key: string): Promise<void>;
   /** Every blob, in no particular order (for sweeps and verification). */
   list(): AsyncIterable<BlobInfo>;
+}
+
+/**
+ * Ports between services: a service reaches another only through these. Each has an
+ * in-process driver (the other service's own code, wired by the composition root) and, in
+ * distributed mode, an HTTP one through the registry.
+ */
+
+/** What the files service offers the backup: reads, deletes, and restores as new versions. */
+export interface FilesPort {
+  get(principal: TenantPrincipal, id: string): Promise<FileObject>;
+  list(principal: TenantPrincipal, query: { limit: number; cursor?: string }): Promise<{ data: FileObject[]; next_cursor: string | null }>;
+  remove(principal: TenantPrincipal, id: string): Promise<void>;
+  /**
+   * Makes an earlier version current again, as the next version. `open` gives that version's
+   * bytes; it is called only when the files store lacks them.
+   */
+  restoreVersion(
+    principal: TenantPrincipal,
+    id: string,
+    version: { sha256: string; size: number; content_type: string; name: string; path: string },
+    open: () => Promise<AsyncIterable<Uint8Array>>,
+  ): Promise<FileObject>;
+}
+
+/** What the backup tells the files service for `GET /v1/usage`: the distinct bytes it holds for the principal's tenant and environment. */
+export interface BackupUsagePort {
+  heldBytes(principal: TenantPrincipal): Promise<number>;
 }

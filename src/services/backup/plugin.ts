@@ -1,21 +1,20 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Gauge, Histogram, type Registry } from 'prom-client';
-import type { MigrationSet } from '../../adapters/db/pg.ts';
 import { type Databases, ENVIRONMENTS } from '../../adapters/db/pg.ts';
 import type { EventBus } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
-import type { Route } from '../../gateway/routes.ts';
+import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { BACKUP_CONSUMER, type BackupDeps, BackupService } from './domain/backup.service.ts';
 import { backupRoutes } from './http/backup.routes.ts';
 import * as repo from './repo/backup.repo.ts';
-import { registerBackupWorker } from './worker.ts';
+import { backupWorker } from './worker.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 /** Backup: the history of every file version, its own content-addressed store, restores. */
-export const backupMigrations = {
-  environment: [{ service: 'backup', folder: path.join(here, 'migrations') }] as MigrationSet[],
+export const backupMigrations: ServiceMigrations = {
+  environment: [{ service: 'backup', folder: path.join(here, 'migrations') }],
 };
 
 export interface BackupOptions extends Omit<BackupDeps, 'bus' | 'observer'> {
@@ -28,15 +27,11 @@ export interface BackupOptions extends Omit<BackupDeps, 'bus' | 'observer'> {
   metrics?: Registry;
 }
 
-export interface BackupModule {
+export interface BackupModule extends ServiceModule {
   service: BackupService;
-  routes: Route[];
-  /** Starts the periodic sweep. Call after the bus has started. */
-  start(): void;
-  close(): Promise<void>;
 }
 
-/** Builds the service, registers its worker with the bus (before `bus.start()`), and its metrics. */
+/** Builds the service, its worker (a bus consumer, where it runs), its routes and its metrics. */
 export function createBackupService(options: BackupOptions): BackupModule {
   const lag = options.metrics
     ? new Histogram({
@@ -52,7 +47,6 @@ export function createBackupService(options: BackupOptions): BackupModule {
     observer: { recorded: (environment, seconds) => lag?.observe({ environment }, seconds) },
   });
   if (options.metrics) registerBackupGauges(options.metrics, options.databases, options.bus);
-  if (options.worker) registerBackupWorker(options.bus, service, { maxAttempts: options.maxAttempts });
 
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<unknown> = Promise.resolve();
@@ -60,8 +54,10 @@ export function createBackupService(options: BackupOptions): BackupModule {
     running = service.sweep().catch((error) => options.logger.warn({ err: error }, 'backup sweep failed; retrying later'));
   };
   return {
+    name: 'backup',
     service,
     routes: backupRoutes(service),
+    consumers: options.worker ? [backupWorker(service, { maxAttempts: options.maxAttempts })] : [],
     start() {
       // Only where the worker runs: one sweeper per deployment, next to the writer it races with.
       if (!options.worker) return;

@@ -1,5 +1,5 @@
 import { FILE_EVENT_TYPES } from '../../core/events.ts';
-import type { EventBus } from '../../core/ports.ts';
+import type { BusConsumer } from '../../platform/module.ts';
 import { BACKUP_CONSUMER, type BackupService } from './domain/backup.service.ts';
 
 /**
@@ -14,10 +14,11 @@ import { BACKUP_CONSUMER, type BackupService } from './domain/backup.service.ts'
  * outage of the backup disk delays versions but loses none.
  * A backlog is handled a read at a time (`recordBatch`): one commit for many versions.
  */
-export function registerBackupWorker(bus: EventBus, backup: BackupService, options: { maxAttempts: number }): void {
-  bus.consumeBatch(BACKUP_CONSUMER, (events) => backup.recordBatch(events), {
-    types: FILE_EVENT_TYPES,
-    maxAttempts: options.maxAttempts,
-    deadLetter: 'poison-only',
-  });
+export function backupWorker(backup: BackupService, options: { maxAttempts: number }): BusConsumer {
+  return {
+    name: BACKUP_CONSUMER,
+    batch: true,
+    handle: (events) => backup.recordBatch(events),
+    options: { types: FILE_EVENT_TYPES, maxAttempts: options.maxAttempts, deadLetter: 'poison-only' },
+  };
 }

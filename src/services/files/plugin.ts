@@ -1,26 +1,26 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { MigrationSet } from '../../adapters/db/pg.ts';
+import type { FilesPort } from '../../core/ports.ts';
 import type { RoutesPlugin } from '../../gateway/server.ts';
+import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { type FilesDeps, FilesService } from './domain/files.service.ts';
 import { filesRoutes } from './http/files.routes.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 /** Files: metadata, immutable content blobs per version, and the File_* events. */
-export const filesMigrations = {
-  environment: [{ service: 'files', folder: path.join(here, 'migrations') }] as MigrationSet[],
+export const filesMigrations: ServiceMigrations = {
+  environment: [{ service: 'files', folder: path.join(here, 'migrations') }],
 };
 
 /** How often expired idempotency answers and orphan blobs are swept (also once at start). */
 const SWEEP_EVERY_MS = 10 * 60 * 1000;
 
-export interface FilesModule {
+export interface FilesModule extends Omit<ServiceModule, 'routes'> {
   service: FilesService;
   routes: RoutesPlugin[];
-  /** Starts the periodic sweep; the first one runs in the background right away. */
-  start(): void;
-  close(): Promise<void>;
+  /** What the backup reaches of files, in-process. */
+  port: FilesPort;
 }
 
 export function createFilesService(deps: FilesDeps): FilesModule {
@@ -31,8 +31,12 @@ export function createFilesService(deps: FilesDeps): FilesModule {
     running = service.sweep().catch((error) => deps.logger.warn({ err: error }, 'files sweep failed; retrying later'));
   };
   return {
+    name: 'files',
     service,
+    port: service,
     routes: [filesRoutes(service)],
+    consumers: [],
+    /** Starts the periodic sweep; the first one runs in the background right away. */
     start() {
       sweep();
       timer = setInterval(sweep, SWEEP_EVERY_MS);

@@ -1,10 +1,11 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import type { Databases, MigrationSet } from '../../adapters/db/pg.ts';
+import type { Databases } from '../../adapters/db/pg.ts';
 import type { CounterStore, Mailer } from '../../core/ports.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
 import type { RoutesPlugin } from '../../gateway/server.ts';
+import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { ApiKeysService } from './domain/api-keys.service.ts';
 import { AuditLog } from './domain/audit.ts';
 import { AuthService } from './domain/auth.service.ts';
@@ -25,9 +26,9 @@ import { usersRoutes } from './http/users.routes.ts';
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 /** Identity: tenants, API keys, users, sessions and tokens, password recovery, the audit trail. */
-export const identityMigrations = {
-  control: [{ service: 'identity', folder: path.join(here, 'migrations', 'control') }] as MigrationSet[],
-  environment: [{ service: 'identity', folder: path.join(here, 'migrations', 'environment') }] as MigrationSet[],
+export const identityMigrations: ServiceMigrations = {
+  control: [{ service: 'identity', folder: path.join(here, 'migrations', 'control') }],
+  environment: [{ service: 'identity', folder: path.join(here, 'migrations', 'environment') }],
 };
 
 export interface IdentityDeps {
@@ -43,7 +44,7 @@ export interface IdentityDeps {
   loginLimits?: typeof DEFAULT_LOGIN_LIMITS;
 }
 
-export interface IdentityService {
+export interface IdentityService extends Omit<ServiceModule, 'routes'> {
   tenants: TenantsService;
   apiKeys: ApiKeysService;
   tokens: TokenService;
@@ -103,6 +104,8 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
   };
 
   return {
+    name: 'identity',
+    consumers: [],
     tenants,
     apiKeys,
     tokens,

@@ -3,16 +3,16 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { EventBus } from '../../core/ports.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
+import type { ServiceModule } from '../../platform/module.ts';
 import { NotificationsHub } from './socket/notifications.socket.ts';
 
 /**
  * Notifications: real-time file changes over Socket.IO, fed by the durable bus.
  * It owns no tables: the history it replays is the bus's outbox.
  */
-export interface NotificationsService {
+export interface NotificationsService extends ServiceModule {
   /** Mounts the Socket.IO endpoint on the gateway's HTTPS server. */
   attach(server: https.Server): void;
-  close(): Promise<void>;
 }
 
 export function createNotificationsService(deps: {
@@ -27,9 +27,12 @@ export function createNotificationsService(deps: {
   replayMax?: number;
 }): NotificationsService {
   const hub = new NotificationsHub({ ...deps, recheckMs: deps.recheckMs ?? 30_000 });
-  hub.registerConsumer();
   return {
+    name: 'notifications',
+    routes: [],
+    consumers: [hub.consumer()],
     attach: (server) => hub.attach(server),
+    start: () => undefined,
     close: () => hub.close(),
   };
 }

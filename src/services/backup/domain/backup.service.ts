@@ -3,8 +3,8 @@ import type { Logger } from 'pino';
 import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
-import { type BlobStore, type ByteRange, type EventBus, PoisonEventError } from '../../../core/ports.ts';
-import { type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
+import { type BackupUsagePort, type BlobStore, type ByteRange, type EventBus, type FilesPort, PoisonEventError } from '../../../core/ports.ts';
+import { type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
 import * as repo from '../repo/backup.repo.ts';
 
 /** How many blobs a batch copies at once: enough to overlap their fsyncs, few enough to keep memory flat. */
@@ -21,22 +21,19 @@ async function forEachLimit<T>(items: T[], limit: number, work: (item: T) => Pro
 /** The bus consumer name: its cursor and dead letters are kept under it. */
 export const BACKUP_CONSUMER = 'backup';
 
-export type BackupPrincipal = Exclude<Principal, { kind: 'operator' }>;
 
 /** The File object as file events carry it. */
 export type FileSnapshot = FileObject;
 
-/** What the files service must offer the backup: reads, deletes, and restores as new versions. */
-export interface FilesPort {
-  get(principal: BackupPrincipal, id: string): Promise<FileSnapshot>;
-  list(principal: BackupPrincipal, query: { limit: number; cursor?: string }): Promise<{ data: FileSnapshot[]; next_cursor: string | null }>;
-  remove(principal: BackupPrincipal, id: string): Promise<void>;
-  restoreVersion(
-    principal: BackupPrincipal,
-    id: string,
-    version: { sha256: string; size: number; content_type: string; name: string; path: string },
-    open: () => Promise<AsyncIterable<Uint8Array>>,
-  ): Promise<FileSnapshot>;
+/**
+ * The in-process BackupUsagePort: the distinct bytes the backup holds for a tenant, read from
+ * the backup's own tables. It needs no BackupService, so the files service can be built first.
+ */
+export function backupUsage(databases: Databases): BackupUsagePort {
+  return {
+    heldBytes: async (principal) =>
+      (await withTenant(databases.environments[principal.environment], principal.tenantId, (trx) => repo.tenantStats(trx, principal.tenantId))).bytes,
+  };
 }
 
 /** Observers the composition root may hang metrics on. */
@@ -150,7 +147,7 @@ export class BackupService {
     return this.deps.databases.environments[environment];
   }
 
-  private inTenant<T>(principal: BackupPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
+  private inTenant<T>(principal: TenantPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
     return withTenant(this.db(principal.environment), principal.tenantId, work);
   }
 
@@ -235,13 +232,13 @@ export class BackupService {
   }
 
   /** A user who is not an admin sees the history of their own files only; others' are 404. */
-  private async assertVisible(trx: Tx, principal: BackupPrincipal, fileId: string): Promise<void> {
+  private async assertVisible(trx: Tx, principal: TenantPrincipal, fileId: string): Promise<void> {
     const owner = await repo.ownerOf(trx, principal.tenantId, fileId);
     if (!owner) throw notFound(fileId);
     if (principal.kind === 'user' && !isTenantAdmin(principal) && owner.owner_id !== principal.userId) throw notFound(fileId);
   }
 
-  async listVersions(principal: BackupPrincipal, fileId: string, query: { limit: number; cursor?: string }) {
+  async listVersions(principal: TenantPrincipal, fileId: string, query: { limit: number; cursor?: string }) {
     const after = decodeVersionCursor(query.cursor);
     const rows = await this.inTenant(principal, async (trx) => {
       await this.assertVisible(trx, principal, fileId);
@@ -255,7 +252,7 @@ export class BackupService {
     };
   }
 
-  async findVersion(principal: BackupPrincipal, fileId: string, version: number): Promise<VersionEntry> {
+  async findVersion(principal: TenantPrincipal, fileId: string, version: number): Promise<VersionEntry> {
     const row = await this.inTenant(principal, async (trx) => {
       await this.assertVisible(trx, principal, fileId);
       return repo.findVersion(trx, principal.tenantId, fileId, version);
@@ -265,7 +262,7 @@ export class BackupService {
   }
 
   /** A stream of one backed-up version's bytes (or a range of them), from the backup store. */
-  async openVersion(principal: BackupPrincipal, entry: VersionEntry, range?: ByteRange) {
+  async openVersion(principal: TenantPrincipal, entry: VersionEntry, range?: ByteRange) {
     return this.deps.store[principal.environment].get(entry.sha256, range);
   }
 
@@ -274,7 +271,7 @@ export class BackupService {
    * files service (with its own File_* event, which the backup records in turn). A deleted
    * file comes back under the same id.
    */
-  async restore(principal: BackupPrincipal, fileId: string, version: number) {
+  async restore(principal: TenantPrincipal, fileId: string, version: number) {
     const files = this.deps.files;
     if (!files) throw new Error('restore needs the files service');
     const entry = await this.findVersion(principal, fileId, version);
@@ -283,7 +280,7 @@ export class BackupService {
   }
 
   /** The newest version of a file that had content (the one a restore without --version brings back). */
-  async latestVersion(principal: BackupPrincipal, fileId: string): Promise<number> {
+  async latestVersion(principal: TenantPrincipal, fileId: string): Promise<number> {
     const row = await this.inTenant(principal, async (trx) => {
       await this.assertVisible(trx, principal, fileId);
       return repo.latestContentVersion(trx, principal.tenantId, fileId);
@@ -292,7 +289,7 @@ export class BackupService {
     return row.version;
   }
 
-  async status(principal: BackupPrincipal): Promise<BackupStatus> {
+  async status(principal: TenantPrincipal): Promise<BackupStatus> {
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Backup status is for account keys and admin users');
     const [stats, consumers] = await Promise.all([
       this.inTenant(principal, (trx) => repo.tenantStats(trx, principal.tenantId)),
@@ -317,13 +314,13 @@ export class BackupService {
     return this.deps.bus.redeliverDeadLetters(BACKUP_CONSUMER, (event) => this.record(event));
   }
 
-  async getPolicy(principal: BackupPrincipal): Promise<RetentionPolicy> {
+  async getPolicy(principal: TenantPrincipal): Promise<RetentionPolicy> {
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'The retention policy is for account keys and admin users');
     const row = await this.inTenant(principal, (trx) => repo.getPolicy(trx, principal.tenantId));
     return policyOf(row);
   }
 
-  async setPolicy(principal: BackupPrincipal, policy: RetentionPolicy): Promise<RetentionPolicy> {
+  async setPolicy(principal: TenantPrincipal, policy: RetentionPolicy): Promise<RetentionPolicy> {
     if (principal.kind !== 'account_key') fail(Errors.forbidden, 'Only an account key may set the retention policy');
     const row: repo.PolicyRow = {
       tenant_id: principal.tenantId,
@@ -407,7 +404,7 @@ export class BackupService {
    * that are deleted now, get the version they had then. Live files come from the files service
    * (its truth); the past comes from the backup history.
    */
-  async planAsOf(principal: BackupPrincipal, asOf: Date): Promise<AsOfPlan> {
+  async planAsOf(principal: TenantPrincipal, asOf: Date): Promise<AsOfPlan> {
     const files = this.deps.files;
     if (!files) throw new Error('restore needs the files service');
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'A tenant restore needs an account key or an admin');
@@ -441,7 +438,7 @@ export class BackupService {
   }
 
   /** Carries out a plan: removals first, so that restored names are free again. */
-  async applyAsOf(principal: BackupPrincipal, plan: AsOfPlan, onStep?: (done: number, total: number, what: string) => void): Promise<void> {
+  async applyAsOf(principal: TenantPrincipal, plan: AsOfPlan, onStep?: (done: number, total: number, what: string) => void): Promise<void> {
     const files = this.deps.files;
     if (!files) throw new Error('restore needs the files service');
     const total = plan.remove.length + plan.restore.length;

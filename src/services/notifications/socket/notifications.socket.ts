@@ -6,6 +6,7 @@ import type { BusEvent } from '../../../core/events.ts';
 import type { ConsumerOptions, EventBus } from '../../../core/ports.ts';
 import type { Principal } from '../../../core/principal.ts';
 import type { CredentialVerifier } from '../../../gateway/auth.ts';
+import type { BusConsumer } from '../../../platform/module.ts';
 import {
   adminRoom,
   type ConnectEvent,
@@ -133,15 +134,15 @@ export class NotificationsHub {
   }
 
   /**
-   * Registers the durable bus consumer; call before the bus starts. `fromNotification`
+   * The durable bus consumer, registered before the bus starts. `fromNotification`
    * (outbox driver): an event whose order allows it is delivered from its commit's
    * notification, with no read of the table in between, in the order the read would have
    * delivered it (ids below the database's xmin, (xid, id) order), which the replay seam
    * relies on. Other drivers ignore the option.
    */
-  registerConsumer(): void {
+  consumer(): BusConsumer {
     const options: ConsumerOptions & { fromNotification?: boolean } = { types: ['File_create', 'File_update', 'File_delete'], fromNotification: true };
-    this.options.bus.consume('notifications', async (event) => this.deliver(event), options);
+    return { name: 'notifications', handle: async (event) => this.deliver(event), options };
   }
 
   attach(server: https.Server): void {

@@ -1,0 +1,40 @@
+import type { MigrationSet } from '../adapters/db/pg.ts';
+import type { BatchEventHandler, ConsumerOptions, EventBus, EventHandler } from '../core/ports.ts';
+import type { Route } from '../gateway/routes.ts';
+
+/**
+ * One shape for every service. `npm start` mounts every module in one process behind the
+ * gateway; `bantu serve <name>` mounts one alone. Either way the platform is built first,
+ * each module is built on it with the narrow ports it needs, the consumers are registered,
+ * the bus starts, then `start` runs; `close` runs in reverse order.
+ */
+export interface ServiceModule {
+  readonly name: string;
+  /** Its HTTP surface; the gateway mounts it in-process or proxies to it. */
+  readonly routes: Route[];
+  /** Its durable bus consumers, registered before the bus starts. */
+  readonly consumers: BusConsumer[];
+  /** Background work (sweeps, timers); after the bus has started and the gateway listens. */
+  start(): Promise<void> | void;
+  close(): Promise<void> | void;
+}
+
+/** The SQL migrations a service owns, per database (plain files, numbered per service). */
+export interface ServiceMigrations {
+  control?: MigrationSet[];
+  environment?: MigrationSet[];
+}
+
+/** A durable consumer: one event at a time, or a batch of one read at a time. */
+export type BusConsumer =
+  | { name: string; batch?: false; handle: EventHandler; options?: ConsumerOptions }
+  | { name: string; batch: true; handle: BatchEventHandler; options?: ConsumerOptions };
+
+export function registerConsumers(bus: EventBus, modules: readonly Pick<ServiceModule, 'consumers'>[]): void {
+  for (const module of modules) {
+    for (const consumer of module.consumers) {
+      if (consumer.batch) bus.consumeBatch(consumer.name, consumer.handle, consumer.options);
+      else bus.consume(consumer.name, consumer.handle, consumer.options);
+    }
+  }
+}

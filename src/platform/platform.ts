@@ -1,0 +1,158 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { sql } from 'kysely';
+import type { Logger } from 'pino';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { DiskBlobStore } from '../adapters/blob/disk.ts';
+import { OutboxBus } from '../adapters/bus/outbox.ts';
+import { MemoryCounterStore } from '../adapters/cache/memory.ts';
+import { RedisCounterStore } from '../adapters/cache/redis.ts';
+import { startEmbeddedPostgres } from '../adapters/db/embedded.ts';
+import { type Databases, ENVIRONMENTS, type MigrationSet, migrate, openDatabases } from '../adapters/db/pg.ts';
+import { dataPath, lockDataDir, readOrCreateSecret } from '../adapters/local/data-dir.ts';
+import { FileMailer } from '../adapters/mail/files.ts';
+import { SmtpMailer } from '../adapters/mail/smtp.ts';
+import type { Config } from '../core/config.ts';
+import type { BlobStore, CounterStore, Mailer } from '../core/ports.ts';
+import type { Environment } from '../core/principal.ts';
+import type { ReadinessCheck } from '../gateway/operations.ts';
+import type { ServiceMigrations } from './module.ts';
+
+/**
+ * What every Bantu process stands on, built once whatever it mounts: the data dir lock, the
+ * databases (embedded PostgreSQL or DATABASE_URL) and their migrations, the bus, the blob and
+ * backup stores, the mailer, the rate-limit counters, metrics and readiness checks.
+ *
+ * The platform owns the close order: everything opened here, or handed to `defer` by the
+ * modules built on it, closes in reverse order of opening.
+ */
+export interface Platform {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly databases: Databases;
+  readonly bus: OutboxBus;
+  /** The files' content, one root per environment: live and test never share storage. */
+  readonly blobs: Record<Environment, BlobStore>;
+  /** The backup store, its own root per environment (BANTU_BACKUP_DIR, so it can live on another disk). */
+  readonly backups: Record<Environment, BlobStore>;
+  readonly mailer: Mailer;
+  /** Rate-limit counters: in memory for one process, in Redis when several share the limits. */
+  readonly counters: CounterStore;
+  readonly metrics: Registry;
+  readonly checks: Map<string, ReadinessCheck>;
+  readonly secretsDir: string;
+  /** Seals the JWT signing keys in the databases (BANTU_SECRET_KEY, or secrets/secret-key). */
+  readonly secretKey: string;
+  /** Runs `closer` when the platform closes, before whatever was opened earlier. */
+  defer(closer: () => unknown): void;
+  close(): Promise<void>;
+}
+
+export interface PlatformOptions {
+  /** The migrations of the modules this process mounts (the platform adds its own and the bus's). */
+  migrations: ServiceMigrations[];
+  /**
+   * Hold the data dir lock even with DATABASE_URL (`bantu start`: one server per data dir).
+   * Without it, the lock is taken only to run the data dir's embedded PostgreSQL.
+   */
+  exclusiveDataDir: boolean;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const PLATFORM_MIGRATIONS: MigrationSet[] = [
+  { service: 'platform', folder: path.join(here, '..', 'adapters', 'db', 'migrations') },
+  { service: 'bus', folder: path.join(here, '..', 'adapters', 'bus', 'migrations') },
+];
+
+/** Migrations of each environment database and of the control database, in the order they run. */
+export function migrationPlan(modules: ServiceMigrations[]): { control: MigrationSet[]; environment: MigrationSet[] } {
+  return {
+    control: modules.flatMap((m) => m.control ?? []),
+    environment: [...PLATFORM_MIGRATIONS, ...modules.flatMap((m) => m.environment ?? [])],
+  };
+}
+
+export async function openPlatform(config: Config, logger: Logger, options: PlatformOptions): Promise<Platform> {
+  const closers: Array<() => unknown> = [];
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      for (const closer of closers.reverse()) {
+        try {
+          await closer();
+        } catch (error) {
+          logger.error({ err: error }, 'error while shutting down');
+        }
+      }
+    })();
+    return closing;
+  };
+  try {
+    if (options.exclusiveDataDir || !config.databaseUrl) closers.push(await lockDataDir(config.dataDir));
+    // Before anything starts: a Redis that cannot be reached fails the start at once.
+    const redis = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
+    if (redis) closers.push(() => redis.close());
+
+    let baseUrl = config.databaseUrl;
+    if (!baseUrl) {
+      const embedded = await startEmbeddedPostgres(config.dataDir, logger);
+      closers.push(() => embedded.stop());
+      baseUrl = embedded.url.replace(/\/postgres$/, '/bantu');
+    }
+    const databases = await openDatabases(baseUrl);
+    closers.push(() => databases.close());
+    // Under the migrations' advisory lock: whichever process starts first applies them.
+    const plan = migrationPlan(options.migrations);
+    const applied = [
+      ...(await migrate(databases.control, plan.control)),
+      ...(await Promise.all(ENVIRONMENTS.map((env) => migrate(databases.environments[env], plan.environment)))).flat(),
+    ];
+    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+
+    const openStores = async (root: (env: Environment) => string) => ({ live: await DiskBlobStore.open(root('live')), test: await DiskBlobStore.open(root('test')) });
+    const blobs = await openStores((env) => dataPath(config.dataDir, 'blobs', env));
+    const backups = await openStores((env) => path.join(config.backupDir, env));
+
+    const mailer: Mailer = config.smtpUrl
+      ? new SmtpMailer(config.smtpUrl, config.mailFrom, logger.child({ component: 'mail' }))
+      : new FileMailer(dataPath(config.dataDir, 'mail'), config.mailFrom, logger.child({ component: 'mail' }));
+    closers.push(() => mailer.close());
+
+    const secretsDir = dataPath(config.dataDir, 'secrets');
+    // Losing it only means new signing keys (users log in again).
+    const secretKey = config.secretKey ?? (await readOrCreateSecret(path.join(secretsDir, 'secret-key'))).value;
+
+    const metrics = new Registry();
+    collectDefaultMetrics({ register: metrics });
+    const checks = new Map<string, ReadinessCheck>([
+      ['database', async () => void (await sql`select 1`.execute(databases.control))],
+      ['database_live', async () => void (await sql`select 1`.execute(databases.environments.live))],
+      ['database_test', async () => void (await sql`select 1`.execute(databases.environments.test))],
+    ]);
+    if (redis) checks.set('redis', () => redis.ping());
+
+    const bus = new OutboxBus(databases, logger.child({ component: 'bus' }));
+    // Started by the process once every module has registered its consumers; closed before the databases.
+    closers.push(() => bus.close());
+
+    return {
+      config,
+      logger,
+      databases,
+      bus,
+      blobs,
+      backups,
+      mailer,
+      counters: redis ?? new MemoryCounterStore(),
+      metrics,
+      checks,
+      secretsDir,
+      secretKey,
+      defer: (closer) => closers.push(closer),
+      close,
+    };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}

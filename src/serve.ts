@@ -1,0 +1,64 @@
+import type { Logger } from 'pino';
+import type { OutboxBus } from './adapters/bus/outbox.ts';
+import type { Databases } from './adapters/db/pg.ts';
+import { ALL_MIGRATIONS } from './app.ts';
+import type { Config } from './core/config.ts';
+import { registerConsumers } from './platform/module.ts';
+import { openPlatform } from './platform/platform.ts';
+import type { BackupService } from './services/backup/domain/backup.service.ts';
+import { createBackupService } from './services/backup/plugin.ts';
+import { createFilesService } from './services/files/plugin.ts';
+
+/**
+ * The composition root of one module alone: `bantu serve backup` (the worker, distributed
+ * mode) and the `bantu backup verify|restore|retry-dead-letters` tools. The same platform as
+ * `bantu start`; only the module list differs.
+ *
+ * With DATABASE_URL it shares the database with the running services; it needs the same
+ * blob folders (BANTU_BLOB_DIR, until S3). Without it, it starts the data dir's embedded
+ * PostgreSQL itself, which only works while no server holds that data dir (the lock says so).
+ */
+export interface BackupProcess {
+  databases: Databases;
+  bus: OutboxBus;
+  backup: BackupService;
+  close(): Promise<void>;
+}
+
+export async function openBackupProcess(config: Config, logger: Logger, options: { worker: boolean }): Promise<BackupProcess> {
+  // The same migrations as `bantu start`, under the same lock: whichever process starts first applies them.
+  const platform = await openPlatform(config, logger, { migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
+  try {
+    // Restores make versions and events like any write, through the files port. In-process
+    // for now: the backup process mounts the files domain (no routes, no sweep) until the
+    // port has its HTTP driver through the registry (distributed mode).
+    const files = createFilesService({
+      databases: platform.databases,
+      blobs: platform.blobs,
+      bus: platform.bus,
+      limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
+      logger: logger.child({ component: 'files' }),
+    });
+    const backup = createBackupService({
+      databases: platform.databases,
+      sources: platform.blobs,
+      store: platform.backups,
+      bus: platform.bus,
+      files: files.port,
+      worker: options.worker,
+      maxAttempts: config.backupMaxAttempts,
+      sweepEveryMs: config.backupSweepMinutes * 60_000,
+      logger: logger.child({ component: 'backup' }),
+    });
+    if (options.worker) {
+      registerConsumers(platform.bus, [backup]);
+      await platform.bus.start();
+      await backup.start();
+      platform.defer(() => backup.close());
+    }
+    return { databases: platform.databases, bus: platform.bus, backup: backup.service, close: () => platform.close() };
+  } catch (error) {
+    await platform.close();
+    throw error;
+  }
+}
