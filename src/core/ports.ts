@@ -1,5 +1,5 @@
 import type { BusEvent, NewEvent } from './events.ts';
-import type { Environment, TenantPrincipal } from './principal.ts';
+import type { Environment, Principal, TenantPrincipal } from './principal.ts';
 import type { FileObject } from './schemas.ts';
 
 /**
@@ -235,4 +235,13 @@ export interface FilesPort {
 /** What the backup tells the files service for `GET /v1/usage`: the distinct bytes it holds for the principal's tenant and environment. */
 export interface BackupUsagePort {
   heldBytes(principal: TenantPrincipal): Promise<number>;
+}
+
+/**
+ * Turns a credential (key, token) into a principal, or null when it is not one this verifier
+ * knows or it is not valid. Identity provides the verifiers of keys and user tokens; the
+ * gateway and the notifications service use them without knowing how they work.
+ */
+export interface CredentialVerifier {
+  verify(credential: string): Promise<Principal | null>;
 }

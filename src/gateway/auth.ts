@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AppError, Errors } from '../core/errors.ts';
+import type { CredentialVerifier } from '../core/ports.ts';
 import type { Principal, TenantPrincipal } from '../core/principal.ts';
 
 /**
@@ -21,10 +22,7 @@ export interface RouteAuth {
   publicForApplications?: boolean;
 }
 
-/** Turns a credential string (key, token) into a principal, or null when it is not valid. */
-export interface CredentialVerifier {
-  verify(credential: string): Promise<Principal | null>;
-}
+export type { CredentialVerifier } from '../core/ports.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {

@@ -1,8 +1,7 @@
 import type https from 'node:https';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import type { EventBus } from '../../core/ports.ts';
-import type { CredentialVerifier } from '../../gateway/auth.ts';
+import type { CredentialVerifier, EventBus } from '../../core/ports.ts';
 import type { ServiceModule } from '../../platform/module.ts';
 import { NotificationsHub } from './socket/notifications.socket.ts';
 
