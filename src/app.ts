@@ -136,9 +136,8 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...backup.routes],
-      plugins: [...identity.routes, ...files.routes],
-      rootRoutes: [...identity.rootRoutes],
+      routes: [...backup.routes, ...identity.routes],
+      plugins: [...files.routes],
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);

@@ -46,6 +46,8 @@ export interface Route<S extends RouteSchemas = RouteSchemas> extends RouteAuth 
    * `stream`: the body reaches the handler unread, raw or as streamed multipart (uploads).
    */
   body?: 'json' | 'stream';
+  /** What a request sent with no body at all counts as, before validation (without it, no body fails a body schema). */
+  absentBody?: StaticOf<S['body']>;
   schema: S;
   /** Error statuses the route itself can answer (401 and 403 come with `auth`, 422 with input schemas). */
   errors?: number[];
@@ -92,12 +94,19 @@ function errorResponses(spec: Route): Record<number, unknown> {
   return Object.fromEntries([...statuses].sort().map((status) => [status, ProblemRef]));
 }
 
+function absentBodyDefault(body: unknown) {
+  return async (request: FastifyRequest) => {
+    if (request.body === undefined) request.body = structuredClone(body);
+  };
+}
+
 function toFastify(spec: Route) {
   return {
     method: spec.method,
     url: spec.url,
     config: { auth: spec.auth, scope: spec.scope, publicForApplications: spec.publicForApplications },
     schema: { ...spec.schema, response: { ...errorResponses(spec), ...spec.schema.response } },
+    ...(spec.absentBody === undefined ? {} : { preValidation: absentBodyDefault(spec.absentBody) }),
     handler: spec.handler as (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>,
   };
 }

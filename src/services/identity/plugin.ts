@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Databases } from '../../adapters/db/pg.ts';
 import type { CounterStore, Mailer } from '../../core/ports.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
-import type { RoutesPlugin } from '../../gateway/server.ts';
+import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { ApiKeysService } from './domain/api-keys.service.ts';
 import { AuditLog } from './domain/audit.ts';
@@ -44,7 +44,7 @@ export interface IdentityDeps {
   loginLimits?: typeof DEFAULT_LOGIN_LIMITS;
 }
 
-export interface IdentityService extends Omit<ServiceModule, 'routes'> {
+export interface IdentityService extends ServiceModule {
   tenants: TenantsService;
   apiKeys: ApiKeysService;
   tokens: TokenService;
@@ -52,10 +52,8 @@ export interface IdentityService extends Omit<ServiceModule, 'routes'> {
   auth: AuthService;
   audit: AuditLog;
   verifiers: CredentialVerifier[];
-  /** Under /v1. */
-  routes: RoutesPlugin[];
-  /** At the root (the JWKS). */
-  rootRoutes: RoutesPlugin[];
+  /** The route manifests: under /v1, and the JWKS at the root. */
+  routes: Route[];
   /** Loads (or on first start makes) the signing keys; before the gateway serves. */
   start(): Promise<void>;
   /** Stops the background work (the key sets' periodic re-read). */
@@ -113,8 +111,14 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     auth,
     audit,
     verifiers: [{ verify: (credential) => apiKeys.verify(credential) }, userTokens],
-    routes: [tenantsRoutes(tenants), keysRoutes(apiKeys), signingKeysRoutes(tokens), authRoutes(auth), usersRoutes(users, audit)],
-    rootRoutes: [jwksRoutes(tokens)],
+    routes: [
+      ...jwksRoutes(tokens),
+      ...tenantsRoutes(tenants),
+      ...keysRoutes(apiKeys),
+      ...signingKeysRoutes(tokens),
+      ...authRoutes(auth),
+      ...usersRoutes(users, audit),
+    ],
     start: () => tokens.start(),
     close: () => tokens.stop(),
   };

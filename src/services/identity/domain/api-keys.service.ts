@@ -19,7 +19,8 @@ export interface KeyInfo {
   created_at: string;
 }
 
-type AccountPrincipal = Extract<Principal, { kind: 'account_key' }>;
+/** Keys are managed with an account key only. */
+export type AccountPrincipal = Extract<Principal, { kind: 'account_key' }>;
 
 export interface CreatedKey {
   id: string;

@@ -3,7 +3,7 @@ import { withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import { newId } from '../../../core/ids.ts';
 import { pageOf } from '../../../core/pagination.ts';
-import type { Environment } from '../../../core/principal.ts';
+import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import * as sessionsRepo from '../repo/sessions.repo.ts';
 import * as usersRepo from '../repo/users.repo.ts';
 import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
@@ -11,7 +11,7 @@ import type { LoginThrottle } from './login-throttle.ts';
 import type { PasswordHasher } from './passwords.ts';
 import type { UserRevocations } from './revocations.ts';
 import type { UserCache } from './user-cache.ts';
-import { normaliseEmail, type Role, type TenantBound, toUser, type User, type UserPrincipal } from './users.ts';
+import { normaliseEmail, type Role, toUser, type User, type UserPrincipal } from './users.ts';
 
 /**
  * The user's own profile (`/users/me`) and user management by the tenant's admins:
@@ -51,7 +51,7 @@ const notFound = () => new AppError(Errors.notFound, 'No such user');
  * application; if it could make admins, or reset an admin's password, a leaked CRM key
  * would become the tenant's admin power.
  */
-function assertKeyMayTouch(principal: TenantBound, role: Role | undefined): void {
+function assertKeyMayTouch(principal: TenantPrincipal, role: Role | undefined): void {
   if (principal.kind === 'application_key' && role === 'admin') fail(Errors.forbidden, 'Application keys may not create, change or delete admin users');
 }
 
@@ -130,13 +130,13 @@ export class UsersService {
   }
 
   /** Admin users must still be admins now; keys were already checked by the gateway (kind and scope). */
-  private async assertAdmin(trx: Tx, principal: TenantBound): Promise<void> {
+  private async assertAdmin(trx: Tx, principal: TenantPrincipal): Promise<void> {
     if (principal.kind !== 'user') return;
     const self = principal.role === 'admin' ? await usersRepo.findUser(trx, principal.tenantId, principal.userId) : null;
     if (self?.role !== 'admin') fail(Errors.forbidden, 'Only admins may manage users');
   }
 
-  async list(principal: TenantBound, limit: number, before?: string): Promise<{ data: User[]; next_cursor: string | null }> {
+  async list(principal: TenantPrincipal, limit: number, before?: string): Promise<{ data: User[]; next_cursor: string | null }> {
     return withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
       await this.assertAdmin(trx, principal);
       const rows = await usersRepo.listUsers(trx, principal.tenantId, limit + 1, before);
@@ -144,7 +144,7 @@ export class UsersService {
     });
   }
 
-  async create(principal: TenantBound, input: { email: string; password: string; name: string; role?: Role }, context: RequestContext): Promise<User> {
+  async create(principal: TenantPrincipal, input: { email: string; password: string; name: string; role?: Role }, context: RequestContext): Promise<User> {
     assertKeyMayTouch(principal, input.role);
     if (principal.kind === 'user') {
       // Fail fast before the costly hash; checked again in the transaction.
@@ -171,7 +171,7 @@ export class UsersService {
     });
   }
 
-  async get(principal: TenantBound, id: string): Promise<User> {
+  async get(principal: TenantPrincipal, id: string): Promise<User> {
     return withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
       if (principal.kind === 'user' && principal.userId !== id) {
         // A plain user asking for someone else learns nothing, not even that the id exists.
@@ -184,7 +184,7 @@ export class UsersService {
     });
   }
 
-  private async assertManages(trx: Tx, principal: TenantBound, id: string): Promise<void> {
+  private async assertManages(trx: Tx, principal: TenantPrincipal, id: string): Promise<void> {
     if (principal.kind !== 'user') return;
     const self = principal.role === 'admin' ? await usersRepo.findUser(trx, principal.tenantId, principal.userId) : null;
     if (self?.role !== 'admin') {
@@ -193,7 +193,7 @@ export class UsersService {
     }
   }
 
-  async update(principal: TenantBound, id: string, changes: AdminChanges, context: RequestContext): Promise<User> {
+  async update(principal: TenantPrincipal, id: string, changes: AdminChanges, context: RequestContext): Promise<User> {
     assertKeyMayTouch(principal, changes.role);
     if (principal.kind === 'user') await withTenant(this.db(principal.environment), principal.tenantId, (trx) => this.assertManages(trx, principal, id));
     const passwordHash = changes.password === undefined ? undefined : await this.deps.passwords.hash(changes.password);
@@ -224,7 +224,7 @@ export class UsersService {
     });
   }
 
-  async delete(principal: TenantBound, id: string, context: RequestContext): Promise<void> {
+  async delete(principal: TenantPrincipal, id: string, context: RequestContext): Promise<void> {
     await this.write(principal.environment, principal.tenantId, id, async (trx) => {
       await this.assertManages(trx, principal, id);
       const target = await usersRepo.lockUser(trx, principal.tenantId, id);

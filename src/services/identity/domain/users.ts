@@ -30,7 +30,6 @@ export type KeyPrincipal = Extract<Principal, { kind: 'account_key' | 'applicati
  * change end every other session but the caller's. Absent if another verifier made it.
  */
 export type UserPrincipal = Extract<Principal, { kind: 'user' }> & { sessionId?: string };
-export type TenantBound = KeyPrincipal | UserPrincipal;
 
 /** Opaque single-purpose secrets (refresh and reset tokens): 256 random bits. */
 export function newOpaqueToken(prefix: string): string {
