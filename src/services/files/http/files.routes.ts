@@ -6,10 +6,11 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { StagedBlob, StoredBlob } from '../../../core/ports.ts';
-import { isTenantAdmin } from '../../../core/principal.ts';
+import { isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
 import { principalOf } from '../../../gateway/auth.ts';
 import { contentDisposition, noneMatch, parseRange } from '../../../gateway/download.ts';
-import { type FilesPrincipal, type FilesService, type Idempotency, principalKey, type WriteAnswer } from '../domain/files.service.ts';
+import type { FilesService } from '../domain/files.service.ts';
+import { type Idempotency, principalKey, replayOf, type WriteAnswer } from '../domain/idempotency.ts';
 import { normalizePath, validateName } from '../domain/names.ts';
 import { FileObject, FilePage, FileParams, ListFilesQuery, PatchFileBody, ReplaceHeaders, UploadHeaders, UploadQuery, Usage } from './files.schemas.ts';
 
@@ -35,7 +36,7 @@ const UPLOAD_ERRORS =
 
 const problem = { description: 'problem+json', type: 'object', additionalProperties: true } as const;
 
-function filesPrincipal(request: FastifyRequest): FilesPrincipal {
+function filesPrincipal(request: FastifyRequest): TenantPrincipal {
   const principal = principalOf(request);
   if (principal.kind === 'operator') fail(Errors.forbidden, 'The operator token does not own files');
   return principal;
@@ -182,7 +183,7 @@ function multipartError(error: unknown): AppError {
   return new AppError(Errors.malformedBody, `The multipart body could not be read (${reason}); nothing was kept`, { cause: error });
 }
 
-function fingerprint(request: FastifyRequest, principal: FilesPrincipal, sha256: string, params: unknown[]): string {
+function fingerprint(request: FastifyRequest, principal: TenantPrincipal, sha256: string, params: unknown[]): string {
   const path = request.url.split('?')[0];
   return createHash('sha256').update(JSON.stringify([request.method, path, principalKey(principal), sha256, ...params])).digest('hex');
 }
@@ -256,7 +257,7 @@ function uploadRoutes(files: FilesService) {
         });
         const final = target(received.fields, received.filename);
         const print = fingerprint(request, principal, received.blob.sha256, [final.name, final.path, final.owner, received.contentType ?? null]);
-        if (recorded) return sendAnswer(reply, files.replay(recorded, print));
+        if (recorded) return sendAnswer(reply, replayOf(recorded, print));
         const idempotency: Idempotency | undefined = key ? { key, fingerprint: print } : undefined;
         const answer = await files.create(principal, { ...final, contentType: received.contentType, blob: received.blob as StoredBlob, idempotency });
         return sendAnswer(reply, answer);
@@ -293,7 +294,7 @@ function uploadRoutes(files: FilesService) {
           recorded ? files.hashContent(content, limit) : files.stageContent(principal, content, limit),
         );
         const print = fingerprint(request, principal, received.blob.sha256, [ifMatch ?? null, received.contentType ?? null]);
-        if (recorded) return sendAnswer(reply, files.replay(recorded, print));
+        if (recorded) return sendAnswer(reply, replayOf(recorded, print));
         const answer = await files.replace(principal, id, {
           contentType: received.contentType,
           blob: received.blob as StoredBlob,
