@@ -197,8 +197,8 @@ export function createApp(config: Config, logger: Logger): App {
       checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...backup.routes],
-      plugins: [...identity.routes, ...files.routes],
+      routes: [...backup.routes, ...files.routes],
+      plugins: [...identity.routes],
       rootRoutes: [...identity.rootRoutes],
       version: VERSION,
     });

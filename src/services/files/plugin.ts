@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MigrationSet } from '../../adapters/db/pg.ts';
-import type { RoutesPlugin } from '../../gateway/server.ts';
+import type { Route } from '../../gateway/routes.ts';
 import { type FilesDeps, FilesService } from './domain/files.service.ts';
 import { filesRoutes } from './http/files.routes.ts';
 
@@ -17,7 +17,7 @@ const SWEEP_EVERY_MS = 10 * 60 * 1000;
 
 export interface FilesModule {
   service: FilesService;
-  routes: RoutesPlugin[];
+  routes: Route[];
   /** Starts the periodic sweep; the first one runs in the background right away. */
   start(): void;
   close(): Promise<void>;
@@ -32,7 +32,7 @@ export function createFilesService(deps: FilesDeps): FilesModule {
   };
   return {
     service,
-    routes: [filesRoutes(service)],
+    routes: filesRoutes(service),
     start() {
       sweep();
       timer = setInterval(sweep, SWEEP_EVERY_MS);
