@@ -136,8 +136,7 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...backup.routes, ...identity.routes],
-      plugins: [...files.routes],
+      routes: [...identity.routes, ...files.routes, ...backup.routes],
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);

@@ -16,9 +16,6 @@ import { registerResponseHeaders } from './security-headers.ts';
 import type { TlsMaterial } from './tls.ts';
 import { createValidatorCompiler } from './validation.ts';
 
-/** A service's HTTP routes, registered under `/v1`. */
-export type RoutesPlugin = (app: FastifyInstance) => Promise<void>;
-
 export interface GatewayOptions {
   logger: Logger;
   /** Omitted in tests of the routes alone (`inject()`): then the server speaks plain HTTP. */
@@ -30,10 +27,6 @@ export interface GatewayOptions {
   verifiers: CredentialVerifier[];
   /** The mounted services' route manifests (under `/v1`, or at the root when they say so). */
   routes: Route[];
-  /** Route plugins not yet declared as manifests, under `/v1`. */
-  plugins?: RoutesPlugin[];
-  /** Route plugins outside `/v1`, at the root (e.g. `/.well-known/jwks.json`). */
-  rootRoutes?: RoutesPlugin[];
   version: string;
 }
 
@@ -93,12 +86,10 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   registerOperations(app, { metrics: options.metrics, checks: options.checks });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
-  for (const routes of options.rootRoutes ?? []) await app.register(routes);
   await mountRoutes(app, options.routes.filter((r) => r.at === 'root'));
   await app.register(
     async (v1) => {
       await mountRoutes(v1, options.routes.filter((r) => (r.at ?? 'v1') === 'v1'));
-      for (const routes of options.plugins ?? []) await routes(v1);
     },
     { prefix: '/v1' },
   );

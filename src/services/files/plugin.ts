@@ -1,7 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FilesPort } from '../../core/ports.ts';
-import type { RoutesPlugin } from '../../gateway/server.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { type FilesDeps, FilesService } from './domain/files.service.ts';
 import { filesRoutes } from './http/files.routes.ts';
@@ -16,9 +15,8 @@ export const filesMigrations: ServiceMigrations = {
 /** How often expired idempotency answers and orphan blobs are swept (also once at start). */
 const SWEEP_EVERY_MS = 10 * 60 * 1000;
 
-export interface FilesModule extends Omit<ServiceModule, 'routes'> {
+export interface FilesModule extends ServiceModule {
   service: FilesService;
-  routes: RoutesPlugin[];
   /** What the backup reaches of files, in-process. */
   port: FilesPort;
 }
@@ -34,7 +32,7 @@ export function createFilesService(deps: FilesDeps): FilesModule {
     name: 'files',
     service,
     port: service,
-    routes: [filesRoutes(service)],
+    routes: filesRoutes(service),
     consumers: [],
     /** Starts the periodic sweep; the first one runs in the background right away. */
     start() {

@@ -6,8 +6,9 @@ import type { FileEventType, FileObject } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
 import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type StagedBlob, type StoredBlob } from '../../../core/ports.ts';
-import { actorOf, type Environment, isTenantAdmin, type Principal } from '../../../core/principal.ts';
+import { actorOf, type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
 import * as repo from '../repo/files.repo.ts';
+import { type Idempotency, principalKey, replayOf, type WriteAnswer } from './idempotency.ts';
 import { normalizeContentType, normalizePath, validateName } from './names.ts';
 
 export type { FileObject } from '../../../core/events.ts';
@@ -19,8 +20,6 @@ export interface Usage {
   backup_bytes: number;
   quota_bytes: number | null;
 }
-
-export type FilesPrincipal = Exclude<Principal, { kind: 'operator' }>;
 
 export interface FilesLimits {
   maxUploadBytes: number;
@@ -40,20 +39,7 @@ export interface FilesDeps {
    * the composition root passes this in. Absent where usage is not served (the standalone
    * backup process); `usage` then fails rather than report a made-up figure.
    */
-  backupBytes?: (principal: FilesPrincipal) => Promise<number>;
-}
-
-/** A request's Idempotency-Key and the fingerprint of what it asked. */
-export interface Idempotency {
-  key: string;
-  fingerprint: string;
-}
-
-/** What a write answers: the file, with the status, and whether it is the replay of an earlier answer. */
-export interface WriteAnswer {
-  status: number;
-  file: FileObject;
-  replayed: boolean;
+  backupBytes?: (principal: TenantPrincipal) => Promise<number>;
 }
 
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
@@ -105,20 +91,20 @@ export class FilesService {
    * That includes application keys (within their files:* scopes): they act for a client app,
    * not for a user, so there is no user to narrow them to.
    */
-  private ownerScope(principal: FilesPrincipal): string | null {
+  private ownerScope(principal: TenantPrincipal): string | null {
     return principal.kind === 'user' && !isTenantAdmin(principal) ? principal.userId : null;
   }
 
-  private db(principal: FilesPrincipal) {
+  private db(principal: TenantPrincipal) {
     return this.deps.databases.environments[principal.environment];
   }
 
-  private inTenant<T>(principal: FilesPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
+  private inTenant<T>(principal: TenantPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
     return withTenant(this.db(principal), principal.tenantId, work);
   }
 
   /** Who owns what this principal uploads. Only account keys and admins may name an owner. */
-  resolveOwner(principal: FilesPrincipal, ownerId: string | undefined): string | null {
+  resolveOwner(principal: TenantPrincipal, ownerId: string | undefined): string | null {
     if (ownerId !== undefined) {
       if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Only an account key or an admin user may set owner_id');
       if (!/^[a-z0-9_]{1,100}$/.test(ownerId)) {
@@ -130,7 +116,7 @@ export class FilesService {
   }
 
   /** The largest upload this principal may send now, and whether the quota (not the size limit) sets it. */
-  async uploadLimit(principal: FilesPrincipal): Promise<{ maxBytes: number; byQuota: boolean }> {
+  async uploadLimit(principal: TenantPrincipal): Promise<{ maxBytes: number; byQuota: boolean }> {
     const { maxUploadBytes, tenantQuotaBytes } = this.deps.limits;
     if (tenantQuotaBytes === null) return { maxBytes: maxUploadBytes, byQuota: false };
     const used = (await this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId))).bytes;
@@ -148,7 +134,7 @@ export class FilesService {
    * Checks a declared size (Content-Length) before any byte is read: a body known to be too
    * large is refused at once. `slack` allows for multipart framing around the content.
    */
-  async checkDeclaredSize(principal: FilesPrincipal, declared: number | undefined, slack = 0): Promise<{ maxBytes: number; byQuota: boolean }> {
+  async checkDeclaredSize(principal: TenantPrincipal, declared: number | undefined, slack = 0): Promise<{ maxBytes: number; byQuota: boolean }> {
     const limit = await this.uploadLimit(principal);
     if (declared !== undefined && declared > limit.maxBytes + slack) throw this.tooLarge(limit);
     return limit;
@@ -159,7 +145,7 @@ export class FilesService {
    * but kept only once committed: the request that carries it may still fail after the content
    * (a multipart body cut short), and then nothing must be left.
    */
-  async stageContent(principal: FilesPrincipal, source: AsyncIterable<Uint8Array>, limit: { maxBytes: number; byQuota: boolean }): Promise<StagedBlob> {
+  async stageContent(principal: TenantPrincipal, source: AsyncIterable<Uint8Array>, limit: { maxBytes: number; byQuota: boolean }): Promise<StagedBlob> {
     try {
       return await this.deps.blobs[principal.environment].stage(source, { maxBytes: limit.maxBytes });
     } catch (error) {
@@ -182,26 +168,18 @@ export class FilesService {
   }
 
   /** The live answer recorded under this principal's Idempotency-Key, if any. */
-  async recordedAnswer(principal: FilesPrincipal, key: string): Promise<repo.IdempotencyRow | null> {
+  async recordedAnswer(principal: TenantPrincipal, key: string): Promise<repo.IdempotencyRow | null> {
     return this.inTenant(principal, (trx) => repo.findIdempotency(trx, principal.tenantId, principalKey(principal), key));
   }
 
-  /** Replays a recorded answer when the fingerprints agree; a different request under the same key is a 409. */
-  replay(recorded: repo.IdempotencyRow, fingerprint: string): WriteAnswer {
-    if (recorded.fingerprint !== fingerprint) {
-      fail(Errors.idempotencyConflict, 'This Idempotency-Key was used for a different request; use a new key for a new request');
-    }
-    return { status: recorded.status, file: recorded.response as FileObject, replayed: true };
-  }
-
   /** Fails fast, before a byte is uploaded, on what can be known from the request line alone. */
-  async precheckCreate(principal: FilesPrincipal, input: { name: string; path: string; owner: string | null }): Promise<void> {
+  async precheckCreate(principal: TenantPrincipal, input: { name: string; path: string; owner: string | null }): Promise<void> {
     const taken = await this.inTenant(principal, (trx) => repo.nameTaken(trx, principal.tenantId, input.owner, input.path, input.name));
     if (taken) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
   }
 
   /** Fails fast on a file the caller cannot see, or a stale If-Match, before the new content is uploaded. */
-  async precheckReplace(principal: FilesPrincipal, id: string, ifMatch: string | undefined): Promise<void> {
+  async precheckReplace(principal: TenantPrincipal, id: string, ifMatch: string | undefined): Promise<void> {
     const file = await this.get(principal, id);
     if (ifMatch !== undefined && !etagMatches(ifMatch, file.sha256)) {
       fail(Errors.versionConflict, `The file's content is now "${file.sha256}" (version ${file.version})`);
@@ -209,7 +187,7 @@ export class FilesService {
   }
 
   async create(
-    principal: FilesPrincipal,
+    principal: TenantPrincipal,
     input: { name: string; path: string; owner: string | null; contentType?: string; blob: StoredBlob; idempotency?: Idempotency },
   ): Promise<WriteAnswer> {
     return this.recordWrite(principal, input.idempotency, 201, null, async (trx) => {
@@ -237,7 +215,7 @@ export class FilesService {
   }
 
   async replace(
-    principal: FilesPrincipal,
+    principal: TenantPrincipal,
     id: string,
     input: { contentType?: string; blob: StoredBlob; ifMatch?: string; idempotency?: Idempotency },
   ): Promise<WriteAnswer> {
@@ -260,7 +238,7 @@ export class FilesService {
   }
 
   /** Renames or moves. Every change makes a version (same bytes, new name or folder), so history shows it. */
-  async update(principal: FilesPrincipal, id: string, input: { name?: string; path?: string }): Promise<FileObject> {
+  async update(principal: TenantPrincipal, id: string, input: { name?: string; path?: string }): Promise<FileObject> {
     const name = input.name === undefined ? undefined : validateName(input.name);
     const path = input.path === undefined ? undefined : normalizePath(input.path);
     const answer = await this.recordWrite(principal, undefined, 200, id, async (trx, current) => {
@@ -281,7 +259,7 @@ export class FilesService {
   }
 
   /** Deletes the live file; its versions stay recorded (and backed up). */
-  async remove(principal: FilesPrincipal, id: string): Promise<void> {
+  async remove(principal: TenantPrincipal, id: string): Promise<void> {
     await this.recordWrite(principal, undefined, 204, id, async (trx, current) => {
       await repo.markDeleted(trx, principal.tenantId, id);
       await this.addUsage(trx, principal, { files: -1, bytes: 0, versions: 0 });
@@ -296,7 +274,7 @@ export class FilesService {
    * this store lacks them, and are durable here before the row that points at them commits.
    */
   async restoreVersion(
-    principal: FilesPrincipal,
+    principal: TenantPrincipal,
     id: string,
     version: { sha256: string; size: number; content_type: string; name: string; path: string },
     open: () => Promise<AsyncIterable<Uint8Array>>,
@@ -344,13 +322,13 @@ export class FilesService {
     });
   }
 
-  async get(principal: FilesPrincipal, id: string): Promise<FileObject> {
+  async get(principal: TenantPrincipal, id: string): Promise<FileObject> {
     const row = await this.inTenant(principal, (trx) => repo.findFile(trx, principal.tenantId, id, this.ownerScope(principal)));
     if (!row) throw notFound(id);
     return toFileObject(row);
   }
 
-  async list(principal: FilesPrincipal, query: { path?: string; limit: number; cursor?: string }) {
+  async list(principal: TenantPrincipal, query: { path?: string; limit: number; cursor?: string }) {
     const before = decodeCursor(query.cursor);
     const path = query.path === undefined ? undefined : normalizePath(query.path);
     const rows = await this.inTenant(principal, (trx) =>
@@ -360,12 +338,12 @@ export class FilesService {
   }
 
   /** A stream of a file's bytes (or of one range of them), from the caller's environment. */
-  async openContent(principal: FilesPrincipal, file: FileObject, range?: ByteRange) {
+  async openContent(principal: TenantPrincipal, file: FileObject, range?: ByteRange) {
     return this.deps.blobs[principal.environment].get(file.sha256, range);
   }
 
   /** The tenant's storage use in the principal's environment, with what its backups hold. */
-  async usage(principal: FilesPrincipal): Promise<Usage> {
+  async usage(principal: TenantPrincipal): Promise<Usage> {
     const { backupBytes } = this.deps;
     if (!backupBytes) throw new Error('usage needs the backup service (FilesDeps.backupBytes)');
     const [used, backup_bytes] = await Promise.all([
@@ -400,14 +378,14 @@ export class FilesService {
     return { idempotency, blobs };
   }
 
-  private async lockVisible(trx: Tx, principal: FilesPrincipal, id: string): Promise<repo.FileRow> {
+  private async lockVisible(trx: Tx, principal: TenantPrincipal, id: string): Promise<repo.FileRow> {
     const row = await repo.lockFile(trx, principal.tenantId, id);
     const owner = this.ownerScope(principal);
     if (!row || (owner !== null && row.user_id !== owner)) throw notFound(id);
     return row;
   }
 
-  private async addUsage(trx: Tx, principal: FilesPrincipal, delta: { files: number; bytes: number; versions: number }): Promise<void> {
+  private async addUsage(trx: Tx, principal: TenantPrincipal, delta: { files: number; bytes: number; versions: number }): Promise<void> {
     if (!(await repo.addUsage(trx, principal.tenantId, delta, this.deps.limits.tenantQuotaBytes))) {
       fail(Errors.quotaExceeded, 'This upload would take the tenant over its storage quota; nothing was kept');
     }
@@ -421,7 +399,7 @@ export class FilesService {
    * replay this answer, instead of failing on the change (file_exists, version_conflict).
    */
   private async recordWrite(
-    principal: FilesPrincipal,
+    principal: TenantPrincipal,
     idempotency: Idempotency | undefined,
     status: number,
     lockId: string | null,
@@ -454,12 +432,7 @@ export class FilesService {
       // A twin request with the same key committed first.
       const recorded = await this.recordedAnswer(principal, idempotency.key);
       if (!recorded) throw error;
-      return this.replay(recorded, idempotency.fingerprint);
+      return replayOf(recorded, idempotency.fingerprint);
     }
   }
-}
-
-/** Idempotency keys belong to one caller: a user, or a key. */
-export function principalKey(principal: FilesPrincipal): string {
-  return principal.kind === 'user' ? `user:${principal.userId}` : `key:${principal.keyId}`;
 }

@@ -50,3 +50,10 @@ export const ReplaceHeaders = Type.Object({
   'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
   'if-match': Type.Optional(Type.String({ maxLength: 1024, description: '"<sha256>" of the content you read; stale: 412 version_conflict' })),
 });
+
+/**
+ * A download's 200: the file's own bytes, in its own Content-Type, which no JSON schema
+ * describes. Typed null so that the document keeps a bare 200 (as before the route listed its
+ * errors) and nothing is serialized (the content goes out as a stream).
+ */
+export const DownloadResponse = Type.Null();
