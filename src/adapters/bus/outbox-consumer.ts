@@ -22,7 +22,7 @@ export interface Consumer {
   types?: ReadonlySet<string>;
   maxAttempts: number;
   deadLetter: NonNullable<ConsumerOptions['deadLetter']>;
-  /** Delivers from notifications ahead of the read (the `fromNotification` option; `consume` only). */
+  /** Delivers from notifications ahead of the read (the `lowLatency` option; `consume` only). */
   fromNotification: boolean;
 }
 

@@ -12,7 +12,7 @@ export interface ListenerOptions {
   logger: Logger;
   signal: AbortSignal;
   consumers: readonly Consumer[];
-  /** Filled here with a tap per `fromNotification` consumer; emptied when notifications may have been missed. */
+  /** Filled here with a tap per `lowLatency` consumer; emptied when notifications may have been missed. */
   taps: Map<string, NotificationTap>;
   /** The consumer loops' wake-ups, called on every notification. */
   wakers: Set<() => void>;

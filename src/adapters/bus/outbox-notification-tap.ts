@@ -5,7 +5,7 @@ import type { Consumer } from './outbox-consumer.ts';
 import { eventIdOf } from './outbox-row.ts';
 
 /**
- * Delivery from the notification (the `fromNotification` consumer option): the NOTIFY of an append
+ * Delivery from the notification (the `lowLatency` consumer option): the NOTIFY of an append
  * carries its event when, at the append, no transaction older than the appender's was
  * running. No row can then ever come before it in (xid, id) order that has not committed
  * before it, and PostgreSQL hands notifications over in commit order: so a listener that has
@@ -48,7 +48,7 @@ function compare(a: { xid: bigint; id: number }, b: { xid: bigint; id: number })
 }
 
 /**
- * One `fromNotification` consumer in one environment: the notifications not yet known to be
+ * One `lowLatency` consumer in one environment: the notifications not yet known to be
  * delivered, in commit order, and the ids delivered from them ahead of the read. Handler
  * calls of the read and of the notifications go one at a time (`exclusive`).
  */

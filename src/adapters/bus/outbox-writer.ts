@@ -10,19 +10,6 @@ export const CHANNEL = 'bantu_outbox';
 const NOTIFY_PAYLOAD_MAX = 7900;
 
 /**
- * Serialises the writers of one subject until the end of the transaction. Call it before
- * anything that writes, or the per-subject delivery order is lost.
- *
- * An advisory lock is taken without a transaction id, so the xid is assigned only once the
- * lock is held: xids of one subject's writers then follow their commit order. (A row lock
- * is not enough: UPDATE and SELECT FOR UPDATE take their xid before waiting, and two
- * waiters may be granted the row in the other order.)
- */
-export async function lockSubject(trx: unknown, subject: string): Promise<void> {
-  await sql`select pg_advisory_xact_lock(hashtextextended(${subject}, 0))`.execute(trx as Tx);
-}
-
-/**
  * Writes the event into the caller's transaction, and a NOTIFY of it. The NOTIFY carries the
  * row's position and type, and the event itself when it may be delivered from the
  * notification (see NotificationTap).

@@ -9,6 +9,7 @@ import type {
   EventBus,
   EventFilter,
   EventHandler,
+  TransactionHandle,
 } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
 import { type Databases, ENVIRONMENTS, type Tx } from '../db/pg.ts';
@@ -21,16 +22,6 @@ import { Retries, redeliverDeadLetters } from './outbox-retries.ts';
 import { appendEvent } from './outbox-writer.ts';
 
 export { eventIdOf, outboxIdOf } from './outbox-row.ts';
-export { lockSubject } from './outbox-writer.ts';
-
-/** Options of this driver beyond the port's. */
-export interface OutboxConsumerOptions extends ConsumerOptions {
-  /**
-   * Deliver an event straight from its commit's notification when the order allows (see
-   * outbox-notification-tap.ts), instead of after a read of the table. For `consume` only.
-   */
-  fromNotification?: boolean;
-}
 
 /**
  * The embedded event bus: a transactional outbox table per environment database, and an
@@ -41,10 +32,10 @@ export interface OutboxConsumerOptions extends ConsumerOptions {
  * - outbox-retries.ts: retries with backoff, dead letters, their redelivery;
  * - outbox-cursor.ts: the durable cursor and the failing state;
  * - outbox-listener.ts, outbox-notification-tap.ts: the LISTEN connection, wake-ups, and
- *   delivery from notifications (`fromNotification` consumers);
+ *   delivery from notifications (`lowLatency` consumers);
  * - outbox-maintenance.ts: status and pruning.
  *
- * Per-subject order: a writer of a subject (a file) calls `lockSubject` (outbox-writer.ts)
+ * Per-subject order: a writer of a subject (a file) calls `lockSubject` (src/core/ports.ts)
  * as the FIRST statement of its transaction, so that the xids of one subject's writers
  * follow their commit order, which is the order the reader delivers them in.
  *
@@ -72,12 +63,12 @@ export class OutboxBus implements EventBus {
     this.retries = new Retries(options, this.abort.signal);
   }
 
-  async append(trx: unknown, environment: Environment, event: NewEvent): Promise<BusEvent> {
+  async append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent> {
     return appendEvent(trx as Tx, environment, event);
   }
 
-  consume(name: string, handler: EventHandler, options: OutboxConsumerOptions = {}): void {
-    this.register({ name, handler, ...this.consumerOptions(options), fromNotification: options.fromNotification === true });
+  consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
+    this.register({ name, handler, ...this.consumerOptions(options), fromNotification: options.lowLatency === true });
   }
 
   consumeBatch(name: string, batchHandler: BatchEventHandler, options: ConsumerOptions = {}): void {

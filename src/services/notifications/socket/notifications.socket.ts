@@ -133,14 +133,14 @@ export class NotificationsHub {
   }
 
   /**
-   * Registers the durable bus consumer; call before the bus starts. `fromNotification`
-   * (outbox driver): an event whose order allows it is delivered from its commit's
-   * notification, with no read of the table in between, in the order the read would have
-   * delivered it (ids below the database's xmin, (xid, id) order), which the replay seam
-   * relies on. Other drivers ignore the option.
+   * Registers the durable bus consumer; call before the bus starts. `lowLatency`: an event
+   * is handed over as soon as the bus learns of its commit where its order allows (the
+   * outbox: from its commit's notification, with no read of the table in between), in the
+   * order the read would have delivered it, which the replay seam relies on. Drivers with
+   * no faster path ignore the option.
    */
   registerConsumer(): void {
-    const options: ConsumerOptions & { fromNotification?: boolean } = { types: ['File_create', 'File_update', 'File_delete'], fromNotification: true };
+    const options: ConsumerOptions = { types: ['File_create', 'File_update', 'File_delete'], lowLatency: true };
     this.options.bus.consume('notifications', async (event) => this.deliver(event), options);
   }
 
