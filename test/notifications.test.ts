@@ -10,10 +10,10 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import pino from 'pino';
 import { Registry } from 'prom-client';
-import { lockSubject, OutboxBus, type OutboxConsumerOptions } from '../src/adapters/bus/outbox.ts';
+import { OutboxBus } from '../src/adapters/bus/outbox.ts';
 import type { Db } from '../src/adapters/db/pg.ts';
 import type { BusEvent } from '../src/core/events.ts';
-import type { EventBus } from '../src/core/ports.ts';
+import { type ConsumerOptions, type EventBus, lockSubject } from '../src/core/ports.ts';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
 import { createNotificationsService } from '../src/services/notifications/plugin.ts';
 import { createTenant, until, uploadRaw } from './helpers/files.ts';
@@ -477,14 +477,14 @@ describe('notifications over Socket.IO', () => {
 
   /**
    * The notifications consumer takes events straight from their commit's notification (the
-   * outbox's `fromNotification`), in the order the read would have delivered them: the
-   * replay seam and the per-file order rely on it. Checked on a bus of its own, on this
+   * outbox's way of honouring `lowLatency`), in the order the read would have delivered them:
+   * the replay seam and the per-file order rely on it. Checked on a bus of its own, on this
    * server's databases, with a consumer of that kind.
    */
   describe('delivery from the notification (the bus mode of the notifications consumer)', () => {
     const TENANT = 'ten_notify_order';
     const actor = { type: 'system' as const, id: 'test' };
-    const fromNotification = (types: string[]): OutboxConsumerOptions => ({ types, fromNotification: true });
+    const fromNotification = (types: string[]): ConsumerOptions => ({ types, lowLatency: true });
     const append = (db: Db, bus: OutboxBus, type: string, data: Record<string, unknown>) =>
       db.transaction().execute((trx) => bus.append(trx, 'test', { type, tenant_id: TENANT, actor, data }));
 

@@ -5,9 +5,10 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import pino from 'pino';
-import { lockSubject, OutboxBus } from '../src/adapters/bus/outbox.ts';
+import { OutboxBus } from '../src/adapters/bus/outbox.ts';
 import type { Db } from '../src/adapters/db/pg.ts';
 import type { BusEvent } from '../src/core/events.ts';
+import { lockSubject } from '../src/core/ports.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 const silent = pino({ level: 'silent' });

@@ -1,3 +1,4 @@
+import { type QueryExecutorProvider, sql } from 'kysely';
 import type { BusEvent, NewEvent } from './events.ts';
 import type { Environment, Principal, TenantPrincipal } from './principal.ts';
 import type { FileObject } from './schemas.ts';
@@ -43,6 +44,15 @@ export interface ConsumerOptions {
    *   would fail the same way, and setting them aside would lose them for good.
    */
   deadLetter?: 'any-failure' | 'poison-only';
+  /**
+   * Latency first: hand each event over as soon as the driver learns of its commit, instead
+   * of at its next read, wherever it can do so without changing the delivery order (the
+   * outbox delivers from the commit's notification). Delivery stays at least once and in the
+   * same order; it costs some work per event, so it is for latency-bound consumers (the
+   * notifications relay). `consume` only (`consumeBatch` ignores it). A driver with no faster
+   * path ignores it: its consumers get the same events in the same order, a little later.
+   */
+  lowLatency?: boolean;
 }
 
 /** An event a consumer set aside. */
@@ -78,8 +88,22 @@ export interface ConsumerStatus {
  * only if the change it describes committed. Consumers are durable: each keeps a cursor
  * in the database, resumes after a restart without skipping or losing an event, and gets
  * each event at least once (it must be idempotent by `event_id`).
+ *
+ * Invariants every driver keeps (and the contract test in src/adapters/bus checks):
+ * - Nothing appended is visible (to a consumer or `readSince`) before its transaction
+ *   commits, and nothing of a rolled back one ever is.
+ * - Per subject, commit order: the events of writers that each called `lockSubject` on the
+ *   same subject first reach every consumer in the order their transactions committed (a
+ *   redelivery, at least once, may repeat an event already seen).
+ * - A failing event is retried with backoff; it becomes a dead letter only as its consumer's
+ *   `deadLetter` option says, and a dead letter never blocks the events behind it.
  */
 export interface EventBus {
+  /**
+   * Writes the event into `trx`, the writer's transaction of `environment`'s database: it is
+   * published when, and only when, that transaction commits. Events of one subject keep their
+   * commit order if each writer called `lockSubject` first; others have no order between them.
+   */
   append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent>;
   consume(name: string, handler: EventHandler, options?: ConsumerOptions): void;
   /**
@@ -104,6 +128,23 @@ export interface EventBus {
   redeliverDeadLetters(name: string, handler: EventHandler): Promise<{ delivered: DeadLetter[]; remaining: DeadLetter[] }>;
   start(): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * Serialises the writers of one subject (a file) until the end of their transaction, so that
+ * the bus delivers the subject's events in commit order. Call it as the FIRST statement of
+ * the transaction, before anything that writes, or that order is lost.
+ *
+ * It is the writer's side of the port, the same for every driver: events are written to the
+ * environment database's outbox, in the writer's transaction, whatever then carries them
+ * (the outbox's own dispatcher, or a relay to NATS), and they are delivered in the order of
+ * their transaction ids. An advisory lock is taken without a transaction id, so the id is
+ * assigned only once the lock is held: the ids of one subject's writers then follow their
+ * commit order. (A row lock is not enough: UPDATE and SELECT FOR UPDATE take their id before
+ * waiting, and two waiters may be granted the row in the other order.)
+ */
+export async function lockSubject(trx: TransactionHandle, subject: string): Promise<void> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${subject}, 0))`.execute(trx as QueryExecutorProvider);
 }
 
 /** One mail. `text` is always sent; `html` is an optional alternative part. */

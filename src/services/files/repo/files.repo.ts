@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
-import { lockSubject } from '../../../adapters/bus/outbox.ts';
 import type { Db, Tx } from '../../../adapters/db/pg.ts';
+import { lockSubject } from '../../../core/ports.ts';
 
 /**
  * SQL of the files service. Every query names its tenant even though row-level security

@@ -133,14 +133,14 @@ export class NotificationsHub {
   }
 
   /**
-   * The durable bus consumer, registered before the bus starts. `fromNotification`
-   * (outbox driver): an event whose order allows it is delivered from its commit's
-   * notification, with no read of the table in between, in the order the read would have
-   * delivered it (ids below the database's xmin, (xid, id) order), which the replay seam
-   * relies on. Other drivers ignore the option.
+   * The durable bus consumer, registered before the bus starts. `lowLatency`: an event
+   * is handed over as soon as the bus learns of its commit where its order allows (the
+   * outbox: from its commit's notification, with no read of the table in between), in the
+   * order the read would have delivered it, which the replay seam relies on. Drivers with
+   * no faster path ignore the option.
    */
   consumer(): BusConsumer {
-    const options: ConsumerOptions & { fromNotification?: boolean } = { types: ['File_create', 'File_update', 'File_delete'], fromNotification: true };
+    const options: ConsumerOptions = { types: ['File_create', 'File_update', 'File_delete'], lowLatency: true };
     return { name: 'notifications', handle: async (event) => this.deliver(event), options };
   }
 

@@ -1,0 +1,38 @@
+import { sql } from 'kysely';
+import type { Db } from '../db/pg.ts';
+import type { Position } from './outbox-row.ts';
+
+/** A consumer's durable state in one environment database: where it is, and whether it is stuck. */
+export interface CursorRow {
+  xid: string;
+  id: number;
+  last_delivered_at: Date | null;
+  failing_since: Date | null;
+  failing_attempts: number;
+  failing_error: string | null;
+}
+
+/** The consumer's cursor, created at the start of the outbox when it has none. */
+export async function cursorOf(db: Db, name: string): Promise<CursorRow> {
+  await sql`insert into bus.consumer_cursor (consumer) values (${name}) on conflict do nothing`.execute(db);
+  const result = await sql<CursorRow>`
+      select xid::text as xid, id, last_delivered_at, failing_since, failing_attempts, failing_error
+      from bus.consumer_cursor where consumer = ${name}`.execute(db);
+  return result.rows[0] ?? { xid: '0', id: 0, last_delivered_at: null, failing_since: null, failing_attempts: 0, failing_error: null };
+}
+
+/** Moves the cursor past every row up to `cursor`: they are delivered (or set aside). */
+export async function saveCursor(db: Db, name: string, cursor: Position): Promise<void> {
+  await sql`update bus.consumer_cursor set xid = ${cursor.xid}::xid8, id = ${cursor.id}, last_delivered_at = now()
+                where consumer = ${name}`.execute(db);
+}
+
+/** Says (or, with null, unsays) that the consumer is stuck failing. Best effort: the database may be what fails. */
+export async function setFailing(db: Db, name: string, failing: { attempts: number; error: string } | null): Promise<void> {
+  const update = failing
+    ? sql`update bus.consumer_cursor set failing_since = coalesce(failing_since, now()), failing_attempts = ${failing.attempts},
+              failing_error = ${failing.error.slice(0, 1000)} where consumer = ${name}`
+    : sql`update bus.consumer_cursor set failing_since = null, failing_attempts = 0, failing_error = null
+              where consumer = ${name} and failing_since is not null`;
+  await update.execute(db).catch(() => undefined);
+}

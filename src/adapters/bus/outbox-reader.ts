@@ -1,0 +1,64 @@
+import { sql } from 'kysely';
+import type { BusEvent } from '../../core/events.ts';
+import type { EventFilter } from '../../core/ports.ts';
+import type { Environment } from '../../core/principal.ts';
+import type { Db } from '../db/pg.ts';
+import { type OutboxRow, outboxIdOf, type Position, toEvent } from './outbox-row.ts';
+
+/**
+ * Reads of the outbox in delivery order, (xid, id), and only what is safely visible: rows
+ * whose writing transaction is older than every running one
+ * (`xid < pg_snapshot_xmin(pg_current_snapshot())`). A plain `id > cursor` reader would
+ * silently skip a row whose transaction got a smaller id but committed after a larger one.
+ */
+
+/** Rows after `after`, optionally one tenant's (and one owner's). */
+export async function readBatch(db: Db, after: Position, limit: number, filter?: EventFilter): Promise<OutboxRow[]> {
+  const tenant = filter ? sql`and tenant_id = ${filter.tenantId}` : sql``;
+  const owner = filter?.ownerId !== undefined ? sql`and owner_id = ${filter.ownerId}` : sql``;
+  const result = await sql<OutboxRow>`
+      select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
+      from bus.outbox
+      where (xid, id) > (${after.xid}::xid8, ${after.id})
+        and xid < pg_snapshot_xmin(pg_current_snapshot())
+        ${tenant} ${owner}
+      order by outbox.xid, outbox.id
+      limit ${limit}`.execute(db);
+  // Order by the table column: the text alias "xid" would sort 1000 before 999.
+  return result.rows;
+}
+
+/**
+ * A consumer's next rows (as `readBatch`), and the xmin they were read under: every
+ * transaction below it has ended.
+ */
+export async function readPending(db: Db, after: Position, limit: number): Promise<{ rows: OutboxRow[]; horizon: bigint | null }> {
+  const result = await sql<OutboxRow & { horizon: string | null }>`
+      select h.horizon::text as horizon, o.id, o.xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at
+      from (select pg_snapshot_xmin(pg_current_snapshot()) as horizon) h
+      left join lateral (
+        select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
+        from bus.outbox
+        where (xid, id) > (${after.xid}::xid8, ${after.id}) and xid < h.horizon
+        order by outbox.xid, outbox.id
+        limit ${limit}
+      ) o on true`.execute(db);
+  const first = result.rows[0];
+  const horizon = first?.horizon ? BigInt(first.horizon) : null;
+  return { rows: result.rows.filter((row) => row.id !== null), horizon };
+}
+
+/** `EventBus.readSince` on one environment's database. */
+export async function readSince(db: Db, environment: Environment, afterEventId: string | null, limit: number, filter?: EventFilter): Promise<BusEvent[] | null> {
+  let after: Position = { xid: '0', id: 0 };
+  if (afterEventId !== null) {
+    const id = outboxIdOf(afterEventId);
+    if (id === null) return null;
+    const found = await sql<{ xid: string; id: number; tenant_id: string }>`
+        select xid::text as xid, id, tenant_id from bus.outbox where id = ${id}`.execute(db);
+    const row = found.rows[0];
+    if (!row || (filter && row.tenant_id !== filter.tenantId)) return null;
+    after = row;
+  }
+  return (await readBatch(db, after, limit, filter)).map((row) => toEvent(row, environment));
+}
