@@ -6,6 +6,7 @@ import pino from 'pino';
 import { request } from 'undici';
 import { DiskBlobStore } from '../src/adapters/blob/disk.ts';
 import { OutboxBus } from '../src/adapters/bus/outbox.ts';
+import { registerConsumers } from '../src/platform/module.ts';
 import { createBackupService } from '../src/services/backup/plugin.ts';
 import { startServer, type TestServer } from '../test/helpers/server.ts';
 import { type BenchPair, definePair, perSecond, runConcurrent } from './harness.ts';
@@ -180,7 +181,7 @@ export const pairs: BenchPair[] = [
       const open = (root: string) => Promise.all([DiskBlobStore.open(path.join(root, 'live')), DiskBlobStore.open(path.join(root, 'test'))]);
       const [sourceLive, sourceTest] = await open(path.join(server.dataDir, 'blobs'));
       const [storeLive, storeTest] = await open(path.join(server.dataDir, 'backups'));
-      createBackupService({
+      const backup = createBackupService({
         databases: server.app.databases,
         sources: { live: sourceLive, test: sourceTest },
         store: { live: storeLive, test: storeTest },
@@ -190,6 +191,7 @@ export const pairs: BenchPair[] = [
         sweepEveryMs: 3600_000,
         logger: silent,
       });
+      registerConsumers(bus, [backup]);
       const started = performance.now();
       await bus.start();
       await waitForCount(server, ctx.shas.length);
