@@ -12,7 +12,7 @@ import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.t
 import type { Config } from './core/config.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
-import { loadTls } from './gateway/tls.ts';
+import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
 import { type BackupService, backupUsage } from './services/backup/domain/backup.service.ts';
@@ -73,9 +73,16 @@ export function createApp(config: Config, logger: Logger): App {
   let running: Running | undefined;
 
   async function start(): Promise<StartedApp> {
-    // Before anything starts: an unusable configured certificate fails the start at once.
-    const tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
-    platform = openPlatform(config, logger, { migrations: ALL_MIGRATIONS, exclusiveDataDir: true });
+    let tls!: TlsMaterial;
+    platform = openPlatform(config, logger, {
+      migrations: ALL_MIGRATIONS,
+      exclusiveDataDir: true,
+      // Before anything starts (but after the lock has made the data dir, 0755, which the
+      // embedded PostgreSQL must be able to enter): an unusable certificate fails at once.
+      preflight: async () => {
+        tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
+      },
+    });
     const p = await platform;
     const operator = config.operatorToken
       ? { value: config.operatorToken, created: false }

@@ -56,6 +56,11 @@ export interface PlatformOptions {
    * Without it, the lock is taken only to run the data dir's embedded PostgreSQL.
    */
   exclusiveDataDir: boolean;
+  /**
+   * Checks that must fail the start before anything heavy starts (Redis, PostgreSQL), run
+   * right after the data dir lock has made the data dir: the gateway's TLS material.
+   */
+  preflight?: () => Promise<void>;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -89,6 +94,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
   };
   try {
     if (options.exclusiveDataDir || !config.databaseUrl) closers.push(await lockDataDir(config.dataDir));
+    await options.preflight?.();
     // Before anything starts: a Redis that cannot be reached fails the start at once.
     const redis = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
     if (redis) closers.push(() => redis.close());
