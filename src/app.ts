@@ -17,7 +17,7 @@ import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
 import { type BackupService, backupUsage } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, createBackupService } from './services/backup/plugin.ts';
-import type { FilesService } from './services/files/domain/files.service.ts';
+import type { FilesDeps, FilesService } from './services/files/domain/files.service.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
@@ -99,14 +99,7 @@ export function createApp(config: Config, logger: Logger): App {
       logger,
     });
     const usage = backupUsage(p.databases);
-    const files = createFilesService({
-      databases: p.databases,
-      blobs: p.blobs,
-      bus: p.bus,
-      limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
-      logger: logger.child({ component: 'files' }),
-      backupBytes: (principal) => usage.heldBytes(principal),
-    });
+    const files = createFilesService({ ...filesDeps(p), backupBytes: (principal) => usage.heldBytes(principal) });
     const backup = createBackupService({
       databases: p.databases,
       sources: p.blobs,
@@ -213,6 +206,18 @@ export function createApp(config: Config, logger: Logger): App {
     get files() {
       return get('files');
     },
+  };
+}
+
+/** What the files module takes from the platform, in every process that mounts it. */
+export function filesDeps(platform: Platform): FilesDeps {
+  const { config } = platform;
+  return {
+    databases: platform.databases,
+    blobs: platform.blobs,
+    bus: platform.bus,
+    limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
+    logger: platform.logger.child({ component: 'files' }),
   };
 }
 

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Databases } from './adapters/db/pg.ts';
-import { ALL_MIGRATIONS } from './app.ts';
+import { ALL_MIGRATIONS, filesDeps } from './app.ts';
 import type { Config } from './core/config.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform } from './platform/platform.ts';
@@ -32,13 +32,7 @@ export async function openBackupProcess(config: Config, logger: Logger, options:
     // Restores make versions and events like any write, through the files port. In-process
     // for now: the backup process mounts the files domain (no routes, no sweep) until the
     // port has its HTTP driver through the registry (distributed mode).
-    const files = createFilesService({
-      databases: platform.databases,
-      blobs: platform.blobs,
-      bus: platform.bus,
-      limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
-      logger: logger.child({ component: 'files' }),
-    });
+    const files = createFilesService(filesDeps(platform));
     const backup = createBackupService({
       databases: platform.databases,
       sources: platform.blobs,
