@@ -90,7 +90,8 @@ export async function streamUpload(
   options: {
     method?: string;
     path: string;
-    key: string;
+    /** Sent as Bearer; omitted: no credentials. */
+    key?: string;
     headers: Record<string, string | number>;
     write: (request: import('node:http').ClientRequest) => Promise<void>;
   },
@@ -102,7 +103,7 @@ export async function streamUpload(
       method: options.method ?? 'POST',
       ca: server.ca,
       agent: false,
-      headers: { authorization: `Bearer ${options.key}`, ...options.headers },
+      headers: { ...(options.key ? { authorization: `Bearer ${options.key}` } : {}), ...options.headers },
     });
     let answered = false;
     request.on('response', (response) => {

@@ -1,6 +1,6 @@
-import https from 'node:https';
 import tls from 'node:tls';
 import { Agent, fetch } from 'undici';
+import { streamUpload } from './files.ts';
 import type { TestServer } from './server.ts';
 
 /**
@@ -66,28 +66,17 @@ function streamOf(body: Buffer): ReadableStream<Uint8Array> {
 }
 
 /** node:https, the way most Node SDKs send: `end(body)`, then wait for the response. Errors after it are ignored. */
-export function httpsUpload(server: TestServer, upload: Upload): Promise<ClientAnswer> {
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string | number> = { 'content-type': upload.contentType, ...upload.headers };
-    if (upload.auth) headers.authorization = `Bearer ${upload.auth}`;
-    if (!upload.chunked) headers['content-length'] = upload.body.length;
-    const request = https.request(new URL(upload.path, server.url), { method: upload.method ?? 'POST', ca: server.ca, agent: false, headers });
-    let answered = false;
-    request.on('response', (response) => {
-      answered = true;
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => {
-        const headers = Object.fromEntries(Object.entries(response.headers).map(([k, v]) => [k, String(v)]));
-        resolve({ status: response.statusCode ?? 0, json: parseJson(Buffer.concat(chunks).toString()), headers });
-      });
-      response.on('error', reject);
-    });
-    request.on('error', (error) => {
-      if (!answered) reject(error);
-    });
-    request.end(upload.body);
+export async function httpsUpload(server: TestServer, upload: Upload): Promise<ClientAnswer> {
+  const headers: Record<string, string | number> = { 'content-type': upload.contentType, ...upload.headers };
+  if (!upload.chunked) headers['content-length'] = upload.body.length;
+  const answer = await streamUpload(server, {
+    method: upload.method,
+    path: upload.path,
+    key: upload.auth,
+    headers,
+    write: async (request) => void request.end(upload.body),
   });
+  return { ...answer, headers: Object.fromEntries(Object.entries(answer.headers).map(([k, v]) => [k, String(v)])) };
 }
 
 export interface TlsUploadOptions {
