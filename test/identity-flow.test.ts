@@ -3,8 +3,11 @@ import fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { decodeJwt } from 'jose';
 import { sql } from 'kysely';
 import { SMTPServer } from 'smtp-server';
+import { type Db, tenantBatch } from '../src/adapters/db/pg.ts';
+import { loginSessionInsert } from '../src/services/identity/repo/sessions.repo.ts';
 import { decodeQuotedPrintable, resetTokenIn, waitForMails } from './helpers/mail.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
@@ -15,6 +18,12 @@ async function register(server: TestServer, email: string, password = PASSWORD, 
   const response = await server.request('POST', '/v1/auth/register', { basic: key, json: { email, password, name: 'Alice Example' } });
   assert.equal(response.status, 201, response.text);
   return response.json;
+}
+
+async function counts(db: Db) {
+  const result = await sql<{ sessions: number; entries: number }>`
+    select (select count(*)::int from identity.refresh_token) as sessions, (select count(*)::int from identity.audit_event) as entries`.execute(db);
+  return result.rows[0];
 }
 
 async function login(server: TestServer, email: string, password: string, key = server.keys.test.application_key) {
@@ -113,6 +122,28 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
     assert.equal(wrong.json.code, 'invalid_credentials');
     const strip = (body: Record<string, unknown>) => ({ ...body, request_id: undefined });
     assert.deepEqual(strip(wrong.json), strip(unknown.json));
+  });
+
+  it('a login writes one session and one login_succeeded entry; for a user deleted meanwhile it writes nothing', async () => {
+    const db = server.app.databases.environments.test;
+    const ok = await login(server, 'alice@example.com', PASSWORD);
+    assert.equal(ok.status, 200, ok.text);
+    const userId = ok.json.user.id as string;
+    const tenantId = ok.json.user.tenant_id ?? (await sql<{ tenant_id: string }>`select tenant_id from identity.app_user where id = ${userId}`.execute(db)).rows[0]?.tenant_id;
+    const session = await sql<{ n: number }>`select count(*)::int as n from identity.refresh_token where family_id = ${decodeJwt(ok.json.access_token).sid as string}`.execute(db);
+    assert.equal(session.rows[0]?.n, 1);
+    // The login's write statement, for a user that is gone by the time it runs (deleted
+    // while its password was checked): no row answers, and neither session nor entry is kept.
+    const before = await counts(db);
+    const [locked] = await tenantBatch(db, tenantId as string, [
+      loginSessionInsert(
+        'usr_gone',
+        { id: 'rtk_gone', tenant_id: tenantId as string, user_id: 'usr_gone', family_id: 'ses_gone', hash: Buffer.alloc(32, 7), expires_at: new Date(Date.now() + 60_000) },
+        { id: 'aud_gone', tenant_id: tenantId as string, type: 'login_succeeded', actor: { type: 'user', id: 'usr_gone' }, ip: '127.0.0.1', detail: {} },
+      ),
+    ]);
+    assert.deepEqual(locked, []);
+    assert.deepEqual(await counts(db), before);
   });
 
   it('reads and updates the caller with its access token; email and password changes need current_password', async () => {

@@ -59,14 +59,12 @@ export class AuditLog {
 
   /** The entry as a statement, to go in a tenantBatch with the change it records. */
   insert(tenantId: string, entry: AuditEntry) {
-    return auditRepo.auditEventInsert({
-      id: newId('aud'),
-      tenant_id: tenantId,
-      type: entry.type,
-      actor: entry.actor,
-      ip: entry.ip,
-      detail: entry.detail ?? {},
-    });
+    return auditRepo.auditEventInsert(this.row(tenantId, entry));
+  }
+
+  /** The row the entry becomes, for a statement that writes it together with its change. */
+  row(tenantId: string, entry: AuditEntry): auditRepo.NewAuditEvent {
+    return { id: newId('aud'), tenant_id: tenantId, type: entry.type, actor: entry.actor, ip: entry.ip, detail: entry.detail ?? {} };
   }
 
   /** In a transaction of its own, for events with no change to go with. */

@@ -144,19 +144,14 @@ export class AuthService {
     await throttle.succeeded(account);
     const familyId = newId('ses');
     const session = this.newRefreshToken(found, familyId);
-    let locked: usersRepo.UserWithHash[];
-    try {
-      // The user is re-read under lock (it may have changed while the password was checked);
-      // if it was deleted meanwhile, the session's foreign key fails and nothing commits.
-      [locked] = await tenantBatch(db, principal.tenantId, [
-        usersRepo.userLockSelect(principal.tenantId, found.id),
-        sessionsRepo.refreshTokenInsert(session.row),
-        audit.insert(principal.tenantId, { type: 'login_succeeded', actor: { type: 'user', id: found.id }, ip: context.ip, detail: { via: principal.kind } }),
-      ]);
-    } catch (error) {
-      if (usersRepo.isMissingUser(error)) fail(Errors.invalidCredentials, 'Wrong email or password');
-      throw error;
-    }
+    const [locked] = await tenantBatch(db, principal.tenantId, [
+      sessionsRepo.loginSessionInsert(
+        found.id,
+        session.row,
+        audit.row(principal.tenantId, { type: 'login_succeeded', actor: { type: 'user', id: found.id }, ip: context.ip, detail: { via: principal.kind } }),
+      ),
+    ]);
+    // Deleted while the password was checked: nothing was written.
     const user = locked[0];
     if (!user) fail(Errors.invalidCredentials, 'Wrong email or password');
     return this.result(user, principal.environment, familyId, session.token);

@@ -1,5 +1,7 @@
 import { sql } from 'kysely';
 import type { Tx } from '../../../adapters/db/pg.ts';
+import type { NewAuditEvent } from './audit.repo.ts';
+import { type UserWithHash, userColumns } from './users.repo.ts';
 
 /** Refresh tokens (grouped in families, one per login) and password reset tokens. */
 export interface RefreshTokenRow {
@@ -19,6 +21,27 @@ export interface NewRefreshToken {
   family_id: string;
   hash: Buffer;
   expires_at: Date;
+}
+
+/**
+ * A login's write as one statement, for a tenantBatch: locks the user (it may have changed
+ * while the password was checked), and only if it still exists opens the session and
+ * writes the audit entry. Answers the locked user, or no row when it was deleted meanwhile
+ * (then nothing is written). One statement instead of three: a login is a hot path.
+ */
+export function loginSessionInsert(userId: string, token: NewRefreshToken, audit: NewAuditEvent) {
+  return sql<UserWithHash>`
+    with locked as (
+      select ${userColumns}, password_hash from identity.app_user where tenant_id = ${token.tenant_id} and id = ${userId} for update
+    ), session as (
+      insert into identity.refresh_token (id, tenant_id, user_id, family_id, hash, expires_at)
+      select ${token.id}, locked.tenant_id, locked.id, ${token.family_id}, ${token.hash}, ${token.expires_at} from locked
+    ), audit as (
+      insert into identity.audit_event (id, tenant_id, type, actor, ip, detail)
+      select ${audit.id}, locked.tenant_id, ${audit.type}, ${audit.actor === null ? null : JSON.stringify(audit.actor)}::jsonb, ${audit.ip},
+             ${JSON.stringify(audit.detail)}::jsonb from locked
+    )
+    select * from locked`;
 }
 
 /** The insert as a statement, for a tenantBatch. Fails with a foreign key violation when the user is gone. */

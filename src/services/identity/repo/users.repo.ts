@@ -17,16 +17,12 @@ export interface UserWithHash extends UserRow {
   password_hash: string;
 }
 
-const columns = sql`id, tenant_id, email, name, role, created_at, updated_at`;
+/** The user's public columns (everything but the password hash). */
+export const userColumns = sql`id, tenant_id, email, name, role, created_at, updated_at`;
 
 /** PostgreSQL's unique_violation: the email is taken in this tenant. */
 export function isUniqueViolation(error: unknown): boolean {
   return (error as { code?: string } | null)?.code === '23505';
-}
-
-/** PostgreSQL's foreign_key_violation: a row pointing at a user that no longer exists. */
-export function isMissingUser(error: unknown): boolean {
-  return (error as { code?: string } | null)?.code === '23503';
 }
 
 export async function insertUser(
@@ -36,14 +32,14 @@ export async function insertUser(
   const result = await sql<UserRow>`
     insert into identity.app_user (id, tenant_id, email, name, role, password_hash)
     values (${user.id}, ${user.tenant_id}, ${user.email}, ${user.name}, ${user.role}, ${user.password_hash})
-    returning ${columns}`.execute(trx);
+    returning ${userColumns}`.execute(trx);
   return result.rows[0] as UserRow;
 }
 
 /** The user with this email (compared case-insensitively), as a statement for a tenantBatch. */
 export function userByEmailSelect(tenantId: string, email: string) {
   return sql<UserWithHash>`
-    select ${columns}, password_hash from identity.app_user
+    select ${userColumns}, password_hash from identity.app_user
     where tenant_id = ${tenantId} and lower(email) = lower(${email})`;
 }
 
@@ -54,14 +50,14 @@ export async function findUserByEmail(trx: Tx, tenantId: string, email: string):
 
 export async function findUser(trx: Tx, tenantId: string, id: string): Promise<UserWithHash | null> {
   const result = await sql<UserWithHash>`
-    select ${columns}, password_hash from identity.app_user where tenant_id = ${tenantId} and id = ${id}`.execute(trx);
+    select ${userColumns}, password_hash from identity.app_user where tenant_id = ${tenantId} and id = ${id}`.execute(trx);
   return result.rows[0] ?? null;
 }
 
 /** Locks the row so concurrent changes to one user apply one after the other; as a statement for a tenantBatch. */
 export function userLockSelect(tenantId: string, id: string) {
   return sql<UserWithHash>`
-    select ${columns}, password_hash from identity.app_user where tenant_id = ${tenantId} and id = ${id} for update`;
+    select ${userColumns}, password_hash from identity.app_user where tenant_id = ${tenantId} and id = ${id} for update`;
 }
 
 export async function lockUser(trx: Tx, tenantId: string, id: string): Promise<UserWithHash | null> {
@@ -71,7 +67,7 @@ export async function lockUser(trx: Tx, tenantId: string, id: string): Promise<U
 
 export async function listUsers(trx: Tx, tenantId: string, limit: number, before?: string): Promise<UserRow[]> {
   const result = await sql<UserRow>`
-    select ${columns} from identity.app_user
+    select ${userColumns} from identity.app_user
     where tenant_id = ${tenantId} and ${before === undefined ? sql`true` : sql`id < ${before}`}
     order by id desc limit ${limit}`.execute(trx);
   return result.rows;
@@ -91,11 +87,11 @@ export async function updateUser(
       password_hash = coalesce(${changes.password_hash ?? null}, password_hash),
       updated_at = now()
     where tenant_id = ${tenantId} and id = ${id}
-    returning ${columns}`.execute(trx);
+    returning ${userColumns}`.execute(trx);
   return result.rows[0] ?? null;
 }
 
 export async function deleteUser(trx: Tx, tenantId: string, id: string): Promise<UserRow | null> {
-  const result = await sql<UserRow>`delete from identity.app_user where tenant_id = ${tenantId} and id = ${id} returning ${columns}`.execute(trx);
+  const result = await sql<UserRow>`delete from identity.app_user where tenant_id = ${tenantId} and id = ${id} returning ${userColumns}`.execute(trx);
   return result.rows[0] ?? null;
 }
