@@ -234,3 +234,14 @@ export async function tenantBatch<const T extends readonly RawBuilder<unknown>[]
     client.release(healthy ? undefined : new Error('connection left mid-transaction'));
   }
 }
+
+/**
+ * One tenant-bound read in one round trip (a tenantBatch of one statement): the same RLS
+ * binding as withTenant, without its four round trips, and the statement prepared once per
+ * connection. For the hot reads (a file's metadata, a folder's listing).
+ */
+export async function tenantRead<Row>(db: Db, tenantId: string, statement: RawBuilder<Row>): Promise<Row[]> {
+  const [rows] = await tenantBatch(db, tenantId, [statement] as const);
+  return rows;
+}
+

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
+import type { RawBuilder } from 'kysely';
 import type { Logger } from 'pino';
-import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
+import { type Databases, ENVIRONMENTS, type Tx, tenantRead, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { FileEventType, FileObject } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
@@ -103,6 +104,16 @@ export class FilesService {
     return withTenant(this.db(principal), principal.tenantId, work);
   }
 
+  /** A single tenant-bound read, in one round trip. */
+  private read<Row>(principal: TenantPrincipal, statement: RawBuilder<Row>): Promise<Row[]> {
+    return tenantRead(this.db(principal), principal.tenantId, statement);
+  }
+
+  private async usageOf(principal: TenantPrincipal): Promise<{ files: number; bytes: number; versions: number }> {
+    const [row] = await this.read(principal, repo.usageSelect(principal.tenantId));
+    return row ?? { files: 0, bytes: 0, versions: 0 };
+  }
+
   /** Who owns what this principal uploads. Only account keys and admins may name an owner. */
   resolveOwner(principal: TenantPrincipal, ownerId: string | undefined): string | null {
     if (ownerId !== undefined) {
@@ -119,7 +130,7 @@ export class FilesService {
   async uploadLimit(principal: TenantPrincipal): Promise<{ maxBytes: number; byQuota: boolean }> {
     const { maxUploadBytes, tenantQuotaBytes } = this.deps.limits;
     if (tenantQuotaBytes === null) return { maxBytes: maxUploadBytes, byQuota: false };
-    const used = (await this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId))).bytes;
+    const used = (await this.usageOf(principal)).bytes;
     const left = Math.max(0, tenantQuotaBytes - used);
     return left < maxUploadBytes ? { maxBytes: left, byQuota: true } : { maxBytes: maxUploadBytes, byQuota: false };
   }
@@ -169,13 +180,14 @@ export class FilesService {
 
   /** The live answer recorded under this principal's Idempotency-Key, if any. */
   async recordedAnswer(principal: TenantPrincipal, key: string): Promise<repo.IdempotencyRow | null> {
-    return this.inTenant(principal, (trx) => repo.findIdempotency(trx, principal.tenantId, principalKey(principal), key));
+    const [row] = await this.read(principal, repo.idempotencySelect(principal.tenantId, principalKey(principal), key));
+    return row ?? null;
   }
 
   /** Fails fast, before a byte is uploaded, on what can be known from the request line alone. */
   async precheckCreate(principal: TenantPrincipal, input: { name: string; path: string; owner: string | null }): Promise<void> {
-    const taken = await this.inTenant(principal, (trx) => repo.nameTaken(trx, principal.tenantId, input.owner, input.path, input.name));
-    if (taken) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
+    const taken = await this.read(principal, repo.nameTakenSelect(principal.tenantId, input.owner, input.path, input.name));
+    if (taken.length > 0) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
   }
 
   /** Fails fast on a file the caller cannot see, or a stale If-Match, before the new content is uploaded. */
@@ -323,7 +335,7 @@ export class FilesService {
   }
 
   async get(principal: TenantPrincipal, id: string): Promise<FileObject> {
-    const row = await this.inTenant(principal, (trx) => repo.findFile(trx, principal.tenantId, id, this.ownerScope(principal)));
+    const [row] = await this.read(principal, repo.fileSelect(principal.tenantId, id, this.ownerScope(principal)));
     if (!row) throw notFound(id);
     return toFileObject(row);
   }
@@ -331,9 +343,7 @@ export class FilesService {
   async list(principal: TenantPrincipal, query: { path?: string; limit: number; cursor?: string }) {
     const before = decodeCursor(query.cursor);
     const path = query.path === undefined ? undefined : normalizePath(query.path);
-    const rows = await this.inTenant(principal, (trx) =>
-      repo.listFiles(trx, principal.tenantId, { owner: this.ownerScope(principal), path, before, limit: query.limit + 1 }),
-    );
+    const rows = await this.read(principal, repo.filesListSelect(principal.tenantId, { owner: this.ownerScope(principal), path, before, limit: query.limit + 1 }));
     return pageOf(rows, query.limit, toFileObject);
   }
 
@@ -347,7 +357,7 @@ export class FilesService {
     const { backupBytes } = this.deps;
     if (!backupBytes) throw new Error('usage needs the backup service (FilesDeps.backupBytes)');
     const [used, backup_bytes] = await Promise.all([
-      this.inTenant(principal, (trx) => repo.usageOf(trx, principal.tenantId)),
+      this.usageOf(principal),
       backupBytes(principal),
     ]);
     return { ...used, backup_bytes, quota_bytes: this.deps.limits.tenantQuotaBytes };

@@ -35,11 +35,11 @@ export function isUniqueViolation(error: unknown, constraint: string): boolean {
   return pgError?.code === '23505' && pgError.constraint === constraint;
 }
 
-export async function findFile(trx: Tx, tenantId: string, id: string, owner: string | null): Promise<FileRow | null> {
-  const result = await sql<FileRow>`
+/** The file, if `owner` (null: anyone) may see it; a statement for tenantRead. */
+export function fileSelect(tenantId: string, id: string, owner: string | null) {
+  return sql<FileRow>`
     select ${columns} from files.file
-    where tenant_id = ${tenantId} and id = ${id} and deleted_at is null and ${ownerFilter(owner)}`.execute(trx);
-  return result.rows[0] ?? null;
+    where tenant_id = ${tenantId} and id = ${id} and deleted_at is null and ${ownerFilter(owner)}`;
 }
 
 /**
@@ -60,25 +60,21 @@ export async function lockFile(trx: Tx, tenantId: string, id: string): Promise<F
   return result.rows[0] ?? null;
 }
 
-export async function nameTaken(trx: Tx, tenantId: string, owner: string | null, path: string, name: string): Promise<boolean> {
-  const result = await sql`
-    select 1 from files.file
-    where tenant_id = ${tenantId} and coalesce(user_id, '') = ${owner ?? ''} and path = ${path} and name = ${name} and deleted_at is null`.execute(trx);
-  return result.rows.length > 0;
+/** A row when the name is taken in the owner's folder; a statement for tenantRead. */
+export function nameTakenSelect(tenantId: string, owner: string | null, path: string, name: string) {
+  return sql<{ taken: 1 }>`
+    select 1 as taken from files.file
+    where tenant_id = ${tenantId} and coalesce(user_id, '') = ${owner ?? ''} and path = ${path} and name = ${name} and deleted_at is null`;
 }
 
-export async function listFiles(
-  trx: Tx,
-  tenantId: string,
-  options: { owner: string | null; path?: string; before?: string; limit: number },
-): Promise<FileRow[]> {
-  const result = await sql<FileRow>`
+/** One page of files, newest first; a statement for tenantRead. */
+export function filesListSelect(tenantId: string, options: { owner: string | null; path?: string; before?: string; limit: number }) {
+  return sql<FileRow>`
     select ${columns} from files.file
     where tenant_id = ${tenantId} and deleted_at is null and ${ownerFilter(options.owner)}
       and ${options.path === undefined ? sql`true` : sql`path = ${options.path}`}
       and ${options.before === undefined ? sql`true` : sql`id < ${options.before}`}
-    order by id desc limit ${options.limit}`.execute(trx);
-  return result.rows;
+    order by id desc limit ${options.limit}`;
 }
 
 export async function insertFile(trx: Tx, file: Omit<FileRow, 'created_at' | 'updated_at'>): Promise<FileRow> {
@@ -134,17 +130,17 @@ export async function addUsage(
   return result.rows.length > 0;
 }
 
-export async function usageOf(trx: Tx, tenantId: string): Promise<{ files: number; bytes: number; versions: number }> {
-  const result = await sql<{ files: number; bytes: number; versions: number }>`
-    select files, bytes, versions from files.usage where tenant_id = ${tenantId}`.execute(trx);
-  return result.rows[0] ?? { files: 0, bytes: 0, versions: 0 };
+/** The tenant's usage row (none before its first file); a statement for tenantRead. */
+export function usageSelect(tenantId: string) {
+  return sql<{ files: number; bytes: number; versions: number }>`
+    select files, bytes, versions from files.usage where tenant_id = ${tenantId}`;
 }
 
-export async function findIdempotency(trx: Tx, tenantId: string, principal: string, key: string): Promise<IdempotencyRow | null> {
-  const result = await sql<IdempotencyRow>`
+/** The live answer recorded under the key; a statement for tenantRead. */
+export function idempotencySelect(tenantId: string, principal: string, key: string) {
+  return sql<IdempotencyRow>`
     select fingerprint, status, response from files.idempotency
-    where tenant_id = ${tenantId} and principal = ${principal} and key = ${key} and expires_at > now()`.execute(trx);
-  return result.rows[0] ?? null;
+    where tenant_id = ${tenantId} and principal = ${principal} and key = ${key} and expires_at > now()`;
 }
 
 /**
