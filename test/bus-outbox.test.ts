@@ -1,8 +1,12 @@
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before } from 'node:test';
+import { after, before, describe, it } from 'node:test';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
 import pino from 'pino';
 import { busContract } from '../src/adapters/bus/bus.contract.ts';
 import { OutboxBus } from '../src/adapters/bus/outbox.ts';
+import { cursorOf, saveCursor } from '../src/adapters/bus/outbox-cursor.ts';
 import { dropDatabases, ENVIRONMENTS, migrate, openDatabases } from '../src/adapters/db/pg.ts';
 import { migrationPlan } from '../src/platform/platform.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
@@ -48,4 +52,27 @@ busContract('outbox', {
       },
     };
   },
+});
+
+describe('outbox cursor saves', () => {
+  it('commit the new position without leaving synchronous_commit off on their pooled connection', async () => {
+    const base = server.app.databases.controlUrl;
+    const name = `bus_cursor_${randomBytes(4).toString('hex')}`;
+    const databases = await openDatabases(base, name);
+    // One connection only, so the statement after the save runs on the connection that saved.
+    const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databases.environmentUrls.test, max: 1 }) }) });
+    try {
+      await migrate(databases.environments.test, busMigrations);
+      await cursorOf(db, 'probe');
+      await saveCursor(db, 'probe', { xid: '42', id: 7 });
+      const saved = await cursorOf(db, 'probe');
+      assert.deepEqual({ xid: saved.xid, id: Number(saved.id) }, { xid: '42', id: 7 });
+      const setting = await sql<{ synchronous_commit: string }>`show synchronous_commit`.execute(db);
+      assert.equal(setting.rows[0]?.synchronous_commit, 'on', 'the unflushed commit is for the cursor save alone');
+    } finally {
+      await db.destroy();
+      await databases.close();
+      await dropDatabases(base, name);
+    }
+  });
 });

@@ -21,10 +21,19 @@ export async function cursorOf(db: Db, name: string): Promise<CursorRow> {
   return result.rows[0] ?? { xid: '0', id: 0, last_delivered_at: null, failing_since: null, failing_attempts: 0, failing_error: null };
 }
 
-/** Moves the cursor past every row up to `cursor`: they are delivered (or set aside). */
+/**
+ * Moves the cursor past every row up to `cursor`: they are delivered (or set aside).
+ *
+ * Committed without waiting for the WAL flush (synchronous_commit off, for this statement's
+ * transaction only): delivery is at least once, so a cursor move lost to a database crash
+ * (at most the last ~200 ms of them) only redelivers events, which consumers must tolerate
+ * anyway. A restart of Bantu loses nothing: the move is committed, only its flush is late.
+ * That spares every consumer one disk flush per batch, on the path of every write.
+ */
 export async function saveCursor(db: Db, name: string, cursor: Position): Promise<void> {
-  await sql`update bus.consumer_cursor set xid = ${cursor.xid}::xid8, id = ${cursor.id}, last_delivered_at = now()
-                where consumer = ${name}`.execute(db);
+  await sql`with unflushed as (select set_config('synchronous_commit', 'off', true))
+              update bus.consumer_cursor set xid = ${cursor.xid}::xid8, id = ${cursor.id}, last_delivered_at = now()
+              from unflushed where consumer = ${name}`.execute(db);
 }
 
 /** Says (or, with null, unsays) that the consumer is stuck failing. Best effort: the database may be what fails. */
