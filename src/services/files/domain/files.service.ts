@@ -12,6 +12,9 @@ import * as repo from '../repo/files.repo.ts';
 import { type Idempotency, principalKey, replayOf, type WriteAnswer } from './idempotency.ts';
 import { normalizeContentType, normalizePath, validateName } from './names.ts';
 
+
+/** What a write changes in the tenant's usage counters. */
+type UsageDelta = { files: number; bytes: number; versions: number };
 export type { FileObject } from '../../../core/events.ts';
 
 export interface Usage {
@@ -221,8 +224,7 @@ export class FilesService {
         throw error;
       }
       await repo.insertVersion(trx, row);
-      await this.addUsage(trx, principal, { files: 1, bytes: row.size, versions: 1 });
-      return { row, type: 'File_create' };
+      return { row, type: 'File_create', usage: { files: 1, bytes: row.size, versions: 1 } };
     });
   }
 
@@ -244,8 +246,7 @@ export class FilesService {
         version: current.version + 1,
       });
       await repo.insertVersion(trx, row);
-      await this.addUsage(trx, principal, { files: 0, bytes: row.size, versions: 1 });
-      return { row, type: 'File_update' };
+      return { row, type: 'File_update', usage: { files: 0, bytes: row.size, versions: 1 } };
     });
   }
 
@@ -264,8 +265,7 @@ export class FilesService {
         throw error;
       }
       await repo.insertVersion(trx, row);
-      await this.addUsage(trx, principal, { files: 0, bytes: 0, versions: 1 });
-      return { row, type: 'File_update' };
+      return { row, type: 'File_update', usage: { files: 0, bytes: 0, versions: 1 } };
     });
     return answer.file;
   }
@@ -274,8 +274,7 @@ export class FilesService {
   async remove(principal: TenantPrincipal, id: string): Promise<void> {
     await this.recordWrite(principal, undefined, 204, id, async (trx, current) => {
       await repo.markDeleted(trx, principal.tenantId, id);
-      await this.addUsage(trx, principal, { files: -1, bytes: 0, versions: 0 });
-      return { row: current, type: 'File_delete' };
+      return { row: current, type: 'File_delete', usage: { files: -1, bytes: 0, versions: 0 } };
     });
   }
 
@@ -321,7 +320,6 @@ export class FilesService {
         throw error;
       }
       await repo.insertVersion(trx, row);
-      await this.addUsage(trx, principal, { files: current.deleted ? 1 : 0, bytes: row.size, versions: 1 });
       const file = toFileObject(row);
       await this.deps.bus.append(trx, principal.environment, {
         type: current.deleted ? 'File_create' : 'File_update',
@@ -330,6 +328,8 @@ export class FilesService {
         owner_id: row.user_id,
         data: { file },
       });
+      // Last, as in recordWrite: the usage row is every write's.
+      await this.addUsage(trx, principal, { files: current.deleted ? 1 : 0, bytes: row.size, versions: 1 });
       return file;
     });
   }
@@ -395,7 +395,7 @@ export class FilesService {
     return row;
   }
 
-  private async addUsage(trx: Tx, principal: TenantPrincipal, delta: { files: number; bytes: number; versions: number }): Promise<void> {
+  private async addUsage(trx: Tx, principal: TenantPrincipal, delta: UsageDelta): Promise<void> {
     if (!(await repo.addUsage(trx, principal.tenantId, delta, this.deps.limits.tenantQuotaBytes))) {
       fail(Errors.quotaExceeded, 'This upload would take the tenant over its storage quota; nothing was kept');
     }
@@ -403,8 +403,9 @@ export class FilesService {
 
   /**
    * One write transaction, in this order: lock the file row (when `lockId` names one; it is
-   * the FIRST statement, see repo.lockFile), claim the Idempotency-Key, make the change, then
-   * record the answer and append the File_* event carrying the File object, all in one commit.
+   * the FIRST statement, see repo.lockFile), claim the Idempotency-Key, make the change, record
+   * the answer, append the File_* event carrying the File object, and last add to the tenant's
+   * usage (see below), all in one commit.
    * Claiming the key before the change makes a concurrent twin wait on the key and then
    * replay this answer, instead of failing on the change (file_exists, version_conflict).
    */
@@ -413,7 +414,7 @@ export class FilesService {
     idempotency: Idempotency | undefined,
     status: number,
     lockId: string | null,
-    change: (trx: Tx, locked: repo.FileRow) => Promise<{ row: repo.FileRow; type: FileEventType | null }>,
+    change: (trx: Tx, locked: repo.FileRow) => Promise<{ row: repo.FileRow; type: FileEventType | null; usage?: UsageDelta }>,
   ): Promise<WriteAnswer> {
     const scope = { tenant_id: principal.tenantId, principal: principalKey(principal) };
     try {
@@ -423,7 +424,7 @@ export class FilesService {
           const claimed = await repo.claimIdempotency(trx, { ...scope, key: idempotency.key, fingerprint: idempotency.fingerprint, ttlSeconds: IDEMPOTENCY_TTL_SECONDS });
           if (!claimed) throw new KeyTaken();
         }
-        const { row, type } = await change(trx, locked as repo.FileRow);
+        const { row, type, usage } = await change(trx, locked as repo.FileRow);
         const file = toFileObject(row);
         if (idempotency) await repo.completeIdempotency(trx, { ...scope, key: idempotency.key, status, response: file });
         if (type) {
@@ -435,6 +436,9 @@ export class FilesService {
             data: { file },
           });
         }
+        // Last before the commit: every write of the tenant updates this one row, so its lock
+        // is held from here to the end of the commit, and writes wait on each other for that only.
+        if (usage) await this.addUsage(trx, principal, usage);
         return { status, file, replayed: false };
       });
     } catch (error) {

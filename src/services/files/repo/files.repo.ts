@@ -110,8 +110,14 @@ export async function insertVersion(trx: Tx, file: FileRow): Promise<void> {
 }
 
 /**
- * Adds to the tenant's usage, unless the bytes would go over `quota` (null: unlimited).
- * Returns false when over: the conditional update serialises concurrent uploads on the row.
+ * Usage shards per tenant (see migration 0002): writes without a quota spread over them, so
+ * writes of one tenant do not wait on one row; with a quota all go to shard 0.
+ */
+export const USAGE_SHARDS = 16;
+
+/**
+ * Adds to the tenant's usage; false when a quota is set and growing by `delta.bytes` would
+ * exceed it (nothing is added then). Without a quota the delta goes to a random shard.
  */
 export async function addUsage(
   trx: Tx,
@@ -119,21 +125,34 @@ export async function addUsage(
   delta: { files: number; bytes: number; versions: number },
   quota: number | null,
 ): Promise<boolean> {
-  if (quota !== null && delta.bytes > quota) return false;
+  if (quota === null) {
+    const shard = Math.floor(Math.random() * USAGE_SHARDS);
+    await sql`
+      insert into files.usage as u (tenant_id, shard, files, bytes, versions)
+      values (${tenantId}, ${shard}, ${delta.files}, ${delta.bytes}, ${delta.versions})
+      on conflict (tenant_id, shard) do update
+        set files = u.files + excluded.files, bytes = u.bytes + excluded.bytes, versions = u.versions + excluded.versions`.execute(trx);
+    return true;
+  }
+  // Every write locks shard 0, so the other shards' sum cannot change under the check; the
+  // insert (a tenant's first write) is checked against it too.
+  const others = sql`(select coalesce(sum(o.bytes), 0) from files.usage o where o.tenant_id = ${tenantId} and o.shard <> 0)`;
   const result = await sql`
-    insert into files.usage as u (tenant_id, files, bytes, versions)
-    values (${tenantId}, ${delta.files}, ${delta.bytes}, ${delta.versions})
-    on conflict (tenant_id) do update
+    insert into files.usage as u (tenant_id, shard, files, bytes, versions)
+    select ${tenantId}, 0, ${delta.files}::bigint, ${delta.bytes}::bigint, ${delta.versions}::bigint
+    where ${delta.bytes}::bigint <= 0 or ${delta.bytes}::bigint + ${others} <= ${quota}::bigint
+    on conflict (tenant_id, shard) do update
       set files = u.files + excluded.files, bytes = u.bytes + excluded.bytes, versions = u.versions + excluded.versions
-      where ${quota === null ? sql`true` : sql`excluded.bytes <= 0 or u.bytes + excluded.bytes <= ${quota}`}
+      where excluded.bytes <= 0 or u.bytes + excluded.bytes + ${others} <= ${quota}::bigint
     returning 1`.execute(trx);
   return result.rows.length > 0;
 }
 
-/** The tenant's usage row (none before its first file); a statement for tenantRead. */
+/** The tenant's usage, the sum of its shards (a row of zeros before its first file); a statement for tenantRead. */
 export function usageSelect(tenantId: string) {
   return sql<{ files: number; bytes: number; versions: number }>`
-    select files, bytes, versions from files.usage where tenant_id = ${tenantId}`;
+    select coalesce(sum(files), 0)::bigint as files, coalesce(sum(bytes), 0)::bigint as bytes, coalesce(sum(versions), 0)::bigint as versions
+    from files.usage where tenant_id = ${tenantId}`;
 }
 
 /** The live answer recorded under the key; a statement for tenantRead. */
