@@ -15,7 +15,7 @@ import { createFilesService } from './services/files/plugin.ts';
  * `bantu start`; only the module list differs.
  *
  * With DATABASE_URL it shares the database with the running services; it needs the same
- * blob folders (BANTU_BLOB_DIR, until S3). Without it, it starts the data dir's embedded
+ * blob stores (the same folders, or the same S3_BUCKET and S3_BACKUP_BUCKET). Without it, it starts the data dir's embedded
  * PostgreSQL itself, which only works while no server holds that data dir (the lock says so).
  */
 export interface BackupProcess {

@@ -13,6 +13,11 @@ const port = (description: string, defaultValue?: number) =>
 const url = (description: string) => Type.String({ pattern: '^[a-z][a-z0-9+.-]*://', description });
 const positiveInt = (description: string, defaultValue?: number) =>
   Type.Integer({ minimum: 1, description, ...(defaultValue === undefined ? {} : { default: defaultValue }) });
+/** A bucket name prefix: `<prefix>-live` and `<prefix>-test` must be valid bucket names (3..63 of a-z 0-9 . -). */
+const bucketPrefix = (description: string) => Type.String({ pattern: '^[a-z0-9][a-z0-9.-]{0,57}$', description });
+
+/** CopyObject, which moves an upload to its content address, copies at most 5 GiB. */
+const S3_MAX_UPLOAD_BYTES = 5 * 1024 ** 3;
 
 export const EnvSchema = Type.Object({
   BANTU_DATA_DIR: Type.String({ minLength: 1, default: './data', description: 'Where embedded data lives (database, blobs, keys, mail)' }),
@@ -48,6 +53,16 @@ export const EnvSchema = Type.Object({
     description: 'Prefix of every Redis key Bantu writes: give each installation sharing one Redis its own',
   }),
   SMTP_URL: Type.Optional(url('SMTP server for mail; without it mail is written as .eml files')),
+  S3_ENDPOINT: Type.Optional(url('S3-compatible service for S3_BUCKET and S3_BACKUP_BUCKET (MinIO, Garage, Ceph RGW...); unset: AWS S3 in S3_REGION')),
+  S3_REGION: Type.String({ minLength: 1, default: 'us-east-1', description: 'S3 region (requests are signed for it)' }),
+  S3_ACCESS_KEY_ID: Type.Optional(Type.String({ minLength: 1, description: 'S3 access key, needed with S3_BUCKET or S3_BACKUP_BUCKET; the only credentials used (no environment, profile or instance-metadata lookups)' })),
+  S3_SECRET_ACCESS_KEY: Type.Optional(Type.String({ minLength: 1, description: 'Secret of S3_ACCESS_KEY_ID' })),
+  S3_FORCE_PATH_STYLE: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false')], {
+    description: 'Path-style requests (https://host/bucket/key) instead of virtual-hosted ones (https://bucket.host/key); default true when S3_ENDPOINT is set, false for AWS',
+  })),
+  S3_BUCKET: Type.Optional(bucketPrefix('Files in S3: a bucket name prefix, blobs go to <prefix>-live and <prefix>-test (created when missing); unset: folders under the data dir')),
+  S3_BACKUP_BUCKET: Type.Optional(bucketPrefix('Backups in S3: a bucket name prefix, backups go to <prefix>-live and <prefix>-test (created when missing); unset: BANTU_BACKUP_DIR')),
+  S3_BACKUP_ENDPOINT: Type.Optional(url('Backups in another S3 service than S3_ENDPOINT (same keys and region)')),
   BANTU_SOCKET_AUTH_TIMEOUT_MS: positiveInt('A Socket.IO client that has not sent User_connect or Admin_connect by then is disconnected', 10_000),
   BANTU_SOCKET_RECHECK_MS: positiveInt('How often a live subscription re-checks its credential (revoked keys, deleted users end it)', 30_000),
   BANTU_EVENT_RETENTION_HOURS: positiveInt('How long file events stay replayable with `since` (at least 24 h in production)', 72),
@@ -82,6 +97,20 @@ export interface Config {
   socketAuthTimeoutMs: number;
   socketRecheckMs: number;
   eventRetentionHours: number;
+  /** Files in S3 (S3_BUCKET); unset: folders under the data dir. */
+  s3Blobs?: S3StoreConfig;
+  /** Backups in S3 (S3_BACKUP_BUCKET); unset: BANTU_BACKUP_DIR. */
+  s3Backups?: S3StoreConfig;
+}
+
+/** One S3 store: where the service is, the keys, and the bucket name prefix (`<prefix>-live`, `<prefix>-test`). */
+export interface S3StoreConfig {
+  endpoint?: string;
+  region: string;
+  forcePathStyle: boolean;
+  accessKeyId: string;
+  secretAccessKey: string;
+  bucketPrefix: string;
 }
 
 export interface ConfigProblem {
@@ -116,6 +145,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       problems.push({ variable: 'BANTU_CORS_ORIGINS', message: `not an origin (scheme://host[:port]): ${origin}` });
     }
   }
+  problems.push(...s3Problems(raw, candidate as Env));
   if (problems.length > 0) return { ok: false, problems };
 
   const e = candidate as Env;
@@ -148,8 +178,44 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       socketAuthTimeoutMs: e.BANTU_SOCKET_AUTH_TIMEOUT_MS,
       socketRecheckMs: e.BANTU_SOCKET_RECHECK_MS,
       eventRetentionHours: e.BANTU_EVENT_RETENTION_HOURS,
+      s3Blobs: e.S3_BUCKET ? s3Store(e, e.S3_ENDPOINT, e.S3_BUCKET) : undefined,
+      s3Backups: e.S3_BACKUP_BUCKET ? s3Store(e, e.S3_BACKUP_ENDPOINT ?? e.S3_ENDPOINT, e.S3_BACKUP_BUCKET) : undefined,
     },
   };
+}
+
+function s3Store(e: Env, endpoint: string | undefined, bucketPrefix: string): S3StoreConfig {
+  return {
+    endpoint,
+    region: e.S3_REGION,
+    forcePathStyle: e.S3_FORCE_PATH_STYLE === undefined ? endpoint !== undefined : e.S3_FORCE_PATH_STYLE === 'true',
+    accessKeyId: e.S3_ACCESS_KEY_ID as string,
+    secretAccessKey: e.S3_SECRET_ACCESS_KEY as string,
+    bucketPrefix,
+  };
+}
+
+/** The S3 variables' checks across variables (on the raw strings, like the others). */
+function s3Problems(raw: Record<string, unknown>, e: Env): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const has = (name: string) => typeof raw[name] === 'string';
+  const anyBucket = has('S3_BUCKET') || has('S3_BACKUP_BUCKET');
+  if (has('S3_ACCESS_KEY_ID') !== has('S3_SECRET_ACCESS_KEY')) {
+    problems.push({ variable: has('S3_ACCESS_KEY_ID') ? 'S3_SECRET_ACCESS_KEY' : 'S3_ACCESS_KEY_ID', message: 'S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together' });
+  } else if (anyBucket && !has('S3_ACCESS_KEY_ID')) {
+    problems.push({ variable: 'S3_ACCESS_KEY_ID', message: 'S3_BUCKET and S3_BACKUP_BUCKET need S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY' });
+  }
+  if (has('S3_BACKUP_ENDPOINT') && !has('S3_BACKUP_BUCKET')) {
+    problems.push({ variable: 'S3_BACKUP_ENDPOINT', message: 'is for S3_BACKUP_BUCKET, which is not set' });
+  }
+  // Each store's sweep deletes what its own records do not name: one bucket for both would lose blobs.
+  if (has('S3_BUCKET') && raw.S3_BUCKET === raw.S3_BACKUP_BUCKET && (raw.S3_BACKUP_ENDPOINT ?? raw.S3_ENDPOINT) === raw.S3_ENDPOINT) {
+    problems.push({ variable: 'S3_BACKUP_BUCKET', message: 'must differ from S3_BUCKET: files and backups cannot share buckets' });
+  }
+  if (anyBucket && typeof e.BANTU_MAX_UPLOAD_BYTES === 'number' && e.BANTU_MAX_UPLOAD_BYTES > S3_MAX_UPLOAD_BYTES) {
+    problems.push({ variable: 'BANTU_MAX_UPLOAD_BYTES', message: `at most ${S3_MAX_UPLOAD_BYTES} (5 GiB) with S3: larger objects cannot be copied to their content address in one request` });
+  }
+  return problems;
 }
 
 /** Rows for the README's configuration table, straight from the schema. */

@@ -4,6 +4,7 @@ import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { DiskBlobStore } from '../adapters/blob/disk.ts';
+import { openS3Stores, type S3Stores } from '../adapters/blob/s3.ts';
 import { OutboxBus } from '../adapters/bus/outbox.ts';
 import { MemoryCounterStore } from '../adapters/cache/memory.ts';
 import { RedisCounterStore } from '../adapters/cache/redis.ts';
@@ -31,9 +32,9 @@ export interface Platform {
   readonly logger: Logger;
   readonly databases: Databases;
   readonly bus: OutboxBus;
-  /** The files' content, one root per environment: live and test never share storage. */
+  /** The files' content, one root (folder, or S3 bucket with S3_BUCKET) per environment: live and test never share storage. */
   readonly blobs: Record<Environment, BlobStore>;
-  /** The backup store, its own root per environment (BANTU_BACKUP_DIR, so it can live on another disk). */
+  /** The backup store, its own root per environment (BANTU_BACKUP_DIR, so it can live on another disk, or S3_BACKUP_BUCKET). */
   readonly backups: Record<Environment, BlobStore>;
   readonly mailer: Mailer;
   /** Rate-limit counters: in memory for one process, in Redis when several share the limits. */
@@ -98,6 +99,15 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     // Before anything starts: a Redis that cannot be reached fails the start at once.
     const redis = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
     if (redis) closers.push(() => redis.close());
+    // The same for S3: a bucket that cannot be used (credentials, permissions, no server) fails the start here.
+    const s3 = async (store: Config['s3Blobs'], component: string): Promise<S3Stores | undefined> => {
+      if (!store) return undefined;
+      const stores = await openS3Stores(store, { logger: logger.child({ component }) });
+      closers.push(() => stores.close());
+      return stores;
+    };
+    const s3Blobs = await s3(config.s3Blobs, 's3-blobs');
+    const s3Backups = await s3(config.s3Backups, 's3-backups');
 
     let baseUrl = config.databaseUrl;
     if (!baseUrl) {
@@ -116,8 +126,8 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     if (applied.length > 0) logger.info({ applied }, 'migrations applied');
 
     const openStores = async (root: (env: Environment) => string) => ({ live: await DiskBlobStore.open(root('live')), test: await DiskBlobStore.open(root('test')) });
-    const blobs = await openStores((env) => dataPath(config.dataDir, 'blobs', env));
-    const backups = await openStores((env) => path.join(config.backupDir, env));
+    const blobs = s3Blobs ?? (await openStores((env) => dataPath(config.dataDir, 'blobs', env)));
+    const backups = s3Backups ?? (await openStores((env) => path.join(config.backupDir, env)));
 
     const mailer: Mailer = config.smtpUrl
       ? new SmtpMailer(config.smtpUrl, config.mailFrom, logger.child({ component: 'mail' }))
@@ -136,6 +146,9 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       ['database_test', async () => void (await sql`select 1`.execute(databases.environments.test))],
     ]);
     if (redis) checks.set('redis', () => redis.ping());
+    for (const [name, stores] of [['blobs', s3Blobs], ['backups', s3Backups]] as const) {
+      if (stores) for (const env of ENVIRONMENTS) checks.set(`s3_${name}_${env}`, () => stores[env].ping());
+    }
 
     const bus = new OutboxBus(databases, logger.child({ component: 'bus' }));
     // Started by the process once every module has registered its consumers; closed before the databases.
