@@ -2,31 +2,50 @@ import { sql } from 'kysely';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
 import type { Tx } from '../db/pg.ts';
-import { type OutboxRow, toEvent } from './outbox-row.ts';
+import { eventIdOf } from './outbox-row.ts';
 
 /** The channel every append notifies, in the same transaction: listeners hear of it only on commit. */
 export const CHANNEL = 'bantu_outbox';
 /** A notification's payload must stay under 8000 bytes; larger events go by the read only. */
 const NOTIFY_PAYLOAD_MAX = 7900;
+/** What the payload adds around the event: its position (ids of up to 20 digits) and the event id. */
+const PAYLOAD_FRAME_MAX = 160;
 
 /**
- * Writes the event into the caller's transaction, and a NOTIFY of it. The NOTIFY carries the
- * row's position and type, and the event itself when it may be delivered from the
- * notification (see NotificationTap).
+ * Writes the event into the caller's transaction, and a NOTIFY of it, in one statement. The
+ * NOTIFY carries the row's position and type, and the event itself when it may be delivered
+ * from the notification (see NotificationTap). The event's time is set here, so that the
+ * event in the notification (made here, around the row's id) and the event read back from
+ * the row are the same to the character.
  */
 export async function appendEvent(tx: Tx, environment: Environment, event: NewEvent): Promise<BusEvent> {
-  const row = await sql<OutboxRow>`
-      insert into bus.outbox (type, tenant_id, owner_id, actor, data)
-      values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb)
-      returning id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at`.execute(tx);
-  const inserted = row.rows[0] as OutboxRow;
-  const busEvent = toEvent(inserted, environment);
-  // The event rides along only if no older transaction is running now: none can start
-  // later (xids only grow), so nothing can come before it that has not committed first.
-  const position = `{"id":${inserted.id},"xid":"${inserted.xid}","type":${JSON.stringify(inserted.type)}`;
-  const full = `${position},"event":${JSON.stringify(busEvent)}}`;
-  const bare = `${position}}`;
-  await sql`select pg_notify(${CHANNEL}, case when pg_snapshot_xmin(pg_current_snapshot()) >= pg_current_xact_id()
-                                            then ${Buffer.byteLength(full) <= NOTIFY_PAYLOAD_MAX ? full : bare}::text else ${bare}::text end)`.execute(tx);
-  return busEvent;
+  const occurredAt = new Date();
+  // The event as toEvent makes it from the row, but for its first member (the id, known once inserted).
+  const rest = {
+    type: event.type,
+    tenant_id: event.tenant_id,
+    environment,
+    occurred_at: occurredAt.toISOString(),
+    actor: event.actor,
+    owner_id: event.owner_id ?? null,
+    data: event.data,
+  };
+  const restJson = JSON.stringify(rest);
+  const rides = Buffer.byteLength(restJson) + PAYLOAD_FRAME_MAX <= NOTIFY_PAYLOAD_MAX;
+  // The event rides along only if no older transaction is running now: none can start later
+  // (xids only grow), so nothing can come before it that has not committed first.
+  const result = await sql<{ id: number }>`
+    with appended as (
+      insert into bus.outbox (type, tenant_id, owner_id, actor, data, occurred_at)
+      values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb, ${occurredAt})
+      returning id, xid::text as xid
+    )
+    select appended.id, pg_notify(${CHANNEL},
+      '{"id":' || appended.id || ',"xid":"' || appended.xid || '","type":' || ${JSON.stringify(event.type)}::text ||
+      case when ${rides} and pg_snapshot_xmin(pg_current_snapshot()) >= pg_current_xact_id()
+           then ',"event":{"event_id":"evt_' || lpad(appended.id::text, greatest(12, length(appended.id::text)), '0') || '",' || ${restJson.slice(1)}::text || '}'
+           else '}' end)
+    from appended`.execute(tx);
+  const id = (result.rows[0] as { id: number }).id;
+  return { event_id: eventIdOf(id), ...rest };
 }
