@@ -4,6 +4,9 @@
  */
 export type Environment = 'live' | 'test';
 
+/** Every environment, in the order work goes through them. */
+export const ENVIRONMENTS: readonly Environment[] = ['live', 'test'];
+
 export type Principal =
   | { kind: 'operator' }
   | { kind: 'account_key'; keyId: string; tenantId: string; environment: Environment }

@@ -20,7 +20,7 @@ export type Db = Kysely<any>;
 // biome-ignore lint/suspicious/noExplicitAny: as above
 export type Tx = Transaction<any>;
 
-export const ENVIRONMENTS: readonly Environment[] = ['live', 'test'];
+export { ENVIRONMENTS } from '../../core/principal.ts';
 
 export interface Databases {
   /** URL of the control database; the environment databases share its server. */

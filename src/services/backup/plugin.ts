@@ -1,13 +1,14 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Gauge, Histogram, type Registry } from 'prom-client';
-import { type Databases, ENVIRONMENTS } from '../../adapters/db/pg.ts';
-import type { EventBus } from '../../core/ports.ts';
-import type { Environment } from '../../core/principal.ts';
+import type { Databases } from '../../adapters/db/pg.ts';
+import type { BackupUsagePort, EventBus } from '../../core/ports.ts';
+import { ENVIRONMENTS, type Environment } from '../../core/principal.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
-import { BACKUP_CONSUMER, type BackupDeps, BackupService } from './domain/backup.service.ts';
+import type { BackupRepository } from './domain/backup.repository.ts';
+import { BACKUP_CONSUMER, type BackupDeps, BackupService, usageOf } from './domain/backup.service.ts';
 import { backupRoutes } from './http/backup.routes.ts';
-import * as repo from './repo/backup.repo.ts';
+import { PgBackupRepository } from './repo/backup.repo.ts';
 import { backupWorker } from './worker.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -17,7 +18,9 @@ export const backupMigrations: ServiceMigrations = {
   environment: [{ service: 'backup', folder: path.join(here, 'migrations') }],
 };
 
-export interface BackupOptions extends Omit<BackupDeps, 'bus' | 'observer'> {
+export interface BackupOptions extends Omit<BackupDeps, 'bus' | 'observer' | 'repository'> {
+  /** The environment databases, where the backup's history lives (schema `backup`). */
+  databases: Databases;
   bus: EventBus;
   /** Run the worker in this process (embedded mode); off when `bantu serve backup` runs it. */
   worker: boolean;
@@ -31,8 +34,17 @@ export interface BackupModule extends ServiceModule {
   service: BackupService;
 }
 
+/**
+ * The in-process BackupUsagePort (the bytes the backup holds, for the files service's usage),
+ * on the backup's own tables. Needs no backup module, so the files service can be built first.
+ */
+export function backupUsage(databases: Databases): BackupUsagePort {
+  return usageOf(new PgBackupRepository(databases));
+}
+
 /** Builds the service, its worker (a bus consumer, where it runs), its routes and its metrics. */
 export function createBackupService(options: BackupOptions): BackupModule {
+  const repository = new PgBackupRepository(options.databases);
   const lag = options.metrics
     ? new Histogram({
         name: 'backup_record_lag_seconds',
@@ -44,9 +56,10 @@ export function createBackupService(options: BackupOptions): BackupModule {
     : undefined;
   const service = new BackupService({
     ...options,
+    repository,
     observer: { recorded: (environment, seconds) => lag?.observe({ environment }, seconds) },
   });
-  if (options.metrics) registerBackupGauges(options.metrics, options.databases, options.bus);
+  if (options.metrics) registerBackupGauges(options.metrics, repository, options.bus);
 
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<unknown> = Promise.resolve();
@@ -85,7 +98,7 @@ interface Snapshot {
  * Gauges read at scrape time. One snapshot serves every gauge of a scrape (prom-client
  * collects them concurrently); a failing database keeps the last values instead of failing /metrics.
  */
-function registerBackupGauges(metrics: Registry, databases: Databases, bus: EventBus): void {
+function registerBackupGauges(metrics: Registry, repository: BackupRepository, bus: EventBus): void {
   let last: Record<Environment, Snapshot> = Object.fromEntries(
     ENVIRONMENTS.map((env) => [env, { pending: 0, deadLetters: 0, versions: 0, bytes: 0, lagSeconds: 0, failedTries: 0 }]),
   ) as Record<Environment, Snapshot>;
@@ -96,7 +109,7 @@ function registerBackupGauges(metrics: Registry, databases: Databases, bus: Even
         const consumers = await bus.status(BACKUP_CONSUMER);
         const next = { ...last };
         for (const environment of ENVIRONMENTS) {
-          const stats = await repo.environmentStats(databases.environments[environment]);
+          const stats = await repository.environmentStats(environment);
           const consumer = consumers.find((c) => c.environment === environment);
           // The age of the oldest change still waiting: how long the backup has owed it.
           const oldest = consumer?.oldestPendingAt ? Date.parse(consumer.oldestPendingAt) : undefined;

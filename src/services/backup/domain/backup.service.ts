@@ -1,11 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { type Databases, ENVIRONMENTS, type Tx, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
 import { type BackupUsagePort, type BlobStore, type ByteRange, type EventBus, type FilesPort, PoisonEventError } from '../../../core/ports.ts';
-import { type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
-import * as repo from '../repo/backup.repo.ts';
+import { ENVIRONMENTS, type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
+import type { BackupRepository, HistoryPosition, PolicyRow, RetentionRule, TenantBackupTx, VersionEvent, VersionRow } from './backup.repository.ts';
 
 /** How many blobs a batch copies at once: enough to overlap their fsyncs, few enough to keep memory flat. */
 const COPY_CONCURRENCY = 8;
@@ -21,18 +20,16 @@ async function forEachLimit<T>(items: T[], limit: number, work: (item: T) => Pro
 /** The bus consumer name: its cursor and dead letters are kept under it. */
 export const BACKUP_CONSUMER = 'backup';
 
-
 /** The File object as file events carry it. */
 export type FileSnapshot = FileObject;
 
 /**
  * The in-process BackupUsagePort: the distinct bytes the backup holds for a tenant, read from
- * the backup's own tables. It needs no BackupService, so the files service can be built first.
+ * the backup's own history. It needs no BackupService, so the files service can be built first.
  */
-export function backupUsage(databases: Databases): BackupUsagePort {
+export function usageOf(repository: BackupRepository): BackupUsagePort {
   return {
-    heldBytes: async (principal) =>
-      (await withTenant(databases.environments[principal.environment], principal.tenantId, (trx) => repo.tenantStats(trx, principal.tenantId))).bytes,
+    heldBytes: async (principal) => (await repository.inTenant(principal.environment, principal.tenantId, (tx) => tx.stats())).bytes,
   };
 }
 
@@ -42,7 +39,8 @@ export interface BackupObserver {
 }
 
 export interface BackupDeps {
-  databases: Databases;
+  /** The history of every version, and the retention policies. */
+  repository: BackupRepository;
   /** The files service's blob stores: where the bytes of each version are copied from. */
   sources: Record<Environment, BlobStore>;
   /** The backup store, one root per environment (BANTU_BACKUP_DIR). */
@@ -56,7 +54,7 @@ export interface BackupDeps {
 
 export interface VersionEntry {
   version: number;
-  event: repo.VersionEvent;
+  event: VersionEvent;
   name: string;
   path: string;
   size: number;
@@ -85,7 +83,7 @@ export interface DamagedBlob {
 
 export interface AsOfPlan {
   remove: FileSnapshot[];
-  restore: repo.VersionRow[];
+  restore: VersionRow[];
   unchanged: number;
   /** Live files that existed before `asOf` but have no backed-up history yet: left as they are. */
   notBackedUp: FileSnapshot[];
@@ -94,7 +92,7 @@ export interface AsOfPlan {
 const FILE_EVENTS = new Set<string>(['File_create', 'File_update', 'File_delete']);
 const SHA256 = /^[0-9a-f]{64}$/;
 
-function toEntry(row: repo.VersionRow): VersionEntry {
+function toEntry(row: VersionRow): VersionEntry {
   return {
     version: row.version,
     event: row.event,
@@ -143,12 +141,8 @@ const notFound = (id: string) => new AppError(Errors.notFound, `No file ${id}`);
 export class BackupService {
   constructor(private readonly deps: BackupDeps) {}
 
-  private db(environment: Environment) {
-    return this.deps.databases.environments[environment];
-  }
-
-  private inTenant<T>(principal: TenantPrincipal, work: (trx: Tx) => Promise<T>): Promise<T> {
-    return withTenant(this.db(principal.environment), principal.tenantId, work);
+  private inTenant<T>(principal: TenantPrincipal, work: (tx: TenantBackupTx) => Promise<T>): Promise<T> {
+    return this.deps.repository.inTenant(principal.environment, principal.tenantId, work);
   }
 
   /**
@@ -181,21 +175,19 @@ export class BackupService {
     const byTenant = new Map<string, typeof items>();
     for (const item of items) byTenant.set(item.event.tenant_id, [...(byTenant.get(item.event.tenant_id) ?? []), item]);
     for (const [tenantId, tenantItems] of byTenant) {
-      const recorded = await withTenant(this.db(environment), tenantId, async (trx) => {
+      const recorded = await this.deps.repository.inTenant(environment, tenantId, async (tx) => {
         // The sweep deletes unreferenced blobs under the same locks (taken in one order, so
         // two batches cannot deadlock): make sure ours survived until we reference them.
         const shas = [...new Set(tenantItems.map(({ file }) => file.sha256))];
-        await repo.lockBlobs(trx, shas);
+        await tx.lockBlobs(shas);
         const present = await Promise.all(shas.map((sha256) => store.stat(sha256)));
         const swept = shas.find((_, i) => !present[i]);
         if (swept) throw new Error(`backup blob ${swept} was swept before its version was recorded; retrying`);
-        const recordedIds = await repo.insertVersions(
-          trx,
+        const recordedIds = await tx.insertVersions(
           tenantItems.map(({ event, file }) => ({
-            tenant_id: event.tenant_id,
             file_id: file.id,
             version: file.version,
-            event: event.type as repo.VersionEvent,
+            event: event.type as VersionEvent,
             event_id: event.event_id,
             owner_id: file.owner_id ?? null,
             name: file.name,
@@ -232,17 +224,17 @@ export class BackupService {
   }
 
   /** A user who is not an admin sees the history of their own files only; others' are 404. */
-  private async assertVisible(trx: Tx, principal: TenantPrincipal, fileId: string): Promise<void> {
-    const owner = await repo.ownerOf(trx, principal.tenantId, fileId);
+  private async assertVisible(tx: TenantBackupTx, principal: TenantPrincipal, fileId: string): Promise<void> {
+    const owner = await tx.ownerOf(fileId);
     if (!owner) throw notFound(fileId);
     if (principal.kind === 'user' && !isTenantAdmin(principal) && owner.owner_id !== principal.userId) throw notFound(fileId);
   }
 
   async listVersions(principal: TenantPrincipal, fileId: string, query: { limit: number; cursor?: string }) {
     const after = decodeVersionCursor(query.cursor);
-    const rows = await this.inTenant(principal, async (trx) => {
-      await this.assertVisible(trx, principal, fileId);
-      return repo.listVersions(trx, principal.tenantId, fileId, { after, limit: query.limit + 1 });
+    const rows = await this.inTenant(principal, async (tx) => {
+      await this.assertVisible(tx, principal, fileId);
+      return tx.listVersions(fileId, { after, limit: query.limit + 1 });
     });
     const page = rows.slice(0, query.limit);
     const last = page[page.length - 1];
@@ -253,9 +245,9 @@ export class BackupService {
   }
 
   async findVersion(principal: TenantPrincipal, fileId: string, version: number): Promise<VersionEntry> {
-    const row = await this.inTenant(principal, async (trx) => {
-      await this.assertVisible(trx, principal, fileId);
-      return repo.findVersion(trx, principal.tenantId, fileId, version);
+    const row = await this.inTenant(principal, async (tx) => {
+      await this.assertVisible(tx, principal, fileId);
+      return tx.findVersion(fileId, version);
     });
     if (!row) fail(Errors.notFound, `File ${fileId} has no version ${version} in the backups`);
     return toEntry(row);
@@ -281,9 +273,9 @@ export class BackupService {
 
   /** The newest version of a file that had content (the one a restore without --version brings back). */
   async latestVersion(principal: TenantPrincipal, fileId: string): Promise<number> {
-    const row = await this.inTenant(principal, async (trx) => {
-      await this.assertVisible(trx, principal, fileId);
-      return repo.latestContentVersion(trx, principal.tenantId, fileId);
+    const row = await this.inTenant(principal, async (tx) => {
+      await this.assertVisible(tx, principal, fileId);
+      return tx.latestContentVersion(fileId);
     });
     if (!row) fail(Errors.notFound, `File ${fileId} has no backed-up content`);
     return row.version;
@@ -292,7 +284,7 @@ export class BackupService {
   async status(principal: TenantPrincipal): Promise<BackupStatus> {
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'Backup status is for account keys and admin users');
     const [stats, consumers] = await Promise.all([
-      this.inTenant(principal, (trx) => repo.tenantStats(trx, principal.tenantId)),
+      this.inTenant(principal, (tx) => tx.stats()),
       this.deps.bus.status(BACKUP_CONSUMER, principal.tenantId),
     ]);
     const consumer = consumers.find((c) => c.environment === principal.environment);
@@ -316,19 +308,18 @@ export class BackupService {
 
   async getPolicy(principal: TenantPrincipal): Promise<RetentionPolicy> {
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'The retention policy is for account keys and admin users');
-    const row = await this.inTenant(principal, (trx) => repo.getPolicy(trx, principal.tenantId));
+    const row = await this.inTenant(principal, (tx) => tx.getPolicy());
     return policyOf(row);
   }
 
   async setPolicy(principal: TenantPrincipal, policy: RetentionPolicy): Promise<RetentionPolicy> {
     if (principal.kind !== 'account_key') fail(Errors.forbidden, 'Only an account key may set the retention policy');
-    const row: repo.PolicyRow = {
-      tenant_id: principal.tenantId,
+    const rule: RetentionRule = {
       keep_last: 'keep_last' in policy ? policy.keep_last : null,
       keep_days: 'keep_days' in policy ? policy.keep_days : null,
     };
-    await this.inTenant(principal, (trx) => repo.setPolicy(trx, row));
-    return policyOf(row);
+    await this.inTenant(principal, (tx) => tx.setPolicy(rule));
+    return policyOf(rule);
   }
 
   /**
@@ -338,17 +329,17 @@ export class BackupService {
   async sweep(): Promise<{ entries: number; blobs: number }> {
     let entries = 0;
     let blobs = 0;
+    const { repository } = this.deps;
     for (const environment of ENVIRONMENTS) {
-      const db = this.db(environment);
-      for (const policy of await repo.allPolicies(db)) {
-        entries += await withTenant(db, policy.tenant_id, (trx) => repo.applyRetention(trx, policy));
+      for (const policy of await repository.policies(environment)) {
+        entries += await repository.inTenant(environment, policy.tenant_id, (tx) => tx.applyRetention(policy));
       }
       const store = this.deps.store[environment];
       for await (const blob of store.list()) {
-        if (await repo.blobInUse(db, blob.key)) continue;
-        const removed = await db.transaction().execute(async (trx) => {
-          await repo.lockBlob(trx, blob.key);
-          if (await repo.blobInUse(trx, blob.key)) return false;
+        if (await repository.blobInUse(environment, blob.key)) continue;
+        const removed = await repository.acrossTenants(environment, async (tx) => {
+          await tx.lockBlob(blob.key);
+          if (await tx.blobInUse(blob.key)) return false;
           await store.delete(blob.key);
           return true;
         });
@@ -368,7 +359,7 @@ export class BackupService {
     let blobs = 0;
     let versions = 0;
     for (const environment of ENVIRONMENTS) {
-      const rows = await repo.blobsWithVersions(this.db(environment));
+      const rows = await this.deps.repository.blobsWithVersions(environment);
       let done = 0;
       for (const row of rows) {
         blobs++;
@@ -408,7 +399,7 @@ export class BackupService {
     const files = this.deps.files;
     if (!files) throw new Error('restore needs the files service');
     if (!isTenantAdmin(principal)) fail(Errors.forbidden, 'A tenant restore needs an account key or an admin');
-    const then = new Map((await this.inTenant(principal, (trx) => repo.stateAsOf(trx, principal.tenantId, asOf))).map((row) => [row.file_id, row]));
+    const then = new Map((await this.inTenant(principal, (tx) => tx.stateAsOf(asOf))).map((row) => [row.file_id, row]));
     const live = new Map<string, FileSnapshot>();
     let cursor: string | undefined;
     do {
@@ -456,13 +447,13 @@ export class BackupService {
   }
 }
 
-function policyOf(row: Pick<repo.PolicyRow, 'keep_last' | 'keep_days'> | null): RetentionPolicy {
+function policyOf(row: Pick<PolicyRow, 'keep_last' | 'keep_days'> | null): RetentionPolicy {
   if (row?.keep_last != null) return { keep_last: row.keep_last };
   if (row?.keep_days != null) return { keep_days: row.keep_days };
   return { keep: 'all' };
 }
 
-function decodeVersionCursor(cursor: string | undefined): { version: number; rank: number } | undefined {
+function decodeVersionCursor(cursor: string | undefined): HistoryPosition | undefined {
   if (cursor === undefined) return undefined;
   const match = /^(\d{1,9})\.([01])$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
   if (!match) {
