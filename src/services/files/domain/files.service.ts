@@ -223,7 +223,6 @@ export class FilesService {
         if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
         throw error;
       }
-      await repo.insertVersion(trx, row);
       return { row, type: 'File_create', usage: { files: 1, bytes: row.size, versions: 1 } };
     });
   }
@@ -245,7 +244,6 @@ export class FilesService {
         sha256: input.blob.sha256,
         version: current.version + 1,
       });
-      await repo.insertVersion(trx, row);
       return { row, type: 'File_update', usage: { files: 0, bytes: row.size, versions: 1 } };
     });
   }
@@ -264,7 +262,6 @@ export class FilesService {
         if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${next.path === '/' ? '' : next.path}/${next.name} already exists`);
         throw error;
       }
-      await repo.insertVersion(trx, row);
       return { row, type: 'File_update', usage: { files: 0, bytes: 0, versions: 1 } };
     });
     return answer.file;
@@ -319,7 +316,6 @@ export class FilesService {
         if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${name} already exists`);
         throw error;
       }
-      await repo.insertVersion(trx, row);
       const file = toFileObject(row);
       await this.deps.bus.append(trx, principal.environment, {
         type: current.deleted ? 'File_create' : 'File_update',

@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { type RawBuilder, sql } from 'kysely';
 import type { Db, Tx } from '../../../adapters/db/pg.ts';
 import { lockSubject } from '../../../core/ports.ts';
 
@@ -77,36 +77,42 @@ export function filesListSelect(tenantId: string, options: { owner: string | nul
     order by id desc limit ${options.limit}`;
 }
 
+/**
+ * Every change of a file row makes a version: the writes below record it in the same
+ * statement (one round trip, and no way to change a file without its version).
+ */
+const withVersion = (changed: RawBuilder<unknown>) => sql<FileRow>`
+    with changed as (${changed} returning ${columns}),
+    version as (
+      insert into files.file_version (file_id, tenant_id, version, sha256, size, content_type, name, path)
+      select id, tenant_id, version, sha256, size, content_type, name, path from changed
+    )
+    select ${columns} from changed`;
+
+/** A new file and its first version. */
 export async function insertFile(trx: Tx, file: Omit<FileRow, 'created_at' | 'updated_at'>): Promise<FileRow> {
-  const result = await sql<FileRow>`
+  const result = await withVersion(sql`
     insert into files.file (id, tenant_id, user_id, name, path, size, content_type, sha256, version)
-    values (${file.id}, ${file.tenant_id}, ${file.user_id}, ${file.name}, ${file.path}, ${file.size}, ${file.content_type}, ${file.sha256}, ${file.version})
-    returning ${columns}`.execute(trx);
+    values (${file.id}, ${file.tenant_id}, ${file.user_id}, ${file.name}, ${file.path}, ${file.size}, ${file.content_type}, ${file.sha256}, ${file.version})`).execute(trx);
   return result.rows[0] as FileRow;
 }
 
+/** The file's next version: its row changed, and the version recorded. */
 export async function updateFile(
   trx: Tx,
   tenantId: string,
   id: string,
   change: Pick<FileRow, 'name' | 'path' | 'size' | 'content_type' | 'sha256' | 'version'>,
 ): Promise<FileRow> {
-  const result = await sql<FileRow>`
+  const result = await withVersion(sql`
     update files.file set name = ${change.name}, path = ${change.path}, size = ${change.size},
       content_type = ${change.content_type}, sha256 = ${change.sha256}, version = ${change.version}, updated_at = now()
-    where tenant_id = ${tenantId} and id = ${id}
-    returning ${columns}`.execute(trx);
+    where tenant_id = ${tenantId} and id = ${id}`).execute(trx);
   return result.rows[0] as FileRow;
 }
 
 export async function markDeleted(trx: Tx, tenantId: string, id: string): Promise<void> {
   await sql`update files.file set deleted_at = now() where tenant_id = ${tenantId} and id = ${id}`.execute(trx);
-}
-
-export async function insertVersion(trx: Tx, file: FileRow): Promise<void> {
-  await sql`
-    insert into files.file_version (file_id, tenant_id, version, sha256, size, content_type, name, path)
-    values (${file.id}, ${file.tenant_id}, ${file.version}, ${file.sha256}, ${file.size}, ${file.content_type}, ${file.name}, ${file.path})`.execute(trx);
 }
 
 /**
@@ -224,11 +230,10 @@ export async function restoreFile(
   id: string,
   change: Pick<FileRow, 'name' | 'path' | 'size' | 'content_type' | 'sha256' | 'version'>,
 ): Promise<FileRow> {
-  const result = await sql<FileRow>`
+  const result = await withVersion(sql`
     update files.file set name = ${change.name}, path = ${change.path}, size = ${change.size},
       content_type = ${change.content_type}, sha256 = ${change.sha256}, version = ${change.version},
       updated_at = now(), deleted_at = null
-    where tenant_id = ${tenantId} and id = ${id}
-    returning ${columns}`.execute(trx);
+    where tenant_id = ${tenantId} and id = ${id}`).execute(trx);
   return result.rows[0] as FileRow;
 }
