@@ -58,7 +58,10 @@ function connect(url: string, max = 10): Db {
   // transaction has no listener of its own, so give every connection one. The failed query
   // reports the error to its caller, and the pool discards the connection on release.
   pool.on('error', () => undefined);
-  pool.on('connect', (client) => client.on('error', () => undefined));
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
+    prepareOnce(client);
+  });
   const db: Db = new Kysely({ dialect: new PostgresDialect({ pool }) });
   pools.set(db, pool);
   return db;
@@ -189,6 +192,23 @@ function statementName(text: string): string | undefined {
     statementNames.set(text, name);
   }
   return name;
+}
+
+/**
+ * Makes every query Kysely sends with parameters a named statement (see statementName), so a
+ * connection parses and plans each text once instead of on every request. Only queries with
+ * parameters: a parameterless text may hold several statements (migrations), which only the
+ * simple protocol runs.
+ */
+function prepareOnce(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  (client as { query: unknown }).query = (...args: unknown[]) => {
+    const [text, values] = args;
+    if (args.length === 2 && typeof text === 'string' && Array.isArray(values) && values.length > 0) {
+      return query({ name: statementName(text), text, values });
+    }
+    return query(...args);
+  };
 }
 
 /** The rows each statement of a batch returned, in order. */

@@ -119,7 +119,7 @@ export async function markDeleted(trx: Tx, tenantId: string, id: string): Promis
  * Usage shards per tenant (see migration 0002): writes without a quota spread over them, so
  * writes of one tenant do not wait on one row; with a quota all go to shard 0.
  */
-export const USAGE_SHARDS = 16;
+export const USAGE_SHARDS = 64;
 
 /**
  * Adds to the tenant's usage; false when a quota is set and growing by `delta.bytes` would
