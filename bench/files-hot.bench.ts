@@ -32,9 +32,9 @@ import { type CpuSplit, cpuSince } from './lib/proc-cpu.ts';
  * client's garbage: compare them between sides, not alone), and the embedded PostgreSQL.
  */
 const CONCURRENCY = 16;
-const GETS = Number(process.env.BENCH_FILES_GETS ?? 6_000);
+const GETS = Number(process.env.BENCH_FILES_GETS ?? 8_000);
 const LISTS = Number(process.env.BENCH_FILES_LISTS ?? 2_000);
-const CREATES = Number(process.env.BENCH_FILES_CREATES ?? 300);
+const CREATES = Number(process.env.BENCH_FILES_CREATES ?? 800);
 const LIST_FOLDER_FILES = Number(process.env.BENCH_FILES_LIST_FOLDER ?? 10_000);
 const LIST_FOLDER = '/bench-list';
 const CREATE_FOLDER = '/bench-create';
