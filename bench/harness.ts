@@ -104,6 +104,12 @@ export interface BenchPair<Ctx = unknown> {
   a(ctx: Ctx): Promise<number>;
   /** One measurement of side B, the same work as A against the reference. */
   b(ctx: Ctx): Promise<number>;
+  /**
+   * Figures that explain the result rather than judge it (e.g. CPU per operation on each side),
+   * gathered by `a` and `b` into the context. Called once after the last round, before
+   * teardown; recorded as `notes` in the results and listed under the table. Never a target.
+   */
+  notes?(ctx: Ctx): Record<string, string | number>;
   teardown(ctx: Ctx): Promise<void>;
 }
 
@@ -135,6 +141,8 @@ export interface PairResult {
   ratio_min: number;
   ratio_max: number;
   target?: TargetResult;
+  /** What the pair's `notes` gave, if it has one. */
+  notes?: Record<string, string | number>;
   measured_at: string;
   duration_s: number;
   error?: string;
@@ -168,6 +176,7 @@ export async function runPair(pair: BenchPair, file: string, log: (line: string)
   const a: number[] = [];
   const b: number[] = [];
   let error: string | undefined;
+  let notes: Record<string, string | number> | undefined;
   const ctx = await pair.setup();
   try {
     for (let round = 0; round < warmup + rounds; round++) {
@@ -188,6 +197,7 @@ export async function runPair(pair: BenchPair, file: string, log: (line: string)
           `${labels.a} ${fmt(got.a as number)} ${pair.unit}, ${labels.b} ${fmt(got.b as number)} ${pair.unit}, ratio ${fmt((got.a as number) / (got.b as number), 3)}`,
       );
     }
+    notes = pair.notes?.(ctx);
   } catch (caught) {
     error = caught instanceof Error ? (caught.stack ?? caught.message) : String(caught);
   } finally {
@@ -219,6 +229,7 @@ export async function runPair(pair: BenchPair, file: string, log: (line: string)
     duration_s: Math.round((performance.now() - started) / 100) / 10,
   };
   if (pair.target) result.target = evaluateTarget(pair.target, pair.higherIsBetter, a, ratio);
+  if (notes) result.notes = notes;
   if (error) result.error = error;
   return result;
 }

@@ -45,6 +45,12 @@ function readPrevious(): PairResult[] {
   }
 }
 
+function notesText(notes: Record<string, string | number>): string {
+  return Object.entries(notes)
+    .map(([key, value]) => `${key} = ${typeof value === 'number' ? fmt(value) : value}`)
+    .join('; ');
+}
+
 function markdown(file: ResultsFile): string {
   const m = file.machine;
   const lines = [
@@ -78,6 +84,11 @@ function markdown(file: ResultsFile): string {
       const rounds = r.target?.ratio === undefined ? ` (${targetText(r)}; A per round: ${r.a.map((v) => fmt(v)).join(', ')} ${r.unit})` : '';
       lines.push(`- ${r.name}: ${r.target?.description}${rounds}`);
     }
+  }
+  const withNotes = file.pairs.filter((r) => r.notes);
+  if (withNotes.length > 0) {
+    lines.push('', 'Notes (figures that explain a result, not judged):');
+    for (const r of withNotes) lines.push(`- ${r.name}: ${notesText(r.notes ?? {})}`);
   }
   lines.push('', `Measured at (per pair): ${file.pairs.map((r) => `${r.name} ${r.measured_at}`).join('; ')}.`, '');
   return lines.join('\n');
@@ -134,6 +145,7 @@ async function main(): Promise<number> {
         `  => ${result.labels.a} ${fmt(result.median_a)} ${result.unit}, ${result.labels.b} ${fmt(result.median_b)} ${result.unit}, ` +
           `ratio ${fmt(result.ratio, 3)} (rounds ${fmt(result.ratio_min, 3)}..${fmt(result.ratio_max, 3)})${target}; ${result.duration_s} s`,
       );
+      if (result.notes) console.log(`  notes: ${notesText(result.notes)}`);
     }
     results.push(result);
   }

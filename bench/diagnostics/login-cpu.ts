@@ -14,62 +14,22 @@
  * The load is the benchmark's: the worker-thread HTTPS client (bench/lib/http-load.ts) and
  * the same number in flight. WARMUP (default 1) measurements of logins run first, unreported.
  */
-import fs from 'node:fs';
 import os from 'node:os';
 import { hash, verify } from '@node-rs/argon2';
 import { ARGON2_OPTIONS } from '../../src/services/identity/domain/passwords.ts';
 import { startServer } from '../../test/helpers/server.ts';
 import { runConcurrent } from '../harness.ts';
 import { startLoad } from '../lib/http-load.ts';
+import { cpuMs, descendants, threadsOf, used } from '../lib/proc-cpu.ts';
 
 const LOGINS = Number(process.env.LOGINS ?? 300);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 4);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const PASSWORD = 'benchmark password 1';
-const TICK_MS = 1000 / 100; // USER_HZ: /proc reports CPU time in 1/100 s
 
 if (process.platform !== 'linux') {
   console.error('login-cpu reads /proc: Linux only');
   process.exit(2);
-}
-
-/** CPU milliseconds used so far by one thread or process, from its stat line (utime + stime). */
-function cpuMs(statFile: string): number {
-  try {
-    const stat = fs.readFileSync(statFile, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
-  } catch {
-    return 0; // it ended between the listing and the read
-  }
-}
-
-function threadsOf(pid: number): Map<number, number> {
-  const out = new Map<number, number>();
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) out.set(Number(tid), cpuMs(`/proc/${pid}/task/${tid}/stat`));
-  return out;
-}
-
-/** Every process below `root` (the embedded PostgreSQL runs as our child or grandchild). */
-function descendants(root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch {}
-  }
-  const out: number[] = [];
-  const walk = (pid: number) => {
-    for (const child of children.get(pid) ?? []) {
-      out.push(child);
-      walk(child);
-    }
-  };
-  walk(root);
-  return out;
 }
 
 interface Snapshot {
@@ -81,13 +41,6 @@ interface Snapshot {
 function snapshot(): Snapshot {
   const processes = new Map(descendants(process.pid).map((pid) => [pid, cpuMs(`/proc/${pid}/stat`)]));
   return { at: performance.now(), threads: threadsOf(process.pid), processes };
-}
-
-/** CPU used between two snapshots by the given ids (a process that ended in between is missing its last moments). */
-function used(start: Map<number, number>, end: Map<number, number>, ids: Iterable<number>): number {
-  let sum = 0;
-  for (const id of ids) sum += (end.get(id) ?? 0) - (start.get(id) ?? 0);
-  return Math.max(0, sum);
 }
 
 interface Split {

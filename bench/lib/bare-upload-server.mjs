@@ -1,5 +1,5 @@
 // The reference for files/upload-1gib-peak-rss: a bare Node HTTPS server where PUT /upload/<name>
-// streams the body to <dir>/<name>.tmp (1 MiB writes, fsync on close), renames it and answers 201,
+// streams the body to <dir>/<name>.tmp (1 MiB writes, fsync on close), renames it, fsyncs <dir> and answers 201,
 // as the in-process reference of bench/files.bench.ts does. Run as a child process so its memory
 // can be read on its own: node bare-upload-server.mjs <cert> <key> <dir>; prints its port.
 import { createWriteStream } from 'node:fs';
@@ -19,6 +19,10 @@ const server = https.createServer({ cert: await fs.readFile(certFile), key: awai
   const temp = `${file}.tmp`;
   pipeline(request, createWriteStream(temp, { flush: true, highWaterMark: MiB }))
     .then(() => fs.rename(temp, file))
+    .then(async () => {
+      const folder = await fs.open(dir, 'r');
+      await folder.sync().finally(() => folder.close());
+    })
     .then(
       () => response.writeHead(201, { 'content-type': 'application/json' }).end('{"ok":true}'),
       () => response.writeHead(500).end(),

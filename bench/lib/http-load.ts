@@ -12,7 +12,8 @@ import { Worker } from 'node:worker_threads';
  *   await load.close();
  *
  * Requests go through one keep-alive undici Pool per origin with `concurrency` connections
- * and that many requests in flight. Any unexpected status fails the run.
+ * and that many requests in flight. Any unexpected status fails the run; the first response's
+ * body comes back as `sample`, so a pair can check that a side answered what it should.
  */
 export interface LoadRun {
   origin: string;
@@ -25,10 +26,24 @@ export interface LoadRun {
   concurrency: number;
   /** Default 200. */
   expectStatus?: number;
+  /**
+   * Every `{n}` in `path` and in a string `body` becomes a number unique for the life of the
+   * load generator (12 digits, zero-padded, so the body's length stays the same): for creates,
+   * which need a name (and content) of their own per request.
+   */
+  numbered?: boolean;
+}
+
+export interface LoadResult {
+  elapsedMs: number;
+  /** Bytes of every response body. */
+  bytes: number;
+  /** The body of the run's first response, to check what the server answered. */
+  sample: string;
 }
 
 export interface LoadGenerator {
-  run(options: LoadRun): Promise<{ elapsedMs: number; bytes: number }>;
+  run(options: LoadRun): Promise<LoadResult>;
   /** The load thread's OS thread id (Linux; undefined elsewhere), to read its CPU time in /proc. */
   threadId(): Promise<number | undefined>;
   close(): Promise<void>;

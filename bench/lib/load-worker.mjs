@@ -17,19 +17,32 @@ function poolFor(origin, connections) {
   return pool;
 }
 
-async function run({ origin, path, method = 'GET', headers = {}, body, count, concurrency, expectStatus = 200 }) {
+// Numbers that `numbered` runs put in place of `{n}`: unique for the life of this thread.
+let sequence = 0;
+const numberedOf = (text) => (typeof text === 'string' && text.includes('{n}') ? text.replaceAll('{n}', String(sequence).padStart(12, '0')) : text);
+
+async function run({ origin, path, method = 'GET', headers = {}, body, count, concurrency, expectStatus = 200, numbered = false }) {
   const pool = poolFor(origin, concurrency);
   let next = 0;
   let bytes = 0;
   let failure;
+  let sample;
   const worker = async () => {
     while (failure === undefined) {
       if (next >= count) return;
-      next++;
+      const first = next++ === 0;
+      const request = numbered ? { path: numberedOf(path), body: numberedOf(body) } : { path, body };
+      if (numbered) sequence++;
       try {
-        const response = await pool.request({ path, method, headers, body });
-        for await (const chunk of response.body) bytes += chunk.length;
-        if (response.statusCode !== expectStatus) throw new Error(`${method} ${path}: status ${response.statusCode}, expected ${expectStatus}`);
+        const response = await pool.request({ path: request.path, method, headers, body: request.body });
+        // The first answer's body is kept (the others only counted), so the caller can check what the server said.
+        const chunks = [];
+        for await (const chunk of response.body) {
+          bytes += chunk.length;
+          if (first) chunks.push(chunk);
+        }
+        if (first) sample = Buffer.concat(chunks).toString('utf8');
+        if (response.statusCode !== expectStatus) throw new Error(`${method} ${request.path}: status ${response.statusCode}, expected ${expectStatus}: ${first ? sample.slice(0, 300) : ''}`);
       } catch (error) {
         failure ??= error;
       }
@@ -39,7 +52,7 @@ async function run({ origin, path, method = 'GET', headers = {}, body, count, co
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
   const elapsedMs = performance.now() - started;
   if (failure) throw failure;
-  return { elapsedMs, bytes };
+  return { elapsedMs, bytes, sample };
 }
 
 parentPort.on('message', async ({ id, op, args }) => {
