@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StagedBlob, type StoredBlob } from '../../core/ports.ts';
 import { isProcessAlive } from '../local/data-dir.ts';
+import { ContentHash } from './content-hash.ts';
 
 /**
  * The local-folder blob store: one root per environment (`<data dir>/blobs/<env>/`).
@@ -86,7 +87,7 @@ export class DiskBlobStore implements BlobStore {
   async stage(source: AsyncIterable<Uint8Array>, options: { maxBytes?: number } = {}): Promise<StagedBlob> {
     const maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
     const temp = path.join(this.root, 'tmp', `${process.pid}-${randomBytes(12).toString('hex')}`);
-    const hash = createHash('sha256');
+    const hash = new ContentHash();
     let size = 0;
     // `flush` fsyncs the file before it is closed; the pipeline settles after the close.
     const sink = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true, highWaterMark: this.bufferBytes });
@@ -97,7 +98,8 @@ export class DiskBlobStore implements BlobStore {
           for await (const chunk of chunks) {
             size += chunk.byteLength;
             if (size > maxBytes) throw new BlobTooLargeError(maxBytes);
-            hash.update(chunk);
+            const backlog = hash.update(chunk);
+            if (backlog) await backlog;
             yield chunk;
           }
         },
@@ -108,9 +110,16 @@ export class DiskBlobStore implements BlobStore {
       // create the temp file after we removed it.
       if (!sink.closed) await once(sink, 'close').catch(() => undefined);
       await fs.rm(temp, { force: true });
+      hash.abandon();
       throw error;
     }
-    const sha256 = hash.digest('hex');
+    let sha256: string;
+    try {
+      sha256 = await hash.digest();
+    } catch (error) {
+      await fs.rm(temp, { force: true });
+      throw error;
+    }
     const blob = { key: sha256, sha256, size };
     return {
       ...blob,
