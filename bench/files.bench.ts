@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { runCli } from '../test/helpers/cli.ts';
 import { makeTempDir, startServer, type TestServer } from '../test/helpers/server.ts';
 import { type BenchPair, definePair, mibPerSecond } from './harness.ts';
+import { fsyncFolder } from './lib/files-floor.ts';
 
 /**
  * Files through the gateway (A) against a bare Node HTTPS server (B) that streams the same
@@ -47,16 +48,6 @@ interface Ctx {
   bigId?: string;
   /** The multipart reference (files/upload-100mib-multipart only). */
   bareMultipart?: { app: FastifyInstance; origin: string };
-}
-
-/** fsync of a folder, so that a rename into it is durable (Bantu's blob store does the same). */
-async function fsyncFolder(folder: string): Promise<void> {
-  const handle = await fs.open(folder, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /** The bare reference: PUT /upload/<name> streams to a temp file (fsync), renames it (fsync of the folder); GET /download/<name> streams it back. */

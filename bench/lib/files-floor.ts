@@ -117,8 +117,8 @@ function tokenVerifier(options: FloorOptions): (authorization: string | undefine
 
 const claimsOf = (request: FastifyRequest): Claims => request.claims as Claims;
 
-/** fsync of a folder, so that a rename into it is durable. */
-async function fsyncFolder(folder: string): Promise<void> {
+/** fsync of a folder, so that a rename into it is durable (Bantu's blob store does the same). */
+export async function fsyncFolder(folder: string): Promise<void> {
   const handle = await fs.open(folder, 'r');
   try {
     await handle.sync();
