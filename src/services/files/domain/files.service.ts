@@ -13,9 +13,10 @@ import { type Idempotency, principalKey, replayOf, type WriteAnswer } from './id
 import { normalizeContentType, normalizePath, validateName } from './names.ts';
 
 
+export type { FileObject } from '../../../core/events.ts';
+
 /** What a write changes in the tenant's usage counters. */
 type UsageDelta = { files: number; bytes: number; versions: number };
-export type { FileObject } from '../../../core/events.ts';
 
 export interface Usage {
   files: number;
