@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import { Readable } from 'node:stream';
@@ -22,6 +22,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { Logger } from 'pino';
 import { AppError, Errors } from '../../core/errors.ts';
 import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StagedBlob, type StoredBlob } from '../../core/ports.ts';
+import { ContentHash } from './content-hash.ts';
 
 /**
  * The S3 blob store: one bucket per environment (`<prefix>-live`, `<prefix>-test`), for any
@@ -296,7 +297,7 @@ export class S3BlobStore implements BlobStore {
   async stage(source: AsyncIterable<Uint8Array>, options: { maxBytes?: number } = {}): Promise<StagedBlob> {
     const maxBytes = Math.min(options.maxBytes ?? Number.POSITIVE_INFINITY, S3_MAX_OBJECT_BYTES);
     const temp = `${TEMP_PREFIX}${randomBytes(12).toString('hex')}`;
-    const hash = createHash('sha256');
+    const hash = new ContentHash();
     let size = 0;
     // A failure of the source (the client gone, too many bytes) is thrown as it is: the
     // upload it breaks is only its consequence.
@@ -306,7 +307,8 @@ export class S3BlobStore implements BlobStore {
         for await (const chunk of source) {
           size += chunk.byteLength;
           if (size > maxBytes) throw new BlobTooLargeError(maxBytes);
-          hash.update(chunk);
+          const backlog = hash.update(chunk);
+          if (backlog) await backlog;
           yield chunk;
         }
       } catch (error) {
@@ -333,10 +335,17 @@ export class S3BlobStore implements BlobStore {
       // S3 is healthy when the source failed: clean up before answering. When S3 failed,
       // cleaning up would wait on it too: do it in the background (the sweep is the backstop).
       const cleanup = this.removeUpload(temp, upload.uploadId);
+      hash.abandon();
       if (failure) await cleanup;
       throw failure ? failure.error : asStoreError(error);
     }
-    const sha256 = hash.digest('hex');
+    let sha256: string;
+    try {
+      sha256 = await hash.digest();
+    } catch (error) {
+      await this.removeUpload(temp, undefined);
+      throw error;
+    }
     const blob = { key: sha256, sha256, size };
     return {
       ...blob,
