@@ -3,8 +3,8 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { beforeEach, describe, it } from 'node:test';
 import pino from 'pino';
+import { rejectsWith } from '../../../../test/helpers/app-error.ts';
 import { MemoryBlobStore } from '../../../adapters/blob/memory.ts';
-import { AppError } from '../../../core/errors.ts';
 import type { BusEvent } from '../../../core/events.ts';
 import { type ConsumerStatus, type DeadLetter, type EventBus, type EventHandler, PoisonEventError } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
@@ -52,15 +52,6 @@ class FakeBus implements Pick<EventBus, 'status' | 'redeliverDeadLetters'> {
     this.deadLetters = remaining;
     return { delivered, remaining };
   }
-}
-
-async function rejectsWith(promise: Promise<unknown>, status: number, code: string): Promise<void> {
-  await assert.rejects(promise, (error: unknown) => {
-    assert.ok(error instanceof AppError, String(error));
-    assert.equal(error.status, status);
-    assert.equal(error.code, code);
-    return true;
-  });
 }
 
 async function text(stream: AsyncIterable<Buffer>): Promise<string> {

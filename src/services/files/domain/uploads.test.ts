@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { beforeEach, describe, it } from 'node:test';
+import { rejectsWith } from '../../../../test/helpers/app-error.ts';
 import { AppError, Errors } from '../../../core/errors.ts';
 import type { StagedBlob, StoredBlob } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
@@ -162,15 +163,6 @@ function uploadOf(body: Body) {
 
 const create = (body: Body & { name?: string }) => ({ ...uploadOf(body), fields: { name: body.name ?? 'a.txt' } }) satisfies CreateUpload;
 const replace = (body: Body & { ifMatch?: string }) => ({ ...uploadOf(body), ifMatch: body.ifMatch }) satisfies ReplaceUpload;
-
-async function rejectsWith(promise: Promise<unknown>, status: number, code: string): Promise<void> {
-  await assert.rejects(promise, (error: unknown) => {
-    assert.ok(error instanceof AppError, String(error));
-    assert.equal(error.status, status);
-    assert.equal(error.code, code);
-    return true;
-  });
-}
 
 describe('upload workflow', () => {
   let files: FakeFiles;
