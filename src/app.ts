@@ -75,6 +75,7 @@ export function createApp(config: Config, logger: Logger): App {
   async function start(): Promise<StartedApp> {
     let tls!: TlsMaterial;
     platform = openPlatform(config, logger, {
+      name: 'bantu',
       migrations: ALL_MIGRATIONS,
       exclusiveDataDir: true,
       // Before anything starts (but after the lock has made the data dir, 0755, which the
@@ -222,7 +223,7 @@ export function filesDeps(platform: Platform): FilesDeps {
 }
 
 /** The first start creates tenant `default` and keeps its keys (shown once) in the secrets folder. */
-async function ensureDefaultTenant(identity: IdentityService, secretsDir: string): Promise<CreatedTenant | undefined> {
+export async function ensureDefaultTenant(identity: IdentityService, secretsDir: string): Promise<CreatedTenant | undefined> {
   if ((await identity.tenants.list(1)).rows.length > 0) return undefined;
   const created = await identity.tenants.create('default');
   await writeSecretFile(path.join(secretsDir, 'default-tenant.json'), `${JSON.stringify(created, null, 2)}\n`);

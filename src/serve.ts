@@ -1,23 +1,206 @@
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
+import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Databases } from './adapters/db/pg.ts';
-import { ALL_MIGRATIONS, filesDeps } from './app.ts';
+import { readOrCreateSecret } from './adapters/local/data-dir.ts';
+import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
 import type { Config } from './core/config.ts';
+import { operatorVerifier } from './gateway/auth.ts';
+import { InternalTokens } from './gateway/internal-token.ts';
+import { ServiceProxy } from './gateway/proxy.ts';
+import { describeRoutes, type Route } from './gateway/routes.ts';
+import { createGateway } from './gateway/server.ts';
+import { loadTls, type TlsMaterial } from './gateway/tls.ts';
+import { SERVICE_NAMES, type ServiceName } from './platform/catalogue.ts';
 import { registerConsumers } from './platform/module.ts';
-import { openPlatform } from './platform/platform.ts';
+import { openPlatform, type Platform } from './platform/platform.ts';
+import { announce, discover, ServiceRegistry } from './platform/registry.ts';
+import { createServiceServer } from './platform/service-server.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
-import { createBackupService } from './services/backup/plugin.ts';
+import { backupUsage, createBackupService } from './services/backup/plugin.ts';
 import { createFilesService } from './services/files/plugin.ts';
+import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
+import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
 
 /**
- * The composition root of one module alone: `bantu serve backup` (the worker, distributed
- * mode) and the `bantu backup verify|restore|retry-dead-letters` tools. The same platform as
- * `bantu start`; only the module list differs.
- *
- * With DATABASE_URL it shares the database with the running services; it needs the same
- * blob stores (the same folders, or the same S3_BUCKET and S3_BACKUP_BUCKET). Without it, it starts the data dir's embedded
- * PostgreSQL itself, which only works while no server holds that data dir (the lock says so).
+ * The composition roots of one service alone: `bantu serve <name>` (distributed mode), and the
+ * `bantu backup verify|restore|retry-dead-letters` tools. The same platform as `bantu start`
+ * (every process applies the same migrations, under one lock: whichever starts first applies
+ * them); only the modules mounted differ. A service listens for the gateway on
+ * BANTU_SERVICE_HOST:BANTU_SERVICE_PORT and announces itself in the registry on NATS; the
+ * gateway listens on BANTU_HOST:BANTU_PORT and proxies to the instances it finds there.
  */
+export interface ServedService {
+  name: ServiceName;
+  /** The gateway's HTTPS URL, or the address a service announced. */
+  url: string;
+  /** identity: set when this start created tenant `default` (its keys are printed once). */
+  createdDefaultTenant?: CreatedTenant;
+  secretsDir: string;
+  close(): Promise<void>;
+}
+
+/** Another process of this installation runs with another BANTU_SECRET_KEY: they cannot understand each other. */
+export class InstallationKeyMismatchError extends Error {
+  constructor(service: string) {
+    super(`a running ${service} instance of this installation (BANTU_NATS_PREFIX) uses another BANTU_SECRET_KEY; every process must share one`);
+    this.name = 'InstallationKeyMismatchError';
+  }
+}
+
+const SERVICES_BEHIND_GATEWAY = SERVICE_NAMES.filter((name) => name !== 'gateway');
+
+export async function serveService(config: Config, logger: Logger, name: ServiceName): Promise<ServedService> {
+  let tls: TlsMaterial | undefined;
+  // The gateway's certificate is checked before anything heavy starts, as in `bantu start`.
+  const loadGatewayTls = async () => {
+    tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
+  };
+  const platform = await openPlatform(config, logger, { name, migrations: ALL_MIGRATIONS, exclusiveDataDir: false, preflight: name === 'gateway' ? loadGatewayTls : undefined });
+  try {
+    const nats = platform.nats;
+    if (!nats) throw new Error('NATS_URL is required'); // checked by the CLI before
+    const tokens = new InternalTokens(platform.secretKey);
+    await checkInstallationKey(nats, config.natsPrefix, tokens.keyId());
+    if (name === 'gateway' && tls) return await serveGateway(platform, nats, tokens, tls);
+    return await serveBehindGateway(platform, nats, tokens, name);
+  } catch (error) {
+    await platform.close();
+    throw error;
+  }
+}
+
+async function serveGateway(platform: Platform, nats: NatsConnection, tokens: InternalTokens, tls: TlsMaterial): Promise<ServedService> {
+  const { config, logger } = platform;
+  const operator = config.operatorToken ?? (await readOrCreateSecret(path.join(platform.secretsDir, 'operator-token'), () => `op_${randomToken()}`)).value;
+  // The gateway authenticates once for every service: identity's credential checks, in this
+  // process (its keys and signing keys are read from the database; no identity routes here).
+  const identity = identityModule(platform);
+  await identity.start();
+  platform.defer(() => identity.close());
+
+  const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, keyId: tokens.keyId(), services: SERVICES_BEHIND_GATEWAY, logger: logger.child({ component: 'registry' }) });
+  await registry.start();
+  platform.defer(() => registry.close());
+  const proxy = new ServiceProxy({ directory: registry, tokens, verifiers: [...identity.verifiers, operatorVerifier(operator)], logger: logger.child({ component: 'proxy' }) });
+  platform.defer(() => proxy.close());
+
+  const gateway = await createGateway({
+    logger,
+    tls,
+    corsOrigins: config.corsOrigins,
+    maxUploadBytes: config.maxUploadBytes,
+    metrics: platform.metrics,
+    checks: platform.checks,
+    verifiers: [],
+    routes: [],
+    proxy,
+    services: () => registry.counts(),
+    version: VERSION,
+  });
+  await gateway.listen({ host: config.host, port: config.port });
+  platform.defer(() => gateway.close());
+  const port = (gateway.server.address() as AddressInfo).port;
+  const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+  return { name: 'gateway', url: `https://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`, secretsDir: platform.secretsDir, close: () => platform.close() };
+}
+
+async function serveBehindGateway(platform: Platform, nats: NatsConnection, tokens: InternalTokens, name: ServiceName): Promise<ServedService> {
+  const { config, logger } = platform;
+  let routes: Route[] = [];
+  let createdDefaultTenant: CreatedTenant | undefined;
+  if (name === 'identity') {
+    const identity = identityModule(platform);
+    await identity.start();
+    platform.defer(() => identity.close());
+    createdDefaultTenant = await ensureDefaultTenant(identity, platform.secretsDir);
+    routes = identity.routes;
+  } else if (name === 'files') {
+    const usage = backupUsage(platform.databases);
+    const files = createFilesService({ ...filesDeps(platform), backupBytes: (principal) => usage.heldBytes(principal) });
+    await files.start();
+    platform.defer(() => files.close());
+    routes = files.routes;
+  } else if (name === 'backup') {
+    const backup = backupModule(platform, config.backupWorker);
+    if (config.backupWorker) {
+      registerConsumers(platform.bus, [backup]);
+      await platform.bus.start();
+      await backup.start();
+      platform.defer(() => backup.close());
+    }
+    routes = backup.routes;
+  } else {
+    throw new Error(`bantu serve ${name}: not available in this version yet`);
+  }
+
+  const server = await createServiceServer({ logger, routes, tokens, metrics: platform.metrics, checks: platform.checks });
+  await server.listen({ host: config.service.host, port: config.service.port });
+  platform.defer(() => server.close());
+  const address = `http://${hostForUrl(config.service.advertiseHost)}:${listeningPort(server)}`;
+  const announced = await announce(nats, config.natsPrefix, { service: name, version: VERSION, address, keyId: tokens.keyId(), routes: describeRoutes(routes) });
+  // Closed first: the gateway stops sending before this process stops answering.
+  platform.defer(() => announced.stop());
+  logger.info({ instance: announced.id, address }, 'registered in the registry');
+  return { name, url: address, createdDefaultTenant, secretsDir: platform.secretsDir, close: () => platform.close() };
+}
+
+/** Refuses to join an installation whose running processes use another BANTU_SECRET_KEY. */
+async function checkInstallationKey(nats: NatsConnection, prefix: string, keyId: string): Promise<void> {
+  for (const instance of await discover(nats, prefix, SERVICES_BEHIND_GATEWAY, 500)) {
+    if (instance.keyId !== keyId) throw new InstallationKeyMismatchError(instance.service);
+  }
+}
+
+function identityModule(platform: Platform): IdentityService {
+  const { config } = platform;
+  return createIdentityService({
+    databases: platform.databases,
+    secretKey: platform.secretKey,
+    mailer: platform.mailer,
+    counters: platform.counters,
+    // Every process of the installation must agree on the tokens' issuer: set BANTU_PUBLIC_URL.
+    publicUrl: () => config.publicUrl ?? `https://${hostForUrl(config.host)}:${config.port}`,
+    logger: platform.logger,
+  });
+}
+
+function backupModule(platform: Platform, worker: boolean) {
+  const { config } = platform;
+  // Restores make versions and events like any write, through the files port. In-process for
+  // now: the backup process mounts the files domain (no routes, no sweep) until that port has
+  // its HTTP driver through the registry.
+  const files = createFilesService(filesDeps(platform));
+  return createBackupService({
+    databases: platform.databases,
+    sources: platform.blobs,
+    store: platform.backups,
+    bus: platform.bus,
+    files: files.port,
+    worker,
+    maxAttempts: config.backupMaxAttempts,
+    sweepEveryMs: config.backupSweepMinutes * 60_000,
+    metrics: platform.metrics,
+    logger: platform.logger.child({ component: 'backup' }),
+  });
+}
+
+function listeningPort(server: FastifyInstance): number {
+  return (server.server.address() as AddressInfo).port;
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+function randomToken(): string {
+  return Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64url');
+}
+
+/** The backup module alone, for the `bantu backup` tools (no HTTP, no registry). */
 export interface BackupProcess {
   databases: Databases;
   bus: OutboxBus;
@@ -26,24 +209,9 @@ export interface BackupProcess {
 }
 
 export async function openBackupProcess(config: Config, logger: Logger, options: { worker: boolean }): Promise<BackupProcess> {
-  // The same migrations as `bantu start`, under the same lock: whichever process starts first applies them.
-  const platform = await openPlatform(config, logger, { migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
+  const platform = await openPlatform(config, logger, { name: 'backup', migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
   try {
-    // Restores make versions and events like any write, through the files port. In-process
-    // for now: the backup process mounts the files domain (no routes, no sweep) until the
-    // port has its HTTP driver through the registry (distributed mode).
-    const files = createFilesService(filesDeps(platform));
-    const backup = createBackupService({
-      databases: platform.databases,
-      sources: platform.blobs,
-      store: platform.backups,
-      bus: platform.bus,
-      files: files.port,
-      worker: options.worker,
-      maxAttempts: config.backupMaxAttempts,
-      sweepEveryMs: config.backupSweepMinutes * 60_000,
-      logger: logger.child({ component: 'backup' }),
-    });
+    const backup = backupModule(platform, options.worker);
     if (options.worker) {
       registerConsumers(platform.bus, [backup]);
       await platform.bus.start();

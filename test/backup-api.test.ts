@@ -265,6 +265,6 @@ describe('backup: versions API', () => {
     for (const name of ['backup_lag_events', 'backup_lag_seconds', 'backup_versions', 'backup_bytes', 'backup_dead_letters', 'backup_failed_tries', 'backup_record_lag_seconds']) {
       assert.match(metrics.text, new RegExp(`^${name}`, 'm'), name);
     }
-    assert.match(metrics.text, /^backup_dead_letters\{environment="test"\} 0$/m);
+    assert.match(metrics.text, /^backup_dead_letters\{environment="test",service="bantu"\} 0$/m);
   });
 });

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
-import { runCli } from './helpers/cli.ts';
-import { backedUp, eventsOf, multipartBody, sha256, until, uploadRaw } from './helpers/files.ts';
+import { backedUp, eventsOf, multipartBody, sha256, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 describe('files API', () => {
@@ -308,37 +307,5 @@ describe('usage under concurrent writes of one tenant', () => {
     const shards = await sql<{ n: number }>`
       select count(*)::int as n from files.usage where tenant_id = (select tenant_id from files.file where id = ${ids[0]})`.execute(server.app.databases.environments.test);
     assert.ok((shards.rows[0]?.n ?? 0) > 1, `48 writes went to ${shards.rows[0]?.n} usage row(s)`);
-  });
-});
-
-describe('usage while the backup worker runs elsewhere (BANTU_BACKUP_WORKER=off)', () => {
-  let server: TestServer;
-  before(async () => {
-    server = await startServer({ BANTU_BACKUP_WORKER: 'off' });
-  });
-  after(async () => server?.close());
-
-  it('reports what the backup store holds: nothing until `bantu serve backup` records the versions, then their bytes', async () => {
-    const key = server.keys.test.account_key;
-    assert.equal((await uploadRaw(server, key, 'abcdef', { name: 'a.txt' })).status, 201);
-    assert.equal((await uploadRaw(server, key, 'xyz', { name: 'b.txt' })).status, 201);
-    const waiting = await server.request('GET', '/v1/usage', { auth: key });
-    assert.equal(waiting.json.bytes, 9);
-    assert.equal(waiting.json.backup_bytes, 0, 'no worker has copied anything yet');
-
-    const worker = runCli(['serve', 'backup'], { DATABASE_URL: server.app.databases.controlUrl, BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error' });
-    try {
-      await until(() => {
-        if (worker.child.exitCode !== null) throw new Error(`backup worker exited ${worker.child.exitCode}: ${worker.stderr()}`);
-        return worker.stdout().includes('backup worker is running');
-      }, 'the backup worker to start');
-      const status = await backedUp(server, key, 2);
-      assert.equal(status.bytes, 9);
-    } finally {
-      if (worker.child.exitCode === null && worker.child.signalCode === null) worker.child.kill('SIGTERM');
-      await worker.exited;
-    }
-    const held = await server.request('GET', '/v1/usage', { auth: key });
-    assert.equal(held.json.backup_bytes, 9);
   });
 });

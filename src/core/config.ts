@@ -44,7 +44,17 @@ export const EnvSchema = Type.Object({
   BANTU_BACKUP_SWEEP_MINUTES: positiveInt('How often the backup enforces retention and removes unreferenced backup blobs', 60),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one. Through PgBouncer in transaction mode, set its `max_prepared_statements` (hot paths use prepared statements)')),
-  NATS_URL: Type.Optional(url('NATS JetStream (distributed mode)')),
+  NATS_URL: Type.Optional(url('NATS JetStream (distributed mode): the registry where services announce themselves')),
+  BANTU_NATS_PREFIX: Type.String({
+    pattern: '^[A-Za-z0-9_-]{1,32}$',
+    default: 'bantu',
+    description: 'Prefix of every NATS name Bantu uses (registry services, subjects): give each installation sharing one NATS its own',
+  }),
+  BANTU_SERVICE_HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address a service (every one but the gateway, distributed mode) listens on for the gateway' }),
+  BANTU_SERVICE_PORT: port('Port a service listens on for the gateway (0 picks a free one)', 0),
+  BANTU_SERVICE_ADVERTISE_HOST: Type.Optional(
+    Type.String({ minLength: 1, description: 'Host name the gateway should use to reach this service (default BANTU_SERVICE_HOST; set it when listening on 0.0.0.0, e.g. the container name)' }),
+  ),
   REDIS_URL: Type.Optional(url('Redis: rate-limit counters (login throttling) shared by every process and kept across restarts; without it they live in memory')),
   BANTU_REDIS_PREFIX: Type.String({
     minLength: 1,
@@ -90,6 +100,9 @@ export interface Config {
   publicUrl?: string;
   databaseUrl?: string;
   natsUrl?: string;
+  natsPrefix: string;
+  /** Where a service alone (distributed mode) listens for the gateway, and the host it announces. */
+  service: { host: string; port: number; advertiseHost: string };
   redisUrl?: string;
   redisPrefix: string;
   smtpUrl?: string;
@@ -171,6 +184,8 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       publicUrl: e.BANTU_PUBLIC_URL,
       databaseUrl: e.DATABASE_URL,
       natsUrl: e.NATS_URL,
+      natsPrefix: e.BANTU_NATS_PREFIX,
+      service: { host: e.BANTU_SERVICE_HOST, port: e.BANTU_SERVICE_PORT, advertiseHost: e.BANTU_SERVICE_ADVERTISE_HOST ?? e.BANTU_SERVICE_HOST },
       redisUrl: e.REDIS_URL,
       redisPrefix: e.BANTU_REDIS_PREFIX,
       smtpUrl: e.SMTP_URL,

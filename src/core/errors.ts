@@ -92,5 +92,6 @@ export const Errors = {
   ),
   conflict: defineError('conflict', 409, 'The request conflicts with the current state'),
   unavailable: defineError('service_unavailable', 503, 'The service is not ready'),
+  upstreamFailed: defineError('upstream_failed', 502, 'A service failed while answering'),
   internal: defineError('internal_error', 500, 'Internal server error'),
 } as const;

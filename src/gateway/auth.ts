@@ -87,22 +87,31 @@ export function registerAuthentication(app: FastifyInstance, verifiers: Credenti
 
 function authenticator(verifiers: CredentialVerifier[], rule: RouteAuth & { auth: PrincipalKind[] }) {
   return async (request: FastifyRequest) => {
-    const credential = credentialOf(request.headers.authorization);
-    if (!credential) throw unauthorized();
-    let principal: Principal | null = null;
-    for (const verifier of verifiers) {
-      principal = await verifier.verify(credential);
-      if (principal) break;
-    }
-    if (!principal) throw unauthorized();
-    if (!rule.auth.includes(principal.kind)) throw new AppError(Errors.forbidden, 'These credentials may not call this route');
-    if (principal.kind === 'application_key' && !rule.publicForApplications) {
-      if (!rule.scope || !principal.scopes.includes(rule.scope)) {
-        throw new AppError(Errors.forbidden, rule.scope ? `This application key lacks the scope ${rule.scope}` : 'Application keys may not call this route');
-      }
-    }
+    const principal = await verifyCredential(verifiers, request.headers.authorization);
+    enforceRule(principal, rule);
     request.principal = principal;
   };
+}
+
+/** The principal behind an Authorization header; 401 when there is none or no verifier knows it. */
+export async function verifyCredential(verifiers: CredentialVerifier[], authorization: string | undefined): Promise<Principal> {
+  const credential = credentialOf(authorization);
+  if (!credential) throw unauthorized();
+  for (const verifier of verifiers) {
+    const principal = await verifier.verify(credential);
+    if (principal) return principal;
+  }
+  throw unauthorized();
+}
+
+/** A route's rule applied to a verified principal: 403 when its kind or scope does not fit. */
+export function enforceRule(principal: Principal, rule: RouteAuth & { auth: PrincipalKind[] }): void {
+  if (!rule.auth.includes(principal.kind)) throw new AppError(Errors.forbidden, 'These credentials may not call this route');
+  if (principal.kind === 'application_key' && !rule.publicForApplications) {
+    if (!rule.scope || !principal.scopes.includes(rule.scope)) {
+      throw new AppError(Errors.forbidden, rule.scope ? `This application key lacks the scope ${rule.scope}` : 'Application keys may not call this route');
+    }
+  }
 }
 
 /** The principal of a route that declared `auth`: present by construction. */

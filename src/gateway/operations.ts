@@ -8,7 +8,14 @@ import { Histogram, type Registry } from 'prom-client';
  */
 export type ReadinessCheck = () => Promise<void>;
 
-export function registerOperations(app: FastifyInstance, deps: { metrics: Registry; checks: Map<string, ReadinessCheck> }): void {
+export interface OperationsDeps {
+  metrics: Registry;
+  checks: Map<string, ReadinessCheck>;
+  /** Distributed gateway: the live instance count of every service (informative: a service down leaves the others reachable). */
+  services?: () => Record<string, number>;
+}
+
+export function registerOperations(app: FastifyInstance, deps: OperationsDeps): void {
   const duration = new Histogram({
     name: 'http_request_duration_seconds',
     help: 'HTTP request duration by route and status',
@@ -31,7 +38,11 @@ export function registerOperations(app: FastifyInstance, deps: { metrics: Regist
   );
 
   const DependencyState = Type.Object({ status: Type.Union([Type.Literal('ok'), Type.Literal('down')]), detail: Type.Optional(Type.String()) });
-  const Readiness = Type.Object({ status: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')]), dependencies: Type.Record(Type.String(), DependencyState) });
+  const Readiness = Type.Object({
+    status: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')]),
+    dependencies: Type.Record(Type.String(), DependencyState),
+    services: Type.Optional(Type.Record(Type.String(), Type.Object({ instances: Type.Integer() }))),
+  });
   app.get(
     '/readyz',
     { schema: { tags: ['operations'], summary: 'Readiness, with the state of each dependency', response: { 200: Readiness, 503: Readiness } } },
@@ -59,7 +70,8 @@ export function registerOperations(app: FastifyInstance, deps: { metrics: Regist
         }),
       );
       const ready = Object.values(dependencies).every((d) => d.status === 'ok');
-      return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', dependencies });
+      const services = deps.services && Object.fromEntries(Object.entries(deps.services()).map(([name, instances]) => [name, { instances }]));
+      return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', dependencies, ...(services ? { services } : {}) });
     },
   );
 

@@ -126,3 +126,14 @@ export async function mountRoutes(app: FastifyInstance, routes: readonly Route[]
     for (const spec of streamed) scope.route(toFastify(spec));
   });
 }
+
+/** Mounts routes where they live: at the root when they say so (the JWKS), else under `/v1`. */
+export async function mountApiRoutes(app: FastifyInstance, routes: readonly Route[]): Promise<void> {
+  await mountRoutes(app, routes.filter((r) => r.at === 'root'));
+  await app.register(
+    async (v1) => {
+      await mountRoutes(v1, routes.filter((r) => (r.at ?? 'v1') === 'v1'));
+    },
+    { prefix: '/v1' },
+  );
+}

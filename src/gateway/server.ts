@@ -11,7 +11,8 @@ import { type CredentialVerifier, registerAuthentication } from './auth.ts';
 import { registerLingeringClose } from './linger.ts';
 import { type ReadinessCheck, registerOperations } from './operations.ts';
 import { problemOf, registerProblemHandlers } from './problem.ts';
-import { mountRoutes, type Route } from './routes.ts';
+import type { ServiceProxy } from './proxy.ts';
+import { mountApiRoutes, type Route } from './routes.ts';
 import { registerResponseHeaders } from './security-headers.ts';
 import type { TlsMaterial } from './tls.ts';
 import { createValidatorCompiler } from './validation.ts';
@@ -27,12 +28,21 @@ export interface GatewayOptions {
   verifiers: CredentialVerifier[];
   /** The mounted services' route manifests (under `/v1`, or at the root when they say so). */
   routes: Route[];
+  /** Distributed mode: every other path goes to the services' instances through the proxy. */
+  proxy?: ServiceProxy;
+  /** Distributed mode: live instances per service, shown by /readyz. */
+  services?: () => Record<string, number>;
   version: string;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-export async function createGateway(options: GatewayOptions): Promise<FastifyInstance> {
+/**
+ * What every Bantu HTTP server shares, the gateway and a service alone alike: request ids
+ * (echoed when sane), the 1 MiB JSON limit, validation, problem+json errors, the response
+ * headers and the lingering close of early refusals.
+ */
+export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial }): FastifyInstance {
   const app = Fastify({
     loggerInstance: options.logger,
     ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key } } : {}),
@@ -51,6 +61,11 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   registerProblemHandlers(app);
   registerResponseHeaders(app);
   registerLingeringClose(app);
+  return app;
+}
+
+export async function createGateway(options: GatewayOptions): Promise<FastifyInstance> {
+  const app = createHttpApp(options);
   await app.register(cors, {
     origin: options.corsOrigins.includes('*') ? true : options.corsOrigins,
     exposedHeaders: ['X-Request-Id', 'ETag', 'Content-Disposition', 'Content-Length', 'Retry-After', 'Location'],
@@ -83,16 +98,19 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true } });
 
   registerAuthentication(app, options.verifiers);
-  registerOperations(app, { metrics: options.metrics, checks: options.checks });
+  registerOperations(app, { metrics: options.metrics, checks: options.checks, services: options.services });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
-  await mountRoutes(app, options.routes.filter((r) => r.at === 'root'));
-  await app.register(
-    async (v1) => {
-      await mountRoutes(v1, options.routes.filter((r) => (r.at ?? 'v1') === 'v1'));
-    },
-    { prefix: '/v1' },
-  );
+  await mountApiRoutes(app, options.routes);
+  const proxy = options.proxy;
+  if (proxy) {
+    await app.register(async (scope) => {
+      // Bodies stream to the service unread; the service parses, validates and limits them.
+      scope.removeAllContentTypeParsers();
+      scope.addContentTypeParser('*', (_request, _payload, done) => done(null));
+      scope.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/*', schema: { hide: true }, handler: (request, reply) => proxy.handle(request, reply) });
+    });
+  }
   return app;
 }
 

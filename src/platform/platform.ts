@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
@@ -13,6 +14,7 @@ import { type Databases, ENVIRONMENTS, type MigrationSet, migrate, openDatabases
 import { dataPath, lockDataDir, readOrCreateSecret } from '../adapters/local/data-dir.ts';
 import { FileMailer } from '../adapters/mail/files.ts';
 import { SmtpMailer } from '../adapters/mail/smtp.ts';
+import { connectNats, pingNats } from '../adapters/nats/connection.ts';
 import type { Config } from '../core/config.ts';
 import type { BlobStore, CounterStore, Mailer } from '../core/ports.ts';
 import type { Environment } from '../core/principal.ts';
@@ -32,6 +34,8 @@ export interface Platform {
   readonly logger: Logger;
   readonly databases: Databases;
   readonly bus: OutboxBus;
+  /** NATS (NATS_URL): the registry of distributed mode. */
+  readonly nats?: NatsConnection;
   /** The files' content, one root (folder, or S3 bucket with S3_BUCKET) per environment: live and test never share storage. */
   readonly blobs: Record<Environment, BlobStore>;
   /** The backup store, its own root per environment (BANTU_BACKUP_DIR, so it can live on another disk, or S3_BACKUP_BUCKET). */
@@ -50,6 +54,8 @@ export interface Platform {
 }
 
 export interface PlatformOptions {
+  /** The process's name in logs, metrics (the `service` label) and on NATS: `bantu` for `bantu start`, else the service it serves. */
+  name: string;
   /** The migrations of the modules this process mounts (the platform adds its own and the bus's). */
   migrations: ServiceMigrations[];
   /**
@@ -108,6 +114,8 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     };
     const s3Blobs = await s3(config.s3Blobs, 's3-blobs');
     const s3Backups = await s3(config.s3Backups, 's3-backups');
+    const nats = config.natsUrl ? await connectNats(config.natsUrl, `${config.natsPrefix}-${options.name}`, logger.child({ component: 'nats' })) : undefined;
+    if (nats) closers.push(() => nats.close());
 
     let baseUrl = config.databaseUrl;
     if (!baseUrl) {
@@ -139,6 +147,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     const secretKey = config.secretKey ?? (await readOrCreateSecret(path.join(secretsDir, 'secret-key'))).value;
 
     const metrics = new Registry();
+    metrics.setDefaultLabels({ service: options.name });
     collectDefaultMetrics({ register: metrics });
     const checks = new Map<string, ReadinessCheck>([
       ['database', async () => void (await sql`select 1`.execute(databases.control))],
@@ -146,6 +155,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       ['database_test', async () => void (await sql`select 1`.execute(databases.environments.test))],
     ]);
     if (redis) checks.set('redis', () => redis.ping());
+    if (nats) checks.set('nats', () => pingNats(nats));
     for (const [name, stores] of [['blobs', s3Blobs], ['backups', s3Backups]] as const) {
       if (stores) for (const env of ENVIRONMENTS) checks.set(`s3_${name}_${env}`, () => stores[env].ping());
     }
@@ -159,6 +169,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       logger,
       databases,
       bus,
+      nats,
       blobs,
       backups,
       mailer,

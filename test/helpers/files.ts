@@ -5,8 +5,11 @@ import type { TestResponse, TestServer } from './server.ts';
 /** Small factories for the files end-to-end tests. */
 export const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 
+/** Anything the tests can send requests to: an in-process server or a distributed deployment. */
+export type Client = Pick<TestServer, 'request'>;
+
 export function uploadRaw(
-  server: TestServer,
+  server: Client,
   key: string,
   content: Buffer | string,
   options: { name?: string; path?: string; contentType?: string; headers?: Record<string, string>; query?: string } = {},
@@ -155,7 +158,7 @@ export async function until(condition: () => boolean | Promise<boolean>, what: s
  * Waits until the backup has recorded at least `entries` history entries of the caller's tenant
  * and environment and has nothing pending; returns `GET /v1/backups/status` then.
  */
-export async function backedUp(server: TestServer, key: string, entries: number, limitMs = 60_000): Promise<{ pending_events: number; versions: number; bytes: number }> {
+export async function backedUp(server: Client, key: string, entries: number, limitMs = 60_000): Promise<{ pending_events: number; versions: number; bytes: number }> {
   let status: { pending_events: number; versions: number; bytes: number } | undefined;
   await until(
     async () => {

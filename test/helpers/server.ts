@@ -98,25 +98,7 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
     keys: defaults.keys,
     ca,
     http,
-    async request(method, pathname, options = {}) {
-      const headers: Record<string, string> = { ...options.headers };
-      if (options.auth) headers.authorization = `Bearer ${options.auth}`;
-      if (options.basic) headers.authorization = `Basic ${Buffer.from(`${options.basic}:`).toString('base64')}`;
-      let body = options.body;
-      if (options.json !== undefined) {
-        body = JSON.stringify(options.json);
-        headers['content-type'] ??= 'application/json';
-      }
-      const response = await request(`${started.url}${pathname}`, { method: method as Dispatcher.HttpMethod, headers, body, dispatcher: http });
-      const text = await response.body.text();
-      let json: unknown;
-      try {
-        json = text ? JSON.parse(text) : undefined;
-      } catch {
-        json = undefined;
-      }
-      return { status: response.statusCode, headers: response.headers, text, json };
-    },
+    request: (method, pathname, options) => requestWith(http, started.url, method, pathname, options),
     async close() {
       await http.close();
       await app.close();
@@ -125,4 +107,25 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
     },
   };
   return server;
+}
+
+/** One request with the test conventions: Bearer or Basic credentials, a JSON body, the answer read whole. */
+export async function requestWith(dispatcher: Dispatcher, baseUrl: string, method: string, pathname: string, options: RequestOptions = {}): Promise<TestResponse> {
+  const headers: Record<string, string> = { ...options.headers };
+  if (options.auth) headers.authorization = `Bearer ${options.auth}`;
+  if (options.basic) headers.authorization = `Basic ${Buffer.from(`${options.basic}:`).toString('base64')}`;
+  let body = options.body;
+  if (options.json !== undefined) {
+    body = JSON.stringify(options.json);
+    headers['content-type'] ??= 'application/json';
+  }
+  const response = await request(`${baseUrl}${pathname}`, { method: method as Dispatcher.HttpMethod, headers, body, dispatcher });
+  const text = await response.body.text();
+  let json: unknown;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: response.statusCode, headers: response.headers, text, json };
 }

@@ -1,20 +1,26 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Static } from '@sinclair/typebox';
-import type { VersionEntry } from '../src/services/backup/http/backup.schemas.ts';
-import { type CliProcess, runCli } from './helpers/cli.ts';
-import { sha256, until, uploadRaw } from './helpers/files.ts';
-import { startServer, type TestServer } from './helpers/server.ts';
+import type { VersionEntry } from '../../src/services/backup/http/backup.schemas.ts';
+import { type CliProcess, runCli } from '../helpers/cli.ts';
+import { backedUp, sha256, until, uploadRaw } from '../helpers/files.ts';
+import { startServer, type TestServer } from '../helpers/server.ts';
 
 /**
  * The backup worker as its own process (`bantu serve backup`, distributed mode) against the
- * test server's database and data dir, while the server itself runs without a worker.
+ * test server's database and data dir, while the server itself runs without a worker. It
+ * registers on the machine's NATS, under a prefix of this file's own.
  */
+const NATS_PREFIX = `t${randomBytes(4).toString('hex')}`;
+
 function startWorker(server: TestServer, env: Record<string, string> = {}): CliProcess {
   return runCli(['serve', 'backup'], {
     DATABASE_URL: server.app.databases.controlUrl,
+    NATS_URL: process.env.NATS_URL ?? 'nats://127.0.0.1:4222',
+    BANTU_NATS_PREFIX: NATS_PREFIX,
     BANTU_DATA_DIR: server.dataDir,
     BANTU_LOG_LEVEL: 'error',
     ...env,
@@ -24,7 +30,7 @@ function startWorker(server: TestServer, env: Record<string, string> = {}): CliP
 async function workerReady(worker: CliProcess): Promise<void> {
   await until(() => {
     if (worker.child.exitCode !== null) throw new Error(`backup worker exited ${worker.child.exitCode}: ${worker.stderr()}`);
-    return worker.stdout().includes('backup worker is running');
+    return worker.stdout().includes('backup is running');
   }, 'the backup worker to start');
 }
 
@@ -37,7 +43,7 @@ async function stopWorker(worker: CliProcess): Promise<void> {
 /** One backup gauge of the test environment, as GET /metrics shows it. */
 async function metric(server: TestServer, name: string): Promise<number> {
   const text = (await server.request('GET', '/metrics')).text;
-  const match = new RegExp(`^${name}\\{environment="test"\\} (\\S+)$`, 'm').exec(text);
+  const match = new RegExp(`^${name}\\{environment="test",service="bantu"\\} (\\S+)$`, 'm').exec(text);
   assert.ok(match, `${name} in /metrics`);
   return Number(match[1]);
 }
@@ -254,7 +260,7 @@ describe('backup worker as its own process', () => {
     const status = await server.request('GET', '/v1/backups/status', { auth: key });
     assert.equal(status.json.dead_letters, deadBefore + 1);
     const metrics = await server.request('GET', '/metrics');
-    assert.match(metrics.text, new RegExp(`^backup_dead_letters\\{environment="test"\\} ${deadBefore + 1}$`, 'm'));
+    assert.match(metrics.text, new RegExp(`^backup_dead_letters\\{environment="test",service="bantu"\\} ${deadBefore + 1}$`, 'm'));
     assert.equal(sha256('healthy after the poison'), healthy.json.sha256);
   });
 
@@ -378,5 +384,33 @@ describe('backup worker as its own process', () => {
     const third = cli(external);
     assert.equal((await third.exited).code, 0, third.stdout() + third.stderr());
     assert.match(third.stdout(), /^retried 0 dead letters: 0 backed up, 0 remain$/m);
+  });
+});
+
+describe('usage while the backup worker runs elsewhere (BANTU_BACKUP_WORKER=off)', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ BANTU_BACKUP_WORKER: 'off' });
+  });
+  after(async () => server?.close());
+
+  it('reports what the backup store holds: nothing until `bantu serve backup` records the versions, then their bytes', async () => {
+    const key = server.keys.test.account_key;
+    assert.equal((await uploadRaw(server, key, 'abcdef', { name: 'a.txt' })).status, 201);
+    assert.equal((await uploadRaw(server, key, 'xyz', { name: 'b.txt' })).status, 201);
+    const waiting = await server.request('GET', '/v1/usage', { auth: key });
+    assert.equal(waiting.json.bytes, 9);
+    assert.equal(waiting.json.backup_bytes, 0, 'no worker has copied anything yet');
+
+    const worker = startWorker(server);
+    try {
+      await workerReady(worker);
+      const status = await backedUp(server, key, 2);
+      assert.equal(status.bytes, 9);
+    } finally {
+      await stopWorker(worker);
+    }
+    const held = await server.request('GET', '/v1/usage', { auth: key });
+    assert.equal(held.json.backup_bytes, 9);
   });
 });
