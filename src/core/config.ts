@@ -35,6 +35,7 @@ export const EnvSchema = Type.Object({
     { default: 'info', description: 'Log level' },
   ),
   BANTU_SECRET_KEY: Type.Optional(Type.String({ minLength: 32, description: 'Key that encrypts signing keys at rest; generated under the data dir when unset' })),
+  BANTU_BLOB_DIR: Type.Optional(Type.String({ minLength: 1, description: "Files' content root (default <data dir>/blobs); a folder several files processes may share" })),
   BANTU_BACKUP_DIR: Type.Optional(Type.String({ minLength: 1, description: 'Backup store root (default <data dir>/backups)' })),
   BANTU_BACKUP_WORKER: Type.Union([Type.Literal('on'), Type.Literal('off')], {
     default: 'on',
@@ -93,6 +94,7 @@ export interface Config {
   tenantQuotaBytes?: number;
   logLevel: string;
   secretKey?: string;
+  blobDir: string;
   backupDir: string;
   backupWorker: boolean;
   backupMaxAttempts: number;
@@ -177,6 +179,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       tenantQuotaBytes: e.BANTU_TENANT_QUOTA_BYTES,
       logLevel: e.BANTU_LOG_LEVEL,
       secretKey: e.BANTU_SECRET_KEY,
+      blobDir: e.BANTU_BLOB_DIR ? path.resolve(cwd, e.BANTU_BLOB_DIR) : path.join(dataDir, 'blobs'),
       backupDir: e.BANTU_BACKUP_DIR ? path.resolve(cwd, e.BANTU_BACKUP_DIR) : path.join(dataDir, 'backups'),
       backupWorker: e.BANTU_BACKUP_WORKER === 'on',
       backupMaxAttempts: e.BANTU_BACKUP_MAX_ATTEMPTS,

@@ -134,7 +134,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     if (applied.length > 0) logger.info({ applied }, 'migrations applied');
 
     const openStores = async (root: (env: Environment) => string) => ({ live: await DiskBlobStore.open(root('live')), test: await DiskBlobStore.open(root('test')) });
-    const blobs = s3Blobs ?? (await openStores((env) => dataPath(config.dataDir, 'blobs', env)));
+    const blobs = s3Blobs ?? (await openStores((env) => path.join(config.blobDir, env)));
     const backups = s3Backups ?? (await openStores((env) => path.join(config.backupDir, env)));
 
     const mailer: Mailer = config.smtpUrl
