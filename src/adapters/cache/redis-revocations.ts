@@ -8,6 +8,10 @@ import type { RedisConnection } from './redis-connection.ts';
  *
  * When Redis cannot serve, both calls reject (503, see RedisConnection): the caller decides
  * how to fail closed (identity then asks the database, see TokenRevocations).
+ *
+ * A Redis that comes back without its data (no persistence) has forgotten the revocations of
+ * the last token lifetime, as a restarted process forgets its in-memory list: run Redis with
+ * persistence (AOF) where that matters.
  */
 export class RedisRevocationList implements RevocationList {
   constructor(private readonly connection: RedisConnection) {}
