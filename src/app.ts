@@ -96,6 +96,8 @@ export function createApp(config: Config, logger: Logger): App {
       secretKey: p.secretKey,
       mailer: p.mailer,
       counters: p.counters,
+      revocations: p.revocations,
+      cache: p.cache,
       publicUrl: () => config.publicUrl ?? gatewayUrl,
       logger,
     });

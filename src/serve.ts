@@ -162,6 +162,8 @@ function identityModule(platform: Platform): IdentityService {
     secretKey: platform.secretKey,
     mailer: platform.mailer,
     counters: platform.counters,
+    revocations: platform.revocations,
+    cache: platform.cache,
     // Every process of the installation must agree on the tokens' issuer: set BANTU_PUBLIC_URL.
     publicUrl: () => config.publicUrl ?? `https://${hostForUrl(config.host)}:${config.port}`,
     logger: platform.logger,

@@ -194,6 +194,8 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
     assert.equal(changed.status, 200);
     const otherRefresh = await server.request('POST', '/v1/auth/refresh', { basic: server.keys.test.application_key, json: { refresh_token: other.refresh_token } });
     assert.equal(otherRefresh.status, 400);
+    assert.equal((await server.request('GET', '/v1/users/me', { auth: other.access_token })).status, 401, "the other session's access token died with it");
+    assert.equal((await server.request('GET', '/v1/users/me', { auth: session.access_token })).status, 200, "the caller's goes on");
     const ownRefresh = await server.request('POST', '/v1/auth/refresh', { basic: server.keys.test.application_key, json: { refresh_token: session.refresh_token } });
     assert.equal(ownRefresh.status, 200);
     // Back to the original for the rest of the suite.
@@ -219,6 +221,7 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
     assert.equal(replay.json.code, 'invalid_token');
     const afterReplay = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: third.json.refresh_token } });
     assert.equal(afterReplay.status, 400, 'the newest token of the family died with it');
+    assert.equal((await server.request('GET', '/v1/users/me', { auth: third.json.access_token })).status, 401, 'so did its access token');
 
     const unrelated = (await login(server, 'alice@example.com', PASSWORD)).json;
     const stillFine = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: unrelated.refresh_token } });
@@ -230,8 +233,11 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
 
   it('logs out: the session ends', async () => {
     const session = (await login(server, 'alice@example.com', PASSWORD)).json;
+    const other = (await login(server, 'alice@example.com', PASSWORD)).json;
     const out = await server.request('POST', '/v1/auth/logout', { auth: session.access_token, json: { refresh_token: session.refresh_token } });
     assert.equal(out.status, 204);
+    assert.equal((await server.request('GET', '/v1/users/me', { auth: session.access_token })).status, 401, 'its access token is refused before it expires');
+    assert.equal((await server.request('GET', '/v1/users/me', { auth: other.access_token })).status, 200, 'another session goes on');
     const refresh = await server.request('POST', '/v1/auth/refresh', { basic: server.keys.test.application_key, json: { refresh_token: session.refresh_token } });
     assert.equal(refresh.status, 400);
     const byKey = await server.request('POST', '/v1/auth/logout', { basic: server.keys.test.application_key, json: { refresh_token: session.refresh_token } });
@@ -264,6 +270,7 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
 
     const oldRefresh = await server.request('POST', '/v1/auth/refresh', { basic: key, json: { refresh_token: before.refresh_token } });
     assert.equal(oldRefresh.status, 400, 'the reset ended every session');
+    assert.equal((await server.request('GET', '/v1/users/me', { auth: before.access_token })).status, 401, 'and their access tokens');
     assert.equal((await login(server, 'alice@example.com', PASSWORD)).status, 401, 'the old password is refused');
     assert.equal((await login(server, 'alice@example.com', 'reset password 123')).status, 200, 'the new one works');
     assert.equal((await waitForMails(server.dataDir, 1)).length, 1, 'no mail for an unknown address');

@@ -5,7 +5,7 @@ import cliProgress from 'cli-progress';
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import { S3UnusableError } from '../adapters/blob/s3.ts';
-import { RedisUnreachableError } from '../adapters/cache/redis.ts';
+import { RedisUnreachableError } from '../adapters/cache/redis-connection.ts';
 import { EmbeddedPostgresError, stopEmbeddedPostgresNow } from '../adapters/db/embedded.ts';
 import { DataDirLockedError } from '../adapters/local/data-dir.ts';
 import { NatsUnreachableError } from '../adapters/nats/connection.ts';

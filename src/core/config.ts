@@ -56,7 +56,7 @@ export const EnvSchema = Type.Object({
   BANTU_SERVICE_ADVERTISE_HOST: Type.Optional(
     Type.String({ minLength: 1, description: 'Host name the gateway should use to reach this service (default BANTU_SERVICE_HOST; set it when listening on 0.0.0.0, e.g. the container name)' }),
   ),
-  REDIS_URL: Type.Optional(url('Redis: rate-limit counters (login throttling) shared by every process and kept across restarts; without it they live in memory')),
+  REDIS_URL: Type.Optional(url('Redis: what every process must share (login throttling counters, revoked users and sessions, the user cache), kept across restarts; without it all of it lives in memory')),
   BANTU_REDIS_PREFIX: Type.String({
     minLength: 1,
     maxLength: 64,
@@ -75,7 +75,7 @@ export const EnvSchema = Type.Object({
   S3_BACKUP_BUCKET: Type.Optional(bucketPrefix('Backups in S3: a bucket name prefix, backups go to <prefix>-live and <prefix>-test (created when missing); unset: BANTU_BACKUP_DIR')),
   S3_BACKUP_ENDPOINT: Type.Optional(url('Backups in another S3 service than S3_ENDPOINT (same keys and region)')),
   BANTU_SOCKET_AUTH_TIMEOUT_MS: positiveInt('A Socket.IO client that has not sent User_connect or Admin_connect by then is disconnected', 10_000),
-  BANTU_SOCKET_RECHECK_MS: positiveInt('How often a live subscription re-checks its credential (revoked keys, deleted users end it)', 30_000),
+  BANTU_SOCKET_RECHECK_MS: positiveInt('How often a live subscription re-checks its credential (revoked keys, deleted users and ended sessions end it)', 30_000),
   BANTU_EVENT_RETENTION_HOURS: positiveInt('How long file events stay replayable with `since` (at least 24 h in production)', 72),
   MAIL_FROM: Type.String({ default: 'Bantu <no-reply@bantu.local>', description: 'Sender of mails' }),
 });

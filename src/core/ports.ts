@@ -185,6 +185,47 @@ export interface CounterStore {
   reset(key: string): Promise<void>;
 }
 
+/**
+ * Ids that stop being valid before their own expiry (a deleted user, an ended session), each
+ * remembered for `ttlMs`: long enough that whatever it revoked has expired by itself (an
+ * access token's lifetime). The in-memory driver serves one process; a shared driver (Redis)
+ * makes a revocation made by one process hold in every other at once.
+ *
+ * Invariants every driver keeps (see src/adapters/cache/revocation-list.contract.ts): once
+ * `revoke` resolves, `anyRevoked` of those ids answers true in every process sharing the list,
+ * until `ttlMs` has passed; a revoke of an id already revoked only extends it. A driver that
+ * cannot answer rejects (it never answers false for an id it could not look up).
+ */
+export interface RevocationList {
+  revoke(ids: readonly string[], ttlMs: number): Promise<void>;
+  /** True when at least one of `ids` is revoked. */
+  anyRevoked(ids: readonly string[]): Promise<boolean>;
+}
+
+/** What a cache read found: the value, or a miss with the ticket its `fill` needs. */
+export interface CacheRead {
+  value: string | undefined;
+  /** Opaque; handed to `fill` after a miss, so that a fill that lost a race with `invalidate` is never served. */
+  ticket: string;
+}
+
+/**
+ * A read-through cache of strings (JSON) in front of the database, invalidated by the writers.
+ * The caller reads; on a miss it loads from the database and fills with the read's ticket.
+ *
+ * Invariants every driver keeps (see src/adapters/cache/read-through-cache.contract.ts):
+ * - Once `invalidate(key)` resolves, no read anywhere returns what was there before it, nor
+ *   what a `fill` with a ticket taken before it stored (a reader that loaded the database
+ *   before the write committed cannot put the old value back).
+ * - A filled value is served for at most `ttlMs` (at most an hour), then missed.
+ * - A driver that cannot answer rejects; the caller then goes to the database.
+ */
+export interface ReadThroughCache {
+  read(key: string): Promise<CacheRead>;
+  fill(key: string, ticket: string, value: string, ttlMs: number): Promise<void>;
+  invalidate(key: string): Promise<void>;
+}
+
 /** Where a stored blob lives, what it holds and when it was last written. */
 export interface BlobInfo {
   key: string;

@@ -8,7 +8,12 @@ import { DiskBlobStore } from '../adapters/blob/disk.ts';
 import { openS3Stores, type S3Stores } from '../adapters/blob/s3.ts';
 import { OutboxBus } from '../adapters/bus/outbox.ts';
 import { MemoryCounterStore } from '../adapters/cache/memory.ts';
+import { MemoryReadThroughCache } from '../adapters/cache/memory-cache.ts';
+import { MemoryRevocationList } from '../adapters/cache/memory-revocations.ts';
 import { RedisCounterStore } from '../adapters/cache/redis.ts';
+import { RedisReadThroughCache } from '../adapters/cache/redis-cache.ts';
+import { RedisConnection } from '../adapters/cache/redis-connection.ts';
+import { RedisRevocationList } from '../adapters/cache/redis-revocations.ts';
 import { startEmbeddedPostgres } from '../adapters/db/embedded.ts';
 import { type Databases, ENVIRONMENTS, type MigrationSet, migrate, openDatabases } from '../adapters/db/pg.ts';
 import { dataPath, lockDataDir, readOrCreateSecret } from '../adapters/local/data-dir.ts';
@@ -16,7 +21,7 @@ import { FileMailer } from '../adapters/mail/files.ts';
 import { SmtpMailer } from '../adapters/mail/smtp.ts';
 import { connectNats, pingNats } from '../adapters/nats/connection.ts';
 import type { Config } from '../core/config.ts';
-import type { BlobStore, CounterStore, Mailer } from '../core/ports.ts';
+import type { BlobStore, CounterStore, Mailer, ReadThroughCache, RevocationList } from '../core/ports.ts';
 import type { Environment } from '../core/principal.ts';
 import type { ReadinessCheck } from '../gateway/operations.ts';
 import type { ServiceMigrations } from './module.ts';
@@ -24,7 +29,8 @@ import type { ServiceMigrations } from './module.ts';
 /**
  * What every Bantu process stands on, built once whatever it mounts: the data dir lock, the
  * databases (embedded PostgreSQL or DATABASE_URL) and their migrations, the bus, the blob and
- * backup stores, the mailer, the rate-limit counters, metrics and readiness checks.
+ * backup stores, the mailer, the state processes share (counters, revocations, cache), metrics
+ * and readiness checks.
  *
  * The platform owns the close order: everything opened here, or handed to `defer` by the
  * modules built on it, closes in reverse order of opening.
@@ -43,6 +49,13 @@ export interface Platform {
   readonly mailer: Mailer;
   /** Rate-limit counters: in memory for one process, in Redis when several share the limits. */
   readonly counters: CounterStore;
+  /**
+   * What stops being valid before it expires (deleted users, ended sessions), and the cache in
+   * front of the database: in memory for one process, in Redis (REDIS_URL) when several serve
+   * the same tenants, so that whatever one process revokes or changes, every other sees at once.
+   */
+  readonly revocations: RevocationList;
+  readonly cache: ReadThroughCache;
   readonly metrics: Registry;
   readonly checks: Map<string, ReadinessCheck>;
   readonly secretsDir: string;
@@ -103,7 +116,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     if (options.exclusiveDataDir || !config.databaseUrl) closers.push(await lockDataDir(config.dataDir));
     await options.preflight?.();
     // Before anything starts: a Redis that cannot be reached fails the start at once.
-    const redis = config.redisUrl ? await RedisCounterStore.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
+    const redis = config.redisUrl ? await RedisConnection.connect(config.redisUrl, { prefix: config.redisPrefix, logger: logger.child({ component: 'redis' }) }) : undefined;
     if (redis) closers.push(() => redis.close());
     // The same for S3: a bucket that cannot be used (credentials, permissions, no server) fails the start here.
     const s3 = async (store: Config['s3Blobs'], component: string): Promise<S3Stores | undefined> => {
@@ -173,7 +186,9 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       blobs,
       backups,
       mailer,
-      counters: redis ?? new MemoryCounterStore(),
+      counters: redis ? new RedisCounterStore(redis) : new MemoryCounterStore(),
+      revocations: redis ? new RedisRevocationList(redis) : new MemoryRevocationList(),
+      cache: redis ? new RedisReadThroughCache(redis) : new MemoryReadThroughCache(),
       metrics,
       checks,
       secretsDir,

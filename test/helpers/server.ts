@@ -57,6 +57,12 @@ export async function makeTempDir(prefix = 'bantu-test-'): Promise<string> {
 export interface StartOptions {
   /** Where the server's JSON log lines go (default stdout); for tests that read the log. */
   logDestination?: pino.DestinationStream;
+  /**
+   * Another process of that server's installation (give both the same DATABASE_URL,
+   * BANTU_SECRET_KEY and BANTU_PUBLIC_URL): the default tenant exists already, so its keys are
+   * that server's. Each keeps its own data dir (one server per data dir).
+   */
+  sameInstallationAs?: TestServer;
 }
 
 export async function startServer(env: Record<string, string> = {}, options: StartOptions = {}): Promise<TestServer> {
@@ -87,7 +93,7 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
   const ca = await fs.readFile(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
   const http = new Agent({ connect: { ca }, keepAliveTimeout: 1000 });
   const operatorToken = (await fs.readFile(path.join(dataDir, 'secrets', 'operator-token'), 'utf8')).trim();
-  const defaults = JSON.parse(await fs.readFile(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8'));
+  const defaults = options.sameInstallationAs ?? JSON.parse(await fs.readFile(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8'));
 
   const server: TestServer = {
     app,

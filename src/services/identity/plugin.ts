@@ -2,7 +2,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Databases } from '../../adapters/db/pg.ts';
-import type { CounterStore, Mailer } from '../../core/ports.ts';
+import type { CounterStore, Mailer, ReadThroughCache, RevocationList } from '../../core/ports.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
 import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
@@ -11,7 +11,7 @@ import { AuditLog } from './domain/audit.ts';
 import { AuthService } from './domain/auth.service.ts';
 import { type DEFAULT_LOGIN_LIMITS, LoginThrottle } from './domain/login-throttle.ts';
 import { PasswordHasher } from './domain/passwords.ts';
-import { UserRevocations } from './domain/revocations.ts';
+import { TokenRevocations } from './domain/revocations.ts';
 import { SecretBox } from './domain/secret-box.ts';
 import { TenantsService } from './domain/tenants.service.ts';
 import { ACCESS_TOKEN_SECONDS, TokenService } from './domain/tokens.service.ts';
@@ -38,6 +38,10 @@ export interface IdentityDeps {
   mailer: Mailer;
   /** Counters for login throttling; in-memory in one process, shared (Redis) when distributed. */
   counters: CounterStore;
+  /** Revoked users and sessions; in memory in one process, shared (Redis) when distributed. */
+  revocations: RevocationList;
+  /** The cache of users in front of the database; likewise. */
+  cache: ReadThroughCache;
   /** Public base URL: the tokens' `iss` and the base of links in mails. Known once the gateway listens. */
   publicUrl: () => string;
   logger: Logger;
@@ -56,7 +60,7 @@ export interface IdentityService extends ServiceModule {
   routes: Route[];
   /** Loads (or on first start makes) the signing keys; before the gateway serves. */
   start(): Promise<void>;
-  /** Stops the background work (the key sets' periodic re-read). */
+  /** Stops the background work (the key sets' periodic re-read, revocations waiting for Redis). */
   close(): void;
 }
 
@@ -67,8 +71,10 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
   const tokens = new TokenService({ databases: deps.databases, box: new SecretBox(deps.secretKey), issuer: deps.publicUrl });
   const passwords = new PasswordHasher();
   const throttle = new LoginThrottle(deps.counters, deps.loginLimits);
-  const revocations = new UserRevocations((ACCESS_TOKEN_SECONDS + 60) * 1000);
-  const cache = new UserCache();
+  const logger = deps.logger.child({ component: 'identity' });
+  // A token lifetime and its clock skew: past that, every token a revocation names has expired.
+  const revocations = new TokenRevocations({ list: deps.revocations, databases: deps.databases, lifetimeMs: (ACCESS_TOKEN_SECONDS + 60) * 1000, logger });
+  const cache = new UserCache(deps.cache, logger);
   const auth = new AuthService({
     databases: deps.databases,
     tokens,
@@ -77,9 +83,10 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     counters: deps.counters,
     audit,
     cache,
+    revocations,
     mailer: deps.mailer,
     linkBase: deps.publicUrl,
-    logger: deps.logger.child({ component: 'identity' }),
+    logger,
   });
   const users = new UsersService({ databases: deps.databases, passwords, throttle, audit, revocations, cache });
 
@@ -88,7 +95,9 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
       // Keys and the operator token never look like a JWT: skip them without parsing.
       if (!credential.startsWith('eyJ')) return null;
       const claims = await tokens.verify(credential);
-      if (!claims || revocations.isRevoked(claims.userId)) return null;
+      // When neither Redis nor the database can tell, this rejects and the request fails (5xx)
+      // rather than answer 401: a client retries a 5xx, but drops its session on a 401.
+      if (!claims || (await revocations.isRevoked(claims))) return null;
       const principal: UserPrincipal = {
         kind: 'user',
         userId: claims.userId,
@@ -120,6 +129,9 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
       ...usersRoutes(users, audit),
     ],
     start: () => tokens.start(),
-    close: () => tokens.stop(),
+    close: () => {
+      tokens.stop();
+      revocations.close();
+    },
   };
 }

@@ -10,6 +10,7 @@ import * as usersRepo from '../repo/users.repo.ts';
 import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 import type { LoginThrottle } from './login-throttle.ts';
 import type { PasswordHasher } from './passwords.ts';
+import type { TokenRevocations } from './revocations.ts';
 import type { TokenService } from './tokens.service.ts';
 import type { UserCache } from './user-cache.ts';
 import { hashToken, type KeyPrincipal, newOpaqueToken, normaliseEmail, toUser, type User, type UserPrincipal } from './users.ts';
@@ -42,6 +43,7 @@ export interface AuthDeps {
   counters: CounterStore;
   audit: AuditLog;
   cache: UserCache;
+  revocations: TokenRevocations;
   mailer: Mailer;
   /** Base URL for links in mails (BANTU_PUBLIC_URL, or the gateway's URL). */
   linkBase: () => string;
@@ -159,12 +161,14 @@ export class AuthService {
 
   async refresh(principal: KeyPrincipal, input: { refresh_token: string }, context: RequestContext): Promise<AuthResult> {
     const hash = hashToken(input.refresh_token);
+    let ended: string | undefined;
     const outcome = await withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
       const token = await sessionsRepo.lockRefreshTokenByHash(trx, principal.tenantId, hash);
       if (!token) return { kind: 'invalid' as const };
       if (token.used_at || token.revoked_at) {
         // A spent token presented again: someone holds a copy. End the whole session.
         const revoked = await sessionsRepo.revokeFamily(trx, principal.tenantId, token.family_id);
+        ended = token.family_id;
         if (token.used_at) {
           await this.deps.audit.record(trx, principal.tenantId, {
             type: 'refresh_token_reused',
@@ -181,17 +185,24 @@ export class AuthService {
       await sessionsRepo.markRefreshTokenUsed(trx, principal.tenantId, token.id);
       return { kind: 'ok' as const, result: await this.issue(trx, user, principal.environment, token.family_id) };
     });
-    // Thrown after the commit, so a detected reuse keeps its revocation.
+    // After the commit, so a detected reuse keeps its revocation: the session's access tokens die with it.
+    if (ended) await this.deps.revocations.sessionsEnded([ended]);
     if (outcome.kind !== 'ok') fail(Errors.invalidToken, 'The refresh token is invalid, expired or already used');
     return outcome.result;
   }
 
-  /** Ends the session the refresh token belongs to. Answers the same whether or not the token was known. */
+  /**
+   * Ends the session the refresh token belongs to: its refresh tokens, and its access tokens
+   * in every process. Answers the same whether or not the token was known.
+   */
   async logout(principal: UserPrincipal, input: { refresh_token: string }): Promise<void> {
-    await withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
+    const ended = await withTenant(this.db(principal.environment), principal.tenantId, async (trx) => {
       const token = await sessionsRepo.lockRefreshTokenByHash(trx, principal.tenantId, hashToken(input.refresh_token));
-      if (token && token.user_id === principal.userId) await sessionsRepo.revokeFamily(trx, principal.tenantId, token.family_id);
+      if (!token || token.user_id !== principal.userId) return null;
+      await sessionsRepo.revokeFamily(trx, principal.tenantId, token.family_id);
+      return token.family_id;
     });
+    if (ended) await this.deps.revocations.sessionsEnded([ended]);
   }
 
   /**
@@ -257,11 +268,12 @@ export class AuthService {
       if (!user) return null;
       await sessionsRepo.usePasswordResets(trx, principal.tenantId, user.id);
       const revoked = await sessionsRepo.revokeUserTokens(trx, principal.tenantId, user.id);
-      await this.deps.audit.record(trx, principal.tenantId, { type: 'password_reset', actor: { type: 'user', id: user.id }, ip: context.ip, detail: { revoked_sessions: revoked } });
-      return user;
+      await this.deps.audit.record(trx, principal.tenantId, { type: 'password_reset', actor: { type: 'user', id: user.id }, ip: context.ip, detail: { revoked_sessions: revoked.tokens } });
+      return { ...user, ended: revoked.sessions };
     });
     if (!user) throw new AppError(Errors.invalidToken, 'The reset token is invalid, used or expired');
-    this.deps.cache.forget(principal.environment, principal.tenantId, user.id);
+    await this.deps.cache.forget(principal.environment, principal.tenantId, user.id);
+    await this.deps.revocations.sessionsEnded(user.ended);
     // Whoever proved control of the mailbox may log in again at once. The reset itself has
     // committed: if the counters cannot be cleared now, the answer is still a success.
     await this.deps.throttle.succeeded(`${principal.environment}:${principal.tenantId}:${user.email.toLowerCase()}`).catch((error: unknown) => {

@@ -1,11 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemoryCounterStore } from '../../../adapters/cache/memory.ts';
-import { AppError } from '../../../core/errors.ts';
+import { MemoryRevocationList } from '../../../adapters/cache/memory-revocations.ts';
+import type { Databases } from '../../../adapters/db/pg.ts';
+import { AppError, Errors } from '../../../core/errors.ts';
+import type { RevocationList } from '../../../core/ports.ts';
 import { generateKey, parseKey } from './api-keys.ts';
 import { LoginThrottle } from './login-throttle.ts';
-import { UserRevocations } from './revocations.ts';
+import { TokenRevocations } from './revocations.ts';
 import { SecretBox } from './secret-box.ts';
+import type { AccessClaims } from './tokens.service.ts';
 
 const SECRET = 'a'.repeat(43);
 
@@ -57,15 +61,43 @@ describe('LoginThrottle', () => {
   });
 });
 
-describe('UserRevocations', () => {
-  it('refuses a revoked user for one token lifetime', () => {
+describe('TokenRevocations', () => {
+  const claims = (userId: string, sessionId: string): AccessClaims => ({ userId, sessionId, tenantId: 'ten_1', environment: 'test', role: 'user', issuedAt: 0 });
+  const quiet = { warn() {}, info() {} };
+  // Never asked in these tests: a list that answers needs no database.
+  const noDatabases = {} as Databases;
+
+  it('refuses the tokens of a deleted user, and of an ended session, for one token lifetime', async () => {
     let now = 0;
-    const revocations = new UserRevocations(1000, () => now);
-    revocations.revoke('usr_1');
-    assert.equal(revocations.isRevoked('usr_1'), true);
-    assert.equal(revocations.isRevoked('usr_2'), false);
+    const revocations = new TokenRevocations({ list: new MemoryRevocationList(10, () => now), databases: noDatabases, lifetimeMs: 1000, logger: quiet, now: () => now });
+    await revocations.userDeleted('usr_1');
+    await revocations.sessionsEnded(['ses_2']);
+    assert.equal(await revocations.isRevoked(claims('usr_1', 'ses_1')), true);
+    assert.equal(await revocations.isRevoked(claims('usr_2', 'ses_2')), true);
+    assert.equal(await revocations.isRevoked(claims('usr_2', 'ses_3')), false);
     now = 1000;
-    assert.equal(revocations.isRevoked('usr_1'), false);
+    assert.equal(await revocations.isRevoked(claims('usr_1', 'ses_1')), false);
+  });
+
+  it('a revocation the list cannot take is refused here at once, and written once the list is back', async () => {
+    const inner = new MemoryRevocationList();
+    let down = true;
+    const unavailable = () => new AppError(Errors.unavailable, 'down');
+    const list: RevocationList = {
+      revoke: async (ids, ttlMs) => (down ? Promise.reject(unavailable()) : inner.revoke(ids, ttlMs)),
+      anyRevoked: async (ids) => inner.anyRevoked(ids),
+    };
+    const revocations = new TokenRevocations({ list, databases: noDatabases, lifetimeMs: 60_000, logger: quiet, retryMs: 5 });
+    try {
+      await revocations.userDeleted('usr_9');
+      assert.equal(await revocations.isRevoked(claims('usr_9', 'ses_9')), true, 'this process refuses it meanwhile');
+      assert.equal(await inner.anyRevoked(['user:usr_9']), false);
+      down = false;
+      for (let i = 0; i < 200 && !(await inner.anyRevoked(['user:usr_9'])); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+      assert.equal(await inner.anyRevoked(['user:usr_9']), true, 'written to the shared list');
+    } finally {
+      revocations.close();
+    }
   });
 });
 

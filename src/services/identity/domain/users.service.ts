@@ -9,7 +9,7 @@ import * as usersRepo from '../repo/users.repo.ts';
 import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
 import type { LoginThrottle } from './login-throttle.ts';
 import type { PasswordHasher } from './passwords.ts';
-import type { UserRevocations } from './revocations.ts';
+import type { TokenRevocations } from './revocations.ts';
 import type { UserCache } from './user-cache.ts';
 import { normaliseEmail, type Role, toUser, type User, type UserPrincipal } from './users.ts';
 
@@ -26,7 +26,7 @@ export interface UsersDeps {
   passwords: PasswordHasher;
   throttle: LoginThrottle;
   audit: AuditLog;
-  revocations: UserRevocations;
+  revocations: TokenRevocations;
   cache: UserCache;
 }
 
@@ -64,12 +64,12 @@ export class UsersService {
 
   /** The caller itself. A token of a user deleted since it was issued answers 401. */
   async me(principal: UserPrincipal): Promise<User> {
-    const cached = this.deps.cache.get(principal.environment, principal.tenantId, principal.userId);
-    if (cached) return cached;
+    const cached = await this.deps.cache.lookup(principal.environment, principal.tenantId, principal.userId);
+    if (cached.user) return cached.user;
     const row = await withTenant(this.db(principal.environment), principal.tenantId, (trx) => usersRepo.findUser(trx, principal.tenantId, principal.userId));
     if (!row) throw new AppError(Errors.unauthorized, 'This user no longer exists');
     const user = toUser(row);
-    this.deps.cache.set(principal.environment, principal.tenantId, user);
+    await this.deps.cache.remember(principal.environment, principal.tenantId, user, cached.ticket);
     return user;
   }
 
@@ -92,7 +92,8 @@ export class UsersService {
       }
     }
     const passwordHash = changes.password === undefined ? undefined : await this.deps.passwords.hash(changes.password);
-    return this.write(principal.environment, principal.tenantId, principal.userId, async (trx) => {
+    let ended: string[] = [];
+    const user = await this.write(principal.environment, principal.tenantId, principal.userId, async (trx) => {
       const row = await usersRepo.updateUser(trx, principal.tenantId, principal.userId, {
         name: changes.name?.trim(),
         email: changes.email === undefined ? undefined : normaliseEmail(changes.email),
@@ -102,7 +103,8 @@ export class UsersService {
       if (passwordHash !== undefined) {
         // Other sessions end; the one making the change goes on.
         const revoked = await sessionsRepo.revokeUserTokens(trx, principal.tenantId, row.id, principal.sessionId);
-        await this.deps.audit.record(trx, principal.tenantId, { type: 'password_changed', actor: actorFor(principal), ip: context.ip, detail: { revoked_sessions: revoked } });
+        ended = revoked.sessions;
+        await this.deps.audit.record(trx, principal.tenantId, { type: 'password_changed', actor: actorFor(principal), ip: context.ip, detail: { revoked_sessions: revoked.tokens } });
       }
       if (changes.email !== undefined && changes.email !== current.email) {
         await this.deps.audit.record(trx, principal.tenantId, {
@@ -114,6 +116,9 @@ export class UsersService {
       }
       return toUser(row);
     });
+    // After the commit: the ended sessions' access tokens are refused everywhere from now on.
+    await this.deps.revocations.sessionsEnded(ended);
+    return user;
   }
 
   /** Runs a write and turns a taken email into 409. */
@@ -125,7 +130,7 @@ export class UsersService {
       throw error;
     } finally {
       // Whether it committed or not, the next read of this user goes to the database.
-      this.deps.cache.forget(environment, tenantId, userId);
+      if (userId) await this.deps.cache.forget(environment, tenantId, userId);
     }
   }
 
@@ -197,7 +202,8 @@ export class UsersService {
     assertKeyMayTouch(principal, changes.role);
     if (principal.kind === 'user') await withTenant(this.db(principal.environment), principal.tenantId, (trx) => this.assertManages(trx, principal, id));
     const passwordHash = changes.password === undefined ? undefined : await this.deps.passwords.hash(changes.password);
-    return this.write(principal.environment, principal.tenantId, id, async (trx) => {
+    let ended: string[] = [];
+    const user = await this.write(principal.environment, principal.tenantId, id, async (trx) => {
       await this.assertManages(trx, principal, id);
       const before = await usersRepo.lockUser(trx, principal.tenantId, id);
       if (!before) throw notFound();
@@ -209,7 +215,7 @@ export class UsersService {
         password_hash: passwordHash,
       });
       if (!row) throw notFound();
-      if (passwordHash !== undefined) await sessionsRepo.revokeUserTokens(trx, principal.tenantId, id);
+      if (passwordHash !== undefined) ended = (await sessionsRepo.revokeUserTokens(trx, principal.tenantId, id)).sessions;
       await this.deps.audit.record(trx, principal.tenantId, {
         type: passwordHash !== undefined ? 'password_changed' : 'user_updated',
         actor: actorFor(principal),
@@ -222,6 +228,8 @@ export class UsersService {
       });
       return toUser(row);
     });
+    await this.deps.revocations.sessionsEnded(ended);
+    return user;
   }
 
   async delete(principal: TenantPrincipal, id: string, context: RequestContext): Promise<void> {
@@ -235,7 +243,7 @@ export class UsersService {
       if (!row) throw notFound();
       await this.deps.audit.record(trx, principal.tenantId, { type: 'user_deleted', actor: actorFor(principal), ip: context.ip, detail: { user_id: id, email: row.email } });
     });
-    // After the commit: this process refuses the user's access tokens from now on.
-    this.deps.revocations.revoke(id);
+    // After the commit: every process refuses the user's access tokens from now on.
+    await this.deps.revocations.userDeleted(id);
   }
 }

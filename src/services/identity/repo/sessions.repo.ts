@@ -74,13 +74,30 @@ export async function revokeFamily(trx: Tx, tenantId: string, familyId: string):
   return Number(result.numAffectedRows ?? 0);
 }
 
-/** Revokes every live refresh token of a user, except those of `keepFamily` when given. */
-export async function revokeUserTokens(trx: Tx, tenantId: string, userId: string, keepFamily?: string): Promise<number> {
-  const result = await sql`
+/**
+ * Revokes every live refresh token of a user, except those of `keepFamily` when given.
+ * Answers how many tokens, and the sessions (families) that ended: their access tokens must
+ * be refused too (see TokenRevocations).
+ */
+export async function revokeUserTokens(trx: Tx, tenantId: string, userId: string, keepFamily?: string): Promise<{ tokens: number; sessions: string[] }> {
+  const result = await sql<{ family_id: string }>`
     update identity.refresh_token set revoked_at = now()
     where tenant_id = ${tenantId} and user_id = ${userId} and revoked_at is null
-      and ${keepFamily === undefined ? sql`true` : sql`family_id <> ${keepFamily}`}`.execute(trx);
-  return Number(result.numAffectedRows ?? 0);
+      and ${keepFamily === undefined ? sql`true` : sql`family_id <> ${keepFamily}`}
+    returning family_id`.execute(trx);
+  return { tokens: result.rows.length, sessions: [...new Set(result.rows.map((row) => row.family_id))] };
+}
+
+/**
+ * One row when the user still has this session (a refresh token of the family not revoked;
+ * a deleted user's went with it); a statement for tenantRead. What a token check asks the
+ * database when the revocation list cannot answer.
+ */
+export function liveSessionSelect(tenantId: string, userId: string, familyId: string) {
+  return sql<{ live: number }>`
+    select 1 as live from identity.refresh_token
+    where tenant_id = ${tenantId} and family_id = ${familyId} and user_id = ${userId} and revoked_at is null
+    limit 1`;
 }
 
 export interface PasswordResetRow {
