@@ -1,8 +1,10 @@
 import type { Logger } from 'pino';
 import type { OutboxBus } from './adapters/bus/outbox.ts';
+import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { ALL_MIGRATIONS, filesDeps } from './app.ts';
 import type { Config } from './core/config.ts';
+import { moduleWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform } from './platform/platform.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
@@ -22,6 +24,8 @@ export interface BackupProcess {
   databases: Databases;
   bus: OutboxBus;
   backup: BackupService;
+  /** With the worker: whether this process leads `backup` (runs the worker and its sweep) or stands by. */
+  leader?: Leadership;
   close(): Promise<void>;
 }
 
@@ -44,13 +48,15 @@ export async function openBackupProcess(config: Config, logger: Logger, options:
       sweepEveryMs: config.backupSweepMinutes * 60_000,
       logger: logger.child({ component: 'backup' }),
     });
+    let leader: Leadership | undefined;
     if (options.worker) {
-      registerConsumers(platform.bus, [backup]);
+      // However many of these processes run, one runs the worker; the others stand by to take over.
+      registerConsumers(platform.bus, [backup], { led: true });
       await platform.bus.start();
-      await backup.start();
-      platform.defer(() => backup.close());
+      leader = runLed(platform, 'backup', moduleWork(platform.bus, backup));
+      await leader.decided;
     }
-    return { databases: platform.databases, bus: platform.bus, backup: backup.service, close: () => platform.close() };
+    return { databases: platform.databases, bus: platform.bus, backup: backup.service, leader, close: () => platform.close() };
   } catch (error) {
     await platform.close();
     throw error;

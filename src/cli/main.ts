@@ -183,7 +183,9 @@ async function serveBackup(): Promise<void> {
   });
   runtime = await openRuntimeOrExit(config, logger, true);
   const store = config.s3Backups ? `S3 buckets ${config.s3Backups.bucketPrefix}-live and -test` : config.backupDir;
-  process.stdout.write(`Bantu ${VERSION} backup worker is running (backup store ${store})\n`);
+  // The leadership logs each change from here on (elected, deposed, standing by).
+  const role = runtime.leader?.leading ? 'leading: it runs the worker' : 'standing by: another process runs the worker';
+  process.stdout.write(`Bantu ${VERSION} backup worker is running (backup store ${store}), ${role}\n`);
 }
 
 /** Progress on stderr: a bar on a terminal, plain lines otherwise (logs, CI, pipes). */
