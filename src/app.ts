@@ -13,6 +13,7 @@ import type { Config } from './core/config.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
+import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
@@ -124,7 +125,6 @@ export function createApp(config: Config, logger: Logger): App {
       authTimeoutMs: config.socketAuthTimeoutMs,
       recheckMs: config.socketRecheckMs,
     });
-    const modules = [identity, files, backup, notifications];
 
     await identity.start();
     p.defer(() => identity.close());
@@ -143,23 +143,28 @@ export function createApp(config: Config, logger: Logger): App {
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);
-    registerConsumers(p.bus, modules);
+    registerConsumers(p.bus, [identity, notifications]);
+    // Work consumers: one process of the installation runs them (each notifications instance relays to its own sockets).
+    registerConsumers(p.bus, [files, backup], { led: true });
     await p.bus.start();
-    // Replayable history is kept for the retention, then pruned once every consumer has passed it.
-    const prune = setInterval(() => {
-      p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'));
-    }, 3600_000);
-    prune.unref();
-    p.defer(() => clearInterval(prune));
+    // Once per installation, however many processes run; alone, this one wins each at once.
+    // Deferred before the gateway's close, so the work consumers stop after it has drained.
+    const leaderships = [
+      // Replayable history is kept for the retention, then pruned once every consumer has passed it.
+      runLed(
+        p,
+        'outbox-prune',
+        periodicWork(3600_000, () => p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'))),
+      ),
+    ];
+    if (config.backupWorker) leaderships.push(runLed(p, 'backup', moduleWork(p.bus, backup)));
 
     await gateway.listen({ host: config.host, port: config.port });
     p.defer(() => gateway.close());
     // Sockets first: an open WebSocket would otherwise hold the HTTPS server's close.
     p.defer(() => notifications.close());
-    for (const module of [files, backup]) {
-      await module.start();
-      p.defer(() => module.close());
-    }
+    leaderships.push(runLed(p, 'files-sweep', moduleWork(p.bus, files)));
+    await Promise.all(leaderships.map((led) => led.decided));
     const port = (gateway.server.address() as AddressInfo).port;
     const httpPort = config.httpPort === undefined ? undefined : await listenHttpRejector(p, config.httpPort);
 

@@ -4,6 +4,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { OutboxBus } from './adapters/bus/outbox.ts';
+import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
 import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
@@ -15,6 +16,7 @@ import { describeRoutes, type Route } from './gateway/routes.ts';
 import { createGateway } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { SERVICE_NAMES, type ServiceName } from './platform/catalogue.ts';
+import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
 import { announce, discover, ServiceRegistry } from './platform/registry.ts';
@@ -39,6 +41,8 @@ export interface ServedService {
   url: string;
   /** identity: set when this start created tenant `default` (its keys are printed once). */
   createdDefaultTenant?: CreatedTenant;
+  /** backup: whether this process runs the worker now (it leads `backup`) or stands by. */
+  leader?: Leadership;
   secretsDir: string;
   close(): Promise<void>;
 }
@@ -112,6 +116,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   const { config, logger } = platform;
   let routes: Route[] = [];
   let createdDefaultTenant: CreatedTenant | undefined;
+  let leader: Leadership | undefined;
   if (name === 'identity') {
     const identity = identityModule(platform);
     await identity.start();
@@ -121,16 +126,14 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   } else if (name === 'files') {
     const usage = backupUsage(platform.databases);
     const files = createFilesService({ ...filesDeps(platform), backupBytes: (principal) => usage.heldBytes(principal) });
-    await files.start();
-    platform.defer(() => files.close());
+    // However many files instances run, one sweeps and one prunes the outbox's history.
+    runLed(platform, 'files-sweep', moduleWork(platform.bus, files));
+    runLed(platform, 'outbox-prune', pruneWork(platform));
     routes = files.routes;
   } else if (name === 'backup') {
     const backup = backupModule(platform, config.backupWorker);
     if (config.backupWorker) {
-      registerConsumers(platform.bus, [backup]);
-      await platform.bus.start();
-      await backup.start();
-      platform.defer(() => backup.close());
+      leader = await runWorker(platform, backup);
     }
     routes = backup.routes;
   } else {
@@ -145,7 +148,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   // Closed first: the gateway stops sending before this process stops answering.
   platform.defer(() => announced.stop());
   logger.info({ instance: announced.id, address }, 'registered in the registry');
-  return { name, url: address, createdDefaultTenant, secretsDir: platform.secretsDir, close: () => platform.close() };
+  return { name, url: address, createdDefaultTenant, leader, secretsDir: platform.secretsDir, close: () => platform.close() };
 }
 
 /** Refuses to join an installation whose running processes use another BANTU_SECRET_KEY. */
@@ -202,11 +205,28 @@ function randomToken(): string {
   return Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64url');
 }
 
+/** However many backup processes run, one runs the worker (consumer and sweep); the others stand by to take over. */
+async function runWorker(platform: Platform, backup: ReturnType<typeof backupModule>): Promise<Leadership> {
+  registerConsumers(platform.bus, [backup], { led: true });
+  await platform.bus.start();
+  const leader = runLed(platform, 'backup', moduleWork(platform.bus, backup));
+  await leader.decided;
+  return leader;
+}
+
+/** Replayable history is kept for the retention, then pruned once every consumer has passed it. */
+function pruneWork(platform: Platform) {
+  const { bus, config, logger } = platform;
+  return periodicWork(3600_000, () => bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed')));
+}
+
 /** The backup module alone, for the `bantu backup` tools (no HTTP, no registry). */
 export interface BackupProcess {
   databases: Databases;
   bus: OutboxBus;
   backup: BackupService;
+  /** With the worker: whether this process leads `backup` (runs the worker and its sweep) or stands by. */
+  leader?: Leadership;
   close(): Promise<void>;
 }
 
@@ -214,13 +234,8 @@ export async function openBackupProcess(config: Config, logger: Logger, options:
   const platform = await openPlatform(config, logger, { name: 'backup', migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
   try {
     const backup = backupModule(platform, options.worker);
-    if (options.worker) {
-      registerConsumers(platform.bus, [backup]);
-      await platform.bus.start();
-      await backup.start();
-      platform.defer(() => backup.close());
-    }
-    return { databases: platform.databases, bus: platform.bus, backup: backup.service, close: () => platform.close() };
+    const leader = options.worker ? await runWorker(platform, backup) : undefined;
+    return { databases: platform.databases, bus: platform.bus, backup: backup.service, leader, close: () => platform.close() };
   } catch (error) {
     await platform.close();
     throw error;

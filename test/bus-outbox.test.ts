@@ -4,7 +4,8 @@ import { after, before, describe, it } from 'node:test';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import pino from 'pino';
-import { busContract } from '../src/adapters/bus/bus.contract.ts';
+import { type BusHarness, busContract } from '../src/adapters/bus/bus.contract.ts';
+import { busStartStopContract } from '../src/adapters/bus/bus-start-stop.contract.ts';
 import { OutboxBus } from '../src/adapters/bus/outbox.ts';
 import { cursorOf, saveCursor } from '../src/adapters/bus/outbox-cursor.ts';
 import { dropDatabases, ENVIRONMENTS, migrate, openDatabases } from '../src/adapters/db/pg.ts';
@@ -27,7 +28,7 @@ before(async () => {
 });
 after(async () => server?.close());
 
-busContract('outbox', {
+const harness: BusHarness = {
   retryBaseMs: OPTIONS.retryBaseMs,
   async open() {
     const base = server.app.databases.controlUrl;
@@ -52,6 +53,19 @@ busContract('outbox', {
       },
     };
   },
+};
+busContract('outbox', harness);
+busStartStopContract('outbox', harness);
+
+describe('outbox lowLatency consumers', () => {
+  it('cannot be registered to start on demand: notifications feed them from the start', async () => {
+    const fixture = await harness.open();
+    try {
+      assert.throws(() => fixture.bus.consume('fast', async () => undefined, { lowLatency: true, autoStart: false }), /lowLatency/);
+    } finally {
+      await fixture.close();
+    }
+  });
 });
 
 describe('outbox cursor saves', () => {

@@ -210,7 +210,9 @@ async function serve(service: string): Promise<void> {
     logger.fatal({ err: error }, 'start failed');
     process.exit(1);
   }
-  const lines = [`Bantu ${VERSION} ${service} is running at ${served.url}`];
+  // The leadership logs each change from here on (elected, deposed, standing by).
+  const role = !served.leader ? '' : served.leader.leading ? ', leading: it runs the worker' : ', standing by: another process runs the worker';
+  const lines = [`Bantu ${VERSION} ${service} is running at ${served.url}${role}`];
   const tenant = served.createdDefaultTenant;
   if (tenant) {
     lines.push(

@@ -53,6 +53,12 @@ export interface ConsumerOptions {
    * path ignores it: its consumers get the same events in the same order, a little later.
    */
   lowLatency?: boolean;
+  /**
+   * False: `start` leaves this consumer stopped in this process until `startConsumer` (a
+   * work consumer that only the leader of the installation runs). Default true. Not with
+   * `lowLatency`: notifications feed such a consumer from the bus's start on.
+   */
+  autoStart?: boolean;
 }
 
 /** An event a consumer set aside. */
@@ -127,6 +133,17 @@ export interface EventBus {
    */
   redeliverDeadLetters(name: string, handler: EventHandler): Promise<{ delivered: DeadLetter[]; remaining: DeadLetter[] }>;
   start(): Promise<void>;
+  /**
+   * Starts delivery to a registered consumer in this process, after `start`; it resumes at
+   * the consumer's durable cursor, wherever another process left it. A no-op while it runs.
+   */
+  startConsumer(name: string): void;
+  /**
+   * Stops delivery to one consumer in this process, at once; resolves when its handler has
+   * returned (the event in hand finishes, nothing after it starts). Its cursor stays, so
+   * another process (or `startConsumer`) goes on from there. A no-op while it is stopped.
+   */
+  stopConsumer(name: string): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -14,7 +14,11 @@ export interface ServiceModule {
   readonly routes: Route[];
   /** Its durable bus consumers, registered before the bus starts. */
   readonly consumers: BusConsumer[];
-  /** Background work (sweeps, timers); after the bus has started and the gateway listens. */
+  /**
+   * Background work (sweeps, timers); after the bus has started and the gateway listens.
+   * When that work runs once per installation, the process's leadership of it starts and
+   * closes it (src/platform/led.ts): maybe several times in one process, and maybe never.
+   */
   start(): Promise<void> | void;
   close(): Promise<void> | void;
 }
@@ -30,11 +34,16 @@ export type BusConsumer =
   | { name: string; batch?: false; handle: EventHandler; options?: ConsumerOptions }
   | { name: string; batch: true; handle: BatchEventHandler; options?: ConsumerOptions };
 
-export function registerConsumers(bus: EventBus, modules: readonly Pick<ServiceModule, 'consumers'>[]): void {
+/**
+ * Registers the modules' consumers on the bus. `led`: they start only when this process is
+ * elected to run them (src/platform/led.ts), not with the bus.
+ */
+export function registerConsumers(bus: EventBus, modules: readonly Pick<ServiceModule, 'consumers'>[], options: { led?: boolean } = {}): void {
   for (const module of modules) {
     for (const consumer of module.consumers) {
-      if (consumer.batch) bus.consumeBatch(consumer.name, consumer.handle, consumer.options);
-      else bus.consume(consumer.name, consumer.handle, consumer.options);
+      const consumerOptions = options.led ? { ...consumer.options, autoStart: false } : consumer.options;
+      if (consumer.batch) bus.consumeBatch(consumer.name, consumer.handle, consumerOptions);
+      else bus.consume(consumer.name, consumer.handle, consumerOptions);
     }
   }
 }

@@ -22,6 +22,8 @@ export interface Consumer {
   types?: ReadonlySet<string>;
   maxAttempts: number;
   deadLetter: NonNullable<ConsumerOptions['deadLetter']>;
+  /** Delivers from the bus's start (false: from `startConsumer`). */
+  autoStart: boolean;
   /** Delivers from notifications ahead of the read (the `lowLatency` option; `consume` only). */
   fromNotification: boolean;
 }
@@ -43,7 +45,7 @@ export interface ConsumerLoop {
 /**
  * Reads the consumer's pending rows, delivers them, saves the cursor, and waits for the
  * next NOTIFY (sent by the appending transaction, so only on commit) or a poll as a
- * fallback. Runs until the bus shuts down (`retries.signal`).
+ * fallback. Runs until the bus shuts down or the consumer is stopped (`retries.signal`).
  */
 export async function runConsumer(loop: ConsumerLoop): Promise<void> {
   const { consumer, environment, db, log, retries, wakers, tap } = loop;
@@ -58,6 +60,7 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
     wake?.();
   };
   wakers.add(onWake);
+  signal.addEventListener('abort', onWake);
   try {
     const saved = await retries.persistently(log, 'reading the cursor', () => cursorOf(db, consumer.name));
     // Left by a process that stopped while failing; said again at once if it still fails.
@@ -125,6 +128,7 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
     if (!signal.aborted) log.error({ err: error }, 'consumer stopped on an unexpected error');
   } finally {
     wakers.delete(onWake);
+    signal.removeEventListener('abort', onWake);
   }
 }
 

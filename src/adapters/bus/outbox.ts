@@ -44,30 +44,36 @@ export { eventIdOf, outboxIdOf } from './outbox-row.ts';
  * that does not count is retried for as long as it lasts, later events waiting behind it.
  * The bus's own reads and writes (cursor, dead letters) are retried the same way: a
  * database outage pauses a consumer, it never stops it.
+ *
+ * Two processes running one consumer would both deliver every event (each reads from the
+ * shared cursor, and the last to save it wins): at least once still, but every event twice.
+ * So a work consumer registered with `autoStart: false` starts and stops alone
+ * (`startConsumer`, `stopConsumer`), under the installation's leadership (src/platform/led.ts).
  */
 export class OutboxBus implements EventBus {
   private readonly consumers: Consumer[] = [];
   private readonly wakers = new Map<Environment, Set<() => void>>(ENVIRONMENTS.map((env) => [env, new Set()]));
   private readonly taps = new Map<Environment, Map<string, NotificationTap>>(ENVIRONMENTS.map((env) => [env, new Map()]));
   private readonly listeners: pg.Client[] = [];
-  private readonly loops: Promise<void>[] = [];
+  /** The consumers delivering in this process: the switch that stops each, and its loops (one per environment). */
+  private readonly running = new Map<string, { stop: AbortController; loops: Promise<void>[] }>();
+  /** Every loop not yet ended, stopped ones included: what `close` waits for. */
+  private readonly loops = new Set<Promise<void>>();
   private readonly abort = new AbortController();
-  private readonly retries: Retries;
   private started = false;
 
   constructor(
     private readonly databases: Databases,
     private readonly logger: Logger,
     private readonly options: { retryBaseMs?: number; retryMaxMs?: number; pollMs?: number } = {},
-  ) {
-    this.retries = new Retries(options, this.abort.signal);
-  }
+  ) {}
 
   async append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent> {
     return appendEvent(trx as Tx, environment, event);
   }
 
   consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
+    if (options.lowLatency && options.autoStart === false) throw new Error(`a lowLatency consumer starts with the bus: ${name}`);
     this.register({ name, handler, ...this.consumerOptions(options), fromNotification: options.lowLatency === true });
   }
 
@@ -80,6 +86,7 @@ export class OutboxBus implements EventBus {
       types: options.types ? new Set(options.types) : undefined,
       maxAttempts: options.maxAttempts ?? 5,
       deadLetter: options.deadLetter ?? 'any-failure',
+      autoStart: options.autoStart ?? true,
     };
   }
 
@@ -93,39 +100,57 @@ export class OutboxBus implements EventBus {
     this.started = true;
     if (this.consumers.length === 0) return;
     for (const environment of ENVIRONMENTS) {
-      const taps = this.taps.get(environment) as Map<string, NotificationTap>;
-      const wakers = this.wakers.get(environment) as Set<() => void>;
       const client = await listen({
         environment,
         url: this.databases.environmentUrls[environment],
         logger: this.logger,
         signal: this.abort.signal,
         consumers: this.consumers,
-        taps,
-        wakers,
+        taps: this.taps.get(environment) as Map<string, NotificationTap>,
+        wakers: this.wakers.get(environment) as Set<() => void>,
       });
       this.listeners.push(client);
-      for (const consumer of this.consumers) {
-        this.loops.push(
-          runConsumer({
-            consumer,
-            environment,
-            db: this.databases.environments[environment],
-            log: this.logger.child({ consumer: consumer.name, environment }),
-            retries: this.retries,
-            wakers,
-            tap: taps.get(consumer.name),
-            pollMs: this.options.pollMs,
-          }),
-        );
-      }
     }
+    for (const consumer of this.consumers) if (consumer.autoStart) this.startConsumer(consumer.name);
+  }
+
+  startConsumer(name: string): void {
+    if (!this.started) throw new Error('consumers start once the bus has started');
+    const consumer = this.consumers.find((c) => c.name === name);
+    if (!consumer) throw new Error(`no consumer registered as ${name}`);
+    if (this.abort.signal.aborted || this.running.has(name)) return;
+    const stop = new AbortController();
+    // Its own switch as well as the bus's: stopping it ends its waits and retries, not the others'.
+    const retries = new Retries(this.options, AbortSignal.any([this.abort.signal, stop.signal]));
+    const loops = ENVIRONMENTS.map((environment) => {
+      const loop: Promise<void> = runConsumer({
+        consumer,
+        environment,
+        db: this.databases.environments[environment],
+        log: this.logger.child({ consumer: name, environment }),
+        retries,
+        wakers: this.wakers.get(environment) as Set<() => void>,
+        tap: this.taps.get(environment)?.get(name),
+        pollMs: this.options.pollMs,
+      }).finally(() => this.loops.delete(loop));
+      this.loops.add(loop);
+      return loop;
+    });
+    this.running.set(name, { stop, loops });
+  }
+
+  async stopConsumer(name: string): Promise<void> {
+    const run = this.running.get(name);
+    if (!run) return;
+    this.running.delete(name);
+    run.stop.abort();
+    await Promise.allSettled(run.loops);
   }
 
   async close(): Promise<void> {
     this.abort.abort();
-    for (const wakers of this.wakers.values()) for (const wake of wakers) wake();
-    await Promise.allSettled(this.loops);
+    await Promise.allSettled([...this.loops]);
+    this.running.clear();
     await Promise.allSettled(this.listeners.map((client) => client.end()));
   }
 
