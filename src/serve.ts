@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -10,10 +12,11 @@ import { readOrCreateSecret } from './adapters/local/data-dir.ts';
 import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
 import type { Config } from './core/config.ts';
 import { operatorVerifier } from './gateway/auth.ts';
-import { InternalTokens } from './gateway/internal-token.ts';
+import { INTERNAL_HEADER, InternalTokens } from './gateway/internal-token.ts';
 import { ServiceProxy } from './gateway/proxy.ts';
 import { describeRoutes, type Route } from './gateway/routes.ts';
 import { createGateway } from './gateway/server.ts';
+import { SocketProxy } from './gateway/socket-proxy.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { SERVICE_NAMES, type ServiceName } from './platform/catalogue.ts';
 import { moduleWork, periodicWork, runLed } from './platform/led.ts';
@@ -26,6 +29,7 @@ import { backupUsage, createBackupService } from './services/backup/plugin.ts';
 import { createFilesService } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
+import { createNotificationsService, type NotificationsService } from './services/notifications/plugin.ts';
 
 /**
  * The composition roots of one service alone: `bantu serve <name>` (distributed mode), and the
@@ -91,6 +95,7 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
   platform.defer(() => registry.close());
   const proxy = new ServiceProxy({ directory: registry, tokens, verifiers: [...identity.verifiers, operatorVerifier(operator)], logger: logger.child({ component: 'proxy' }) });
   platform.defer(() => proxy.close());
+  const sockets = new SocketProxy({ directory: registry, proxy, tokens, logger: logger.child({ component: 'socket-proxy' }) });
 
   const gateway = await createGateway({
     logger,
@@ -102,6 +107,7 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
     verifiers: [],
     routes: [],
     proxy,
+    sockets,
     services: () => registry.counts(),
     version: VERSION,
   });
@@ -117,6 +123,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   let routes: Route[] = [];
   let createdDefaultTenant: CreatedTenant | undefined;
   let leader: Leadership | undefined;
+  let notifications: NotificationsService | undefined;
   if (name === 'identity') {
     const identity = identityModule(platform);
     await identity.start();
@@ -136,15 +143,42 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
       leader = await runWorker(platform, backup);
     }
     routes = backup.routes;
+  } else if (name === 'notifications') {
+    // Sockets authenticate with keys and user tokens themselves: identity's checks, in this process.
+    const identity = identityModule(platform);
+    await identity.start();
+    platform.defer(() => identity.close());
+    notifications = createNotificationsService({
+      bus: platform.bus,
+      verifiers: identity.verifiers,
+      logger: logger.child({ component: 'notifications' }),
+      metrics: platform.metrics,
+      corsOrigins: config.corsOrigins,
+      authTimeoutMs: config.socketAuthTimeoutMs,
+      recheckMs: config.socketRecheckMs,
+    });
+    registerConsumers(platform.bus, [notifications]);
+    await platform.bus.start();
   } else {
-    throw new Error(`bantu serve ${name}: not available in this version yet`);
+    throw new Error(`bantu serve ${name}: not a service behind the gateway`);
   }
 
   const server = await createServiceServer({ logger, routes, tokens, metrics: platform.metrics, checks: platform.checks });
   await server.listen({ host: config.service.host, port: config.service.port });
   platform.defer(() => server.close());
+  const sessionPrefix = notifications ? randomBytes(4).toString('hex') : undefined;
+  if (notifications && sessionPrefix) {
+    const hub = notifications;
+    const admit = (request: IncomingMessage) => {
+      const token = request.headers[INTERNAL_HEADER];
+      return tokens.verify(typeof token === 'string' ? token : undefined, request.method ?? '', request.url ?? '') !== null;
+    };
+    hub.attach(server.server, { admit, sessionPrefix });
+    // Sockets first: an open WebSocket would otherwise hold the server's close.
+    platform.defer(() => hub.close());
+  }
   const address = `http://${hostForUrl(config.service.advertiseHost)}:${listeningPort(server)}`;
-  const announced = await announce(nats, config.natsPrefix, { service: name, version: VERSION, address, keyId: tokens.keyId(), routes: describeRoutes(routes) });
+  const announced = await announce(nats, config.natsPrefix, { service: name, version: VERSION, address, keyId: tokens.keyId(), routes: describeRoutes(routes), sessionPrefix });
   // Closed first: the gateway stops sending before this process stops answering.
   platform.defer(() => announced.stop());
   logger.info({ instance: announced.id, address }, 'registered in the registry');

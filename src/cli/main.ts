@@ -170,12 +170,18 @@ function refuse(line: string): never {
   process.exit(EXIT_CONFIG);
 }
 
+/** The services that verify or revoke credentials: they share the revocations through Redis. */
+const CHECKS_CREDENTIALS = new Set(['gateway', 'identity', 'notifications']);
+
 /** `bantu serve <service>`: one service alone, announced in the registry on NATS (distributed mode). */
 async function serve(service: string): Promise<void> {
   if (!isServiceName(service)) refuse(`bantu serve: unknown service "${service}"; choose one of ${SERVICE_NAMES.join(', ')}`);
   const config = configOrExit();
   if (!config.databaseUrl) refuse(`bantu serve ${service}: DATABASE_URL is required (the PostgreSQL every process of the installation shares)`);
   if (!config.natsUrl) refuse(`bantu serve ${service}: NATS_URL is required (the registry where services find each other)`);
+  if (!config.redisUrl && CHECKS_CREDENTIALS.has(service)) {
+    refuse(`bantu serve ${service}: REDIS_URL is required (ended sessions and deleted users must be refused by every process that checks credentials)`);
+  }
   const logger = pino({ level: config.logLevel, base: { service: `bantu-${service}` } });
   let served: ServedService | undefined;
   let stopping = false;

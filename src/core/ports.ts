@@ -59,6 +59,13 @@ export interface ConsumerOptions {
    * `lowLatency`: notifications feed such a consumer from the bus's start on.
    */
   autoStart?: boolean;
+  /**
+   * A consumer of this process alone, from the moment it starts: no durable cursor, nothing
+   * replayed after a restart, and one more process with the same consumer gets every event
+   * too. For each notifications instance, which relays live events to its own sockets (a
+   * reconnecting socket asks for the history with `since`, read from the bus's history).
+   */
+  ephemeral?: boolean;
 }
 
 /** An event a consumer set aside. */

@@ -78,6 +78,17 @@ export class ServiceProxy {
     await this.forward(request, reply, target.service, principal);
   }
 
+  /** Streams a request to this instance (Socket.IO polling: the instance is chosen by session). */
+  async forwardTo(request: FastifyRequest, reply: FastifyReply, instance: ServiceInstance): Promise<void> {
+    try {
+      await this.send(request, reply, instance, null);
+    } catch (error) {
+      if (!(error instanceof ConnectionFailed)) throw error;
+      this.options.directory.suspect(instance.id);
+      throw new AppError(Errors.upstreamFailed, `The ${instance.service} instance failed; try again`);
+    }
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.pools.values()].map((pool) => pool.close()));
     this.pools.clear();

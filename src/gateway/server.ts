@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import http from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import cors from '@fastify/cors';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
@@ -14,6 +15,7 @@ import { problemOf, registerProblemHandlers } from './problem.ts';
 import type { ServiceProxy } from './proxy.ts';
 import { mountApiRoutes, type Route } from './routes.ts';
 import { registerResponseHeaders } from './security-headers.ts';
+import type { SocketProxy } from './socket-proxy.ts';
 import type { TlsMaterial } from './tls.ts';
 import { createValidatorCompiler } from './validation.ts';
 
@@ -30,6 +32,8 @@ export interface GatewayOptions {
   routes: Route[];
   /** Distributed mode: every other path goes to the services' instances through the proxy. */
   proxy?: ServiceProxy;
+  /** Distributed mode: Socket.IO (/socket.io/) goes to the notifications instances. */
+  sockets?: SocketProxy;
   /** Distributed mode: live instances per service, shown by /readyz. */
   services?: () => Record<string, number>;
   version: string;
@@ -109,6 +113,15 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
       scope.removeAllContentTypeParsers();
       scope.addContentTypeParser('*', (_request, _payload, done) => done(null));
       scope.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: '/*', schema: { hide: true }, handler: (request, reply) => proxy.handle(request, reply) });
+      const sockets = options.sockets;
+      if (sockets) scope.route({ method: ['GET', 'POST'], url: '/socket.io/*', schema: { hide: true }, handler: (request, reply) => sockets.handle(request, reply) });
+    });
+  }
+  const sockets = options.sockets;
+  if (sockets) {
+    app.server.on('upgrade', (request: IncomingMessage, socket: Socket, head: Buffer) => {
+      if (request.url?.startsWith('/socket.io/')) sockets.upgrade(request, socket, head);
+      else socket.destroy();
     });
   }
   return app;

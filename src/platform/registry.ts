@@ -18,6 +18,8 @@ export interface ServiceInstance {
   version: string;
   keyId: string;
   routes: RouteDescription[];
+  /** notifications: the prefix of this instance's Socket.IO session ids (sticky routing). */
+  sessionPrefix?: string;
 }
 
 export interface Announcement {
@@ -27,6 +29,7 @@ export interface Announcement {
   /** Fingerprint of the installation's BANTU_SECRET_KEY (never the key). */
   keyId: string;
   routes: RouteDescription[];
+  sessionPrefix?: string;
 }
 
 export function registryName(prefix: string, service: ServiceName): string {
@@ -39,7 +42,12 @@ export async function announce(nc: NatsConnection, prefix: string, announcement:
     name: registryName(prefix, announcement.service),
     version: announcement.version,
     description: `Bantu ${announcement.service}`,
-    metadata: { address: announcement.address, key_id: announcement.keyId, routes: JSON.stringify(announcement.routes) },
+    metadata: {
+      address: announcement.address,
+      key_id: announcement.keyId,
+      routes: JSON.stringify(announcement.routes),
+      ...(announcement.sessionPrefix ? { session_prefix: announcement.sessionPrefix } : {}),
+    },
   });
   return { id: service.info().id, stop: () => service.stop().then(() => undefined) };
 }
@@ -60,6 +68,7 @@ export async function discover(nc: NatsConnection, prefix: string, services: rea
             version: info.version,
             keyId: metadata.key_id ?? '',
             routes: parseRoutes(metadata.routes),
+            ...(metadata.session_prefix ? { sessionPrefix: metadata.session_prefix } : {}),
           });
         }
       } catch (error) {

@@ -34,12 +34,12 @@ export interface Deployment {
 }
 
 export interface DeploymentOptions {
-  /** Instances per service (default: one of each but notifications, which is not served yet). */
+  /** Instances per service (default: one of each, two of files and of notifications). */
   instances?: Partial<Record<ServiceName, number>>;
   env?: Record<string, string>;
 }
 
-const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, backup: 1 };
+const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, notifications: 2, backup: 1 };
 
 export async function freePort(): Promise<number> {
   const server = net.createServer();

@@ -14,7 +14,7 @@ export interface Inbox {
   close(): void;
 }
 
-export function connect(server: TestServer, options: Record<string, unknown> = {}): Inbox {
+export function connect(server: Pick<TestServer, 'url' | 'ca'>, options: Record<string, unknown> = {}): Inbox {
   const socket = io(server.url, { path: '/socket.io/', transports: ['websocket'], ca: server.ca, reconnection: false, ...options });
   return record(socket);
 }

@@ -6,6 +6,7 @@ import { InternalTokens } from '../../src/gateway/internal-token.ts';
 import { runCli } from '../helpers/cli.ts';
 import { type Deployment, machineDatabaseUrl, startDeployment } from '../helpers/distributed.ts';
 import { sha256, until, uploadRaw } from '../helpers/files.ts';
+import { connect, connected } from '../helpers/sockets.ts';
 
 /**
  * Distributed mode end to end: every service its own `bantu serve` process, found through the
@@ -99,7 +100,7 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
   it('/readyz of the gateway lists every service with its live instance count', async () => {
     const ready = await deployment.request('GET', '/readyz');
     assert.equal(ready.status, 200);
-    assert.deepEqual(ready.json.services, { identity: { instances: 1 }, files: { instances: 2 }, notifications: { instances: 0 }, backup: { instances: 1 } });
+    assert.deepEqual(ready.json.services, { identity: { instances: 1 }, files: { instances: 2 }, notifications: { instances: 2 }, backup: { instances: 1 } });
     assert.equal(ready.json.dependencies.nats.status, 'ok');
   });
 
@@ -170,6 +171,59 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
     assert.equal((await deployment.request('GET', '/v1/files', { auth: key })).status, 200);
   });
 
+  it('Socket.IO through the gateway, over WebSocket and polling, to both notifications instances: every socket gets every event it may see', async () => {
+    const key = deployment.keys.test.account_key;
+    const inboxes = [0, 1, 2, 3].map((i) => connect(deployment, { auth: { key }, transports: i % 2 ? ['polling'] : ['websocket'] }));
+    try {
+      await Promise.all(inboxes.map((inbox) => connected(inbox.socket)));
+      const sessions = new Set(inboxes.map((inbox) => (inbox.socket.io.engine as unknown as { id: string }).id.split('.')[0]));
+      assert.equal(sessions.size, 2, 'the sockets landed on both instances');
+      const name = `live-${randomBytes(3).toString('hex')}.txt`;
+      const created = await uploadRaw(deployment, key, 'hello sockets', { name });
+      assert.equal(created.status, 201);
+      for (const inbox of inboxes) {
+        const got = await inbox.waitFor((event) => event.name === 'Notify_File_create' && event.payload.file.id === created.json.id, `${name} on every socket`);
+        assert.equal(got.payload.file.name, name);
+      }
+    } finally {
+      for (const inbox of inboxes) inbox.close();
+    }
+  });
+
+  it('every notifications instance stopped: /socket.io/ answers 503 and /v1/files keeps working; one started: a socket that reconnects with `since` gets every event it missed, once', async () => {
+    const key = deployment.keys.test.account_key;
+    const first = connect(deployment, { auth: { key } });
+    await connected(first.socket);
+    const before = await uploadRaw(deployment, key, 'before', { name: `before-${randomBytes(3).toString('hex')}.txt` });
+    const seen = await first.waitFor((event) => event.payload.file.id === before.json.id, 'the event before the stop');
+    first.close();
+
+    for (const child of deployment.processes.get('notifications') ?? []) if (child.child.exitCode === null) child.child.kill('SIGTERM');
+    await deployment.waitForInstances({ notifications: 0 });
+    const refused = await deployment.request('GET', '/socket.io/?EIO=4&transport=polling');
+    assert.equal(refused.status, 503);
+    assert.equal(refused.json.code, 'service_unavailable');
+    const missed: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const created = await uploadRaw(deployment, key, `missed ${i}`, { name: `missed-${i}-${randomBytes(3).toString('hex')}.txt` });
+      assert.equal(created.status, 201, 'files keeps working without notifications');
+      missed.push(created.json.id);
+    }
+
+    await deployment.startInstance('notifications');
+    await deployment.waitForInstances({ notifications: 1 });
+    const again = connect(deployment, { auth: { key, since: seen.payload.event_id } });
+    try {
+      await connected(again.socket);
+      for (const id of missed) await again.waitFor((event) => event.payload.file.id === id, `missed ${id}`);
+      await sleep(300);
+      const replayed = again.events.filter((event) => missed.includes(event.payload.file.id)).map((event) => event.payload.file.id);
+      assert.deepEqual(replayed, missed, 'each missed event once, in commit order');
+    } finally {
+      again.close();
+    }
+  });
+
   it('a process with another BANTU_SECRET_KEY refuses to join the installation: one plain line, exit 2', async () => {
     const intruder = runCli(['serve', 'files'], { ...deployment.env, BANTU_SECRET_KEY: randomBytes(32).toString('base64url') });
     const exit = await intruder.exited;
@@ -184,10 +238,16 @@ describe('bantu serve refuses to start without what it needs: one plain line, ex
     ['an unknown service', ['serve', 'mailroom'], {}, /^bantu serve: unknown service "mailroom"; choose one of gateway, identity, files, notifications, backup\n$/],
     ['no DATABASE_URL', ['serve', 'files'], base, /^bantu serve files: DATABASE_URL is required \(the PostgreSQL every process of the installation shares\)\n$/],
     ['no NATS_URL', ['serve', 'gateway'], { DATABASE_URL: machineDatabaseUrl() }, /^bantu serve gateway: NATS_URL is required \(the registry where services find each other\)\n$/],
+    [
+      'no REDIS_URL for a process that checks credentials',
+      ['serve', 'identity'],
+      { ...base, DATABASE_URL: machineDatabaseUrl() },
+      /^bantu serve identity: REDIS_URL is required \(ended sessions and deleted users must be refused by every process that checks credentials\)\n$/,
+    ],
   ];
   for (const [what, args, env, message] of cases) {
     it(what, async () => {
-      const child = runCli(args, { ...env, NATS_URL: env.NATS_URL });
+      const child = runCli(args, { ...env, NATS_URL: env.NATS_URL, REDIS_URL: undefined });
       const exit = await child.exited;
       assert.equal(exit.code, 2);
       assert.match(child.stderr(), message);

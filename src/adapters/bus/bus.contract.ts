@@ -73,6 +73,29 @@ export function busContract(driver: string, harness: BusHarness): void {
   }
 
   describe(`EventBus contract: ${driver}`, () => {
+    it('an ephemeral consumer gets what commits from its start on, and after a restart nothing again but what is new', async () => {
+      await withBus(async (fixture) => {
+        await append(fixture, 'test', newEvent('Early', { n: 0 }));
+        const got: BusEvent[] = [];
+        fixture.bus.consume('present', async (event) => void got.push(event), { ephemeral: true, lowLatency: true });
+        await fixture.bus.start();
+        const during: BusEvent[] = [];
+        for (let i = 1; i <= 5; i++) during.push(await append(fixture, 'test', newEvent('During', { n: i })));
+        await until(() => firsts(got).length >= during.length, 'the events appended after the start');
+        await sleep(100);
+        assert.deepEqual(ids(firsts(got)), ids(during), 'the event from before the start is not delivered');
+
+        const bus = await fixture.restart();
+        const after: BusEvent[] = [];
+        bus.consume('present', async (event) => void after.push(event), { ephemeral: true });
+        await bus.start();
+        const late = await append(fixture, 'test', newEvent('Late', { n: 6 }));
+        await until(() => after.some((event) => event.event_id === late.event_id), 'the event appended after the restart');
+        await sleep(100);
+        assert.deepEqual(ids(firsts(after)), [late.event_id], 'nothing replayed from before the restart');
+      });
+    });
+
     it("appends inside the writer's transaction: nothing is visible before it commits, nothing ever after a rollback", async () => {
       await withBus(async (fixture) => {
         const seen: BusEvent[] = [];

@@ -4,9 +4,9 @@ import type { Environment } from '../../core/principal.ts';
 import type { Db } from '../db/pg.ts';
 import { cursorOf, saveCursor, setFailing } from './outbox-cursor.ts';
 import type { NotificationTap } from './outbox-notification-tap.ts';
-import { readPending } from './outbox-reader.ts';
+import { presentPosition, readPending } from './outbox-reader.ts';
 import { deliver, type Retries, sleep } from './outbox-retries.ts';
-import { type OutboxRow, toEvent } from './outbox-row.ts';
+import { type OutboxRow, type Position, toEvent } from './outbox-row.ts';
 
 const BATCH = 200;
 const POLL_MS = 1000;
@@ -26,6 +26,8 @@ export interface Consumer {
   autoStart: boolean;
   /** Delivers from notifications ahead of the read (the `lowLatency` option; `consume` only). */
   fromNotification: boolean;
+  /** No durable cursor: delivers what commits from its start on, in this process only (the `ephemeral` option). */
+  ephemeral: boolean;
 }
 
 /** What one consumer's loop in one environment works with. */
@@ -62,10 +64,15 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
   wakers.add(onWake);
   signal.addEventListener('abort', onWake);
   try {
-    const saved = await retries.persistently(log, 'reading the cursor', () => cursorOf(db, consumer.name));
-    // Left by a process that stopped while failing; said again at once if it still fails.
-    await setFailing(db, consumer.name, null);
-    let cursor = { xid: saved.xid, id: saved.id };
+    let cursor: Position;
+    if (consumer.ephemeral) {
+      cursor = await retries.persistently(log, 'finding the present', () => presentPosition(db));
+    } else {
+      const saved = await retries.persistently(log, 'reading the cursor', () => cursorOf(db, consumer.name));
+      // Left by a process that stopped while failing; said again at once if it still fails.
+      await setFailing(db, consumer.name, null);
+      cursor = { xid: saved.xid, id: saved.id };
+    }
     if (tap) tap.position = { xid: BigInt(cursor.xid), id: cursor.id };
     while (!signal.aborted) {
       poked = false;
@@ -105,7 +112,7 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
       if (signal.aborted) return;
       const last = rows[rows.length - 1];
       if (last) cursor = { xid: last.xid, id: last.id };
-      if (rows.length > 0) {
+      if (rows.length > 0 && !consumer.ephemeral) {
         const saving = cursor;
         await retries.persistently(log, 'saving the cursor', () => saveCursor(db, consumer.name, saving));
       }

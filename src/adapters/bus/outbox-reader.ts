@@ -48,6 +48,17 @@ export async function readPending(db: Db, after: Position, limit: number): Promi
   return { rows: result.rows.filter((row) => row.id !== null), horizon };
 }
 
+/**
+ * A position just behind every row that can still commit: each row whose transaction has
+ * ended (xid below the snapshot's xmin) is before it, each one still to commit after it.
+ * Where an ephemeral consumer starts.
+ */
+export async function presentPosition(db: Db): Promise<Position> {
+  const result = await sql<{ xmin: string }>`select pg_snapshot_xmin(pg_current_snapshot())::text as xmin`.execute(db);
+  const xmin = BigInt(result.rows[0]?.xmin ?? '1');
+  return { xid: String(xmin - 1n), id: Number.MAX_SAFE_INTEGER };
+}
+
 /** `EventBus.readSince` on one environment's database. */
 export async function readSince(db: Db, environment: Environment, afterEventId: string | null, limit: number, filter?: EventFilter): Promise<BusEvent[] | null> {
   let after: Position = { xid: '0', id: 0 };

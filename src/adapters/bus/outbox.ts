@@ -87,6 +87,7 @@ export class OutboxBus implements EventBus {
       maxAttempts: options.maxAttempts ?? 5,
       deadLetter: options.deadLetter ?? 'any-failure',
       autoStart: options.autoStart ?? true,
+      ephemeral: options.ephemeral ?? false,
     };
   }
 

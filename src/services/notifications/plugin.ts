@@ -1,17 +1,18 @@
+import type http from 'node:http';
 import type https from 'node:https';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { CredentialVerifier, EventBus } from '../../core/ports.ts';
 import type { ServiceModule } from '../../platform/module.ts';
-import { NotificationsHub } from './socket/notifications.socket.ts';
+import { type BehindGateway, NotificationsHub } from './socket/notifications.socket.ts';
 
 /**
  * Notifications: real-time file changes over Socket.IO, fed by the durable bus.
  * It owns no tables: the history it replays is the bus's outbox.
  */
 export interface NotificationsService extends ServiceModule {
-  /** Mounts the Socket.IO endpoint on the gateway's HTTPS server. */
-  attach(server: https.Server): void;
+  /** Mounts the Socket.IO endpoint on the gateway's HTTPS server, or alone on the service's own (distributed mode). */
+  attach(server: https.Server | http.Server, behindGateway?: BehindGateway): void;
 }
 
 export function createNotificationsService(deps: {
@@ -30,7 +31,7 @@ export function createNotificationsService(deps: {
     name: 'notifications',
     routes: [],
     consumers: [hub.consumer()],
-    attach: (server) => hub.attach(server),
+    attach: (server, behindGateway) => hub.attach(server, behindGateway),
     start: () => undefined,
     close: () => hub.close(),
   };

@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import type { Server as HttpServer, IncomingMessage } from 'node:http';
 import type https from 'node:https';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
@@ -108,6 +110,14 @@ function replayFilter(subscription: Subscription) {
   return { tenantId: subscription.tenantId, ownerId: subscription.scope === 'user' ? subscription.userId : undefined };
 }
 
+/** A notifications instance alone (distributed mode): reached through the gateway only. */
+export interface BehindGateway {
+  /** True for a request the gateway signed. */
+  admit(request: IncomingMessage): boolean;
+  /** Starts every session id of this instance (`<prefix>.<random>`): the gateway routes by it. */
+  sessionPrefix: string;
+}
+
 export class NotificationsHub {
   private io: Server | undefined;
   private readonly catchingUp = new Set<CatchingUp>();
@@ -140,11 +150,12 @@ export class NotificationsHub {
    * no faster path ignore the option.
    */
   consumer(): BusConsumer {
-    const options: ConsumerOptions = { types: ['File_create', 'File_update', 'File_delete'], lowLatency: true };
+    // Ephemeral: every notifications instance relays every event to its own sockets; history is read with `since`.
+    const options: ConsumerOptions = { types: ['File_create', 'File_update', 'File_delete'], lowLatency: true, ephemeral: true };
     return { name: 'notifications', handle: async (event) => this.deliver(event), options };
   }
 
-  attach(server: https.Server): void {
+  attach(server: https.Server | HttpServer, behindGateway?: BehindGateway): void {
     const origins = this.options.corsOrigins;
     this.io = new Server(server, {
       path: '/socket.io/',
@@ -171,6 +182,14 @@ export class NotificationsHub {
       socket.data.pending = { event, payload: auth };
       next();
     });
+    if (behindGateway) {
+      // Every request (handshake, polling, upgrade) must come from the gateway; and every
+      // session id names this instance, so the gateway sends a session's requests here.
+      this.io.engine.use((request: IncomingMessage, _response: unknown, next: (error?: Error) => void) => {
+        next(behindGateway.admit(request) ? undefined : new Error('not from the gateway'));
+      });
+      this.io.engine.generateId = () => `${behindGateway.sessionPrefix}.${randomBytes(15).toString('base64url')}`;
+    }
     this.io.on('connection', (socket) => this.onConnection(socket));
   }
 
