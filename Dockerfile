@@ -33,6 +33,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY package.json tsconfig.json ./
 COPY bin ./bin
 COPY src ./src
+# The API document a distributed gateway publishes at /openapi.json and /docs.
+COPY docs/openapi.json ./docs/
 COPY scripts/container-healthcheck.mjs ./scripts/
 
 # Run as the image's unprivileged "node" user (the embedded PostgreSQL refuses root anyway).

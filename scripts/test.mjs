@@ -35,7 +35,7 @@ if (machine) env.BANTU_TEST_DATABASE_URL ??= process.env.DATABASE_URL ?? 'postgr
 else delete env.BANTU_TEST_DATABASE_URL;
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files],
+  ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=900000', ...files],
   { stdio: 'inherit', env },
 );
 process.exit(result.status ?? 1);

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
@@ -59,6 +61,9 @@ export class InstallationKeyMismatchError extends Error {
   }
 }
 
+/** The API document generated from every service's routes (kept current by a test), published by a distributed gateway. */
+const OPENAPI_DOCUMENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'docs', 'openapi.json');
+
 const SERVICES_BEHIND_GATEWAY = SERVICE_NAMES.filter((name) => name !== 'gateway');
 
 export async function serveService(config: Config, logger: Logger, name: ServiceName): Promise<ServedService> {
@@ -108,6 +113,7 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
     routes: [],
     proxy,
     sockets,
+    openapiDocument: JSON.parse(await fs.readFile(OPENAPI_DOCUMENT, 'utf8')),
     services: () => registry.counts(),
     version: VERSION,
   });

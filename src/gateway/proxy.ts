@@ -1,5 +1,5 @@
-import type { IncomingHttpHeaders } from 'node:http';
-import type { Readable } from 'node:stream';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import FindMyWay from 'find-my-way';
 import type { Logger } from 'pino';
@@ -110,8 +110,7 @@ export class ServiceProxy {
         if (!(error instanceof ConnectionFailed)) throw error;
         this.options.directory.suspect(instance.id);
         this.options.logger.warn({ err: error.cause, upstream: service, instance: instance.id, request_id: request.id }, 'proxy: connection to instance failed');
-        const bodyUntouched = !request.raw.readableDidRead;
-        if (!(retriable && bodyUntouched && tried.size < 2)) {
+        if (!(retriable && !error.bodyStarted && tried.size < 2)) {
           throw new AppError(Errors.upstreamFailed, `The ${service} service failed before answering; the request may not have been applied`);
         }
       }
@@ -148,13 +147,14 @@ export class ServiceProxy {
     if (hasBody) request.raw.once('end', startAnswerTimer);
     else startAnswerTimer();
 
+    const body = hasBody ? lazyBody(request.raw) : undefined;
     let answer: Awaited<ReturnType<Pool['request']>>;
     try {
       answer = await this.pool(instance.address).request({
         method: request.method as 'GET',
         path: request.url,
         headers,
-        body: hasBody ? (request.raw as Readable) : null,
+        body: body?.stream ?? null,
         signal: abort.signal,
         headersTimeout: 0,
       });
@@ -164,7 +164,7 @@ export class ServiceProxy {
       request.raw.off('end', startAnswerTimer);
       if (clientGone) throw error; // nobody is left to answer
       if (timedOut) throw new AppError(Errors.upstreamFailed, `The ${instance.service} service did not answer within ${ANSWER_TIMEOUT_MS / 1000} s`);
-      if (CONNECTION_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw new ConnectionFailed(error);
+      if (CONNECTION_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw new ConnectionFailed(error, body?.started() ?? false);
       throw error;
     }
     clearTimeout(answerTimer);
@@ -222,9 +222,45 @@ export class ServiceProxy {
 }
 
 class ConnectionFailed extends Error {
-  constructor(cause: unknown) {
+  constructor(
+    cause: unknown,
+    /** Some of the request body was already sent: it cannot be sent again. */
+    readonly bodyStarted = false,
+  ) {
     super('connection to the service failed', { cause });
   }
+}
+
+/**
+ * The request body as undici reads it, drawn from the client's stream only once undici asks
+ * (after it has connected). A connection that fails first leaves the client's stream unread
+ * and usable for a retry; undici destroys only this wrapper.
+ */
+function lazyBody(source: IncomingMessage): { stream: Readable; started(): boolean } {
+  let started = false;
+  const onData = (chunk: Buffer) => {
+    if (!stream.push(chunk)) source.pause();
+  };
+  const onEnd = () => stream.push(null);
+  const onError = (error: Error) => stream.destroy(error);
+  const stream = new Readable({
+    read() {
+      if (!started) {
+        started = true;
+        source.on('data', onData);
+        source.once('end', onEnd);
+        source.once('error', onError);
+      }
+      source.resume();
+    },
+    destroy(error, callback) {
+      source.off('data', onData);
+      source.off('end', onEnd);
+      source.off('error', onError);
+      callback(error);
+    },
+  });
+  return { stream, started: () => started };
 }
 
 function unavailable(detail: string): AppError {

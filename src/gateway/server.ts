@@ -34,6 +34,8 @@ export interface GatewayOptions {
   proxy?: ServiceProxy;
   /** Distributed mode: Socket.IO (/socket.io/) goes to the notifications instances. */
   sockets?: SocketProxy;
+  /** Distributed mode: the OpenAPI document to publish (the routes are the services'). */
+  openapiDocument?: object;
   /** Distributed mode: live instances per service, shown by /readyz. */
   services?: () => Record<string, number>;
   version: string;
@@ -78,27 +80,32 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
     maxAge: 600,
   });
 
-  await app.register(swagger, {
-    // Shared schemas keep their $id as their name in components.schemas (`Problem`, not `def-0`).
-    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
-    openapi: {
-      openapi: '3.1.0',
-      info: {
-        title: 'Bantu API',
-        version: options.version,
-        description:
-          'Bantu: users, files with every version kept, real-time notifications, backups and exports, behind one HTTPS gateway. ' +
-          'Errors are RFC 9457 problem+json with a stable `code`. Send a key as HTTP Basic user name (empty password) or as a Bearer token.',
-      },
-      servers: [{ url: '/' }],
-      components: {
-        securitySchemes: {
-          basicKey: { type: 'http', scheme: 'basic', description: 'Account or application key as user name, empty password' },
-          bearer: { type: 'http', scheme: 'bearer', description: 'Key, user access token (JWT) or operator token' },
+  if (options.openapiDocument) {
+    // Distributed: the routes live in the services; the document is the one generated from them (docs/openapi.json).
+    await app.register(swagger, { mode: 'static', specification: { document: options.openapiDocument as never } });
+  } else {
+    await app.register(swagger, {
+      // Shared schemas keep their $id as their name in components.schemas (`Problem`, not `def-0`).
+      refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
+      openapi: {
+        openapi: '3.1.0',
+        info: {
+          title: 'Bantu API',
+          version: options.version,
+          description:
+            'Bantu: users, files with every version kept, real-time notifications, backups and exports, behind one HTTPS gateway. ' +
+            'Errors are RFC 9457 problem+json with a stable `code`. Send a key as HTTP Basic user name (empty password) or as a Bearer token.',
+        },
+        servers: [{ url: '/' }],
+        components: {
+          securitySchemes: {
+            basicKey: { type: 'http', scheme: 'basic', description: 'Account or application key as user name, empty password' },
+            bearer: { type: 'http', scheme: 'bearer', description: 'Key, user access token (JWT) or operator token' },
+          },
         },
       },
-    },
-  });
+    });
+  }
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true } });
 
   registerAuthentication(app, options.verifiers);

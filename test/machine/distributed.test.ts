@@ -104,6 +104,13 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
     assert.equal(ready.json.dependencies.nats.status, 'ok');
   });
 
+  it('the gateway publishes the API document of every service at /openapi.json (and /docs), as `bantu start` does', async () => {
+    const document = await deployment.request('GET', '/openapi.json');
+    assert.equal(document.status, 200);
+    for (const path of ['/v1/files', '/v1/auth/login', '/v1/files/{id}/versions', '/.well-known/jwks.json']) assert.ok(document.json.paths[path], path);
+    assert.equal((await deployment.request('GET', '/docs/')).status, 200);
+  });
+
   it('kill -9 of one of two files instances while a client reads and writes: within 5 s no request fails, no acknowledged write is lost; a restarted instance gets traffic again', async () => {
     const key = deployment.keys.test.account_key;
     const seed = await uploadRaw(deployment, key, 'seed', { name: `seed-${randomBytes(3).toString('hex')}` });
