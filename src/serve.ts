@@ -13,6 +13,7 @@ import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
 import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
 import type { Config } from './core/config.ts';
+import type { FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { INTERNAL_HEADER, InternalTokens } from './gateway/internal-token.ts';
 import { ServiceProxy } from './gateway/proxy.ts';
@@ -25,9 +26,11 @@ import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
 import { announce, discover, ServiceRegistry } from './platform/registry.ts';
+import { ServiceClient } from './platform/service-client.ts';
 import { createServiceServer } from './platform/service-server.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupUsage, createBackupService } from './services/backup/plugin.ts';
+import { HttpFilesPort } from './services/files/client/files-http-port.ts';
 import { createFilesService } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
@@ -127,6 +130,8 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
 async function serveBehindGateway(platform: Platform, nats: NatsConnection, tokens: InternalTokens, name: ServiceName): Promise<ServedService> {
   const { config, logger } = platform;
   let routes: Route[] = [];
+  // Served to other services only: never announced, so the gateway never routes to them.
+  let internalRoutes: Route[] = [];
   let createdDefaultTenant: CreatedTenant | undefined;
   let leader: Leadership | undefined;
   let notifications: NotificationsService | undefined;
@@ -143,8 +148,15 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     runLed(platform, 'files-sweep', moduleWork(platform.bus, files));
     runLed(platform, 'outbox-prune', pruneWork(platform));
     routes = files.routes;
+    internalRoutes = files.internalRoutes;
   } else if (name === 'backup') {
-    const backup = backupModule(platform, config.backupWorker);
+    // What backup needs of files (listings, deletes, restores) goes to the files instances.
+    const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, keyId: tokens.keyId(), services: ['files'], logger: logger.child({ component: 'registry' }) });
+    await registry.start();
+    platform.defer(() => registry.close());
+    const client = new ServiceClient(registry, tokens);
+    platform.defer(() => client.close());
+    const backup = backupModule(platform, config.backupWorker, new HttpFilesPort(client));
     if (config.backupWorker) {
       leader = await runWorker(platform, backup);
     }
@@ -169,7 +181,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     throw new Error(`bantu serve ${name}: not a service behind the gateway`);
   }
 
-  const server = await createServiceServer({ logger, routes, tokens, metrics: platform.metrics, checks: platform.checks });
+  const server = await createServiceServer({ logger, routes: [...routes, ...internalRoutes], tokens, metrics: platform.metrics, checks: platform.checks });
   await server.listen({ host: config.service.host, port: config.service.port });
   platform.defer(() => server.close());
   const sessionPrefix = notifications ? randomBytes(4).toString('hex') : undefined;
@@ -213,18 +225,20 @@ function identityModule(platform: Platform): IdentityService {
   });
 }
 
-function backupModule(platform: Platform, worker: boolean) {
+/**
+ * The backup module on a files port: restores make versions and events like any write,
+ * through files. `bantu serve backup` reaches the files instances over HTTP; the `bantu
+ * backup` tools, run by an operator against the database, mount the files domain in-process
+ * (no routes, no sweep).
+ */
+function backupModule(platform: Platform, worker: boolean, files: FilesPort) {
   const { config } = platform;
-  // Restores make versions and events like any write, through the files port. In-process for
-  // now: the backup process mounts the files domain (no routes, no sweep) until that port has
-  // its HTTP driver through the registry.
-  const files = createFilesService(filesDeps(platform));
   return createBackupService({
     databases: platform.databases,
     sources: platform.blobs,
     store: platform.backups,
     bus: platform.bus,
-    files: files.port,
+    files,
     worker,
     maxAttempts: config.backupMaxAttempts,
     sweepEveryMs: config.backupSweepMinutes * 60_000,
@@ -273,7 +287,7 @@ export interface BackupProcess {
 export async function openBackupProcess(config: Config, logger: Logger, options: { worker: boolean }): Promise<BackupProcess> {
   const platform = await openPlatform(config, logger, { name: 'backup', migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
   try {
-    const backup = backupModule(platform, options.worker);
+    const backup = backupModule(platform, options.worker, createFilesService(filesDeps(platform)).port);
     const leader = options.worker ? await runWorker(platform, backup) : undefined;
     return { databases: platform.databases, bus: platform.bus, backup: backup.service, leader, close: () => platform.close() };
   } catch (error) {

@@ -24,6 +24,11 @@ export function defineError(code: string, status: number, title: string): ErrorD
   return definition;
 }
 
+/** The definition behind a stable code (a problem another service answered), if it is one of ours. */
+export function errorDefinition(code: string): ErrorDefinition | undefined {
+  return registry.get(code);
+}
+
 export function registeredErrors(): ErrorDefinition[] {
   return [...registry.values()];
 }
@@ -93,5 +98,7 @@ export const Errors = {
   conflict: defineError('conflict', 409, 'The request conflicts with the current state'),
   unavailable: defineError('service_unavailable', 503, 'The service is not ready'),
   upstreamFailed: defineError('upstream_failed', 502, 'A service failed while answering'),
+  /** Between services only: a restore sent without the bytes its files store lacks (send them). */
+  contentMissing: defineError('content_missing', 409, 'The bytes of this version are not in the files store'),
   internal: defineError('internal_error', 500, 'Internal server error'),
 } as const;

@@ -12,6 +12,8 @@ export interface ServiceModule {
   readonly name: string;
   /** Its HTTP surface; the gateway mounts it in-process or proxies to it. */
   readonly routes: Route[];
+  /** Routes only other services call (distributed mode): served on its own port, never announced to the gateway. */
+  readonly internalRoutes?: Route[];
   /** Its durable bus consumers, registered before the bus starts. */
   readonly consumers: BusConsumer[];
   /**

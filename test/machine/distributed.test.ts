@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
 import { InternalTokens } from '../../src/gateway/internal-token.ts';
 import { runCli } from '../helpers/cli.ts';
 import { type Deployment, machineDatabaseUrl, startDeployment } from '../helpers/distributed.ts';
-import { sha256, until, uploadRaw } from '../helpers/files.ts';
+import { backedUp, sha256, until, uploadRaw } from '../helpers/files.ts';
 import { connect, connected } from '../helpers/sockets.ts';
 
 /**
@@ -68,6 +70,38 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
     const me = await deployment.request('GET', '/v1/users/me', { auth: registered.json.access_token });
     assert.equal(me.status, 200, me.text);
     assert.equal(me.json.email, email);
+  });
+
+  it('backup restores through the files instances (no files code in the backup process), sending the bytes only when the files store lacks them', async () => {
+    const tenant = await deployment.request('POST', '/v1/tenants', { auth: deployment.operatorToken, json: { name: `Restore ${randomBytes(3).toString('hex')}` } });
+    assert.equal(tenant.status, 201, tenant.text);
+    const key = tenant.json.keys.test.account_key;
+    const first = `first ${randomBytes(8).toString('hex')}`;
+    const created = await uploadRaw(deployment, key, first, { name: 'doc.txt' });
+    assert.equal(created.status, 201);
+    const id = created.json.id;
+    assert.equal((await deployment.request('PUT', `/v1/files/${id}/content`, { auth: key, body: 'second', headers: { 'content-type': 'text/plain' } })).status, 200);
+    await backedUp(deployment, key, 2);
+
+    const restored = await deployment.request('POST', `/v1/files/${id}/versions/1/restore`, { auth: key });
+    assert.equal(restored.status, 200, restored.text);
+    assert.deepEqual({ version: restored.json.version, sha256: restored.json.sha256 }, { version: 3, sha256: sha256(first) });
+
+    // The files store loses version 1's bytes: the restore sends them from the backup store.
+    await fs.rm(path.join(deployment.dataDir, 'blobs', 'test', sha256(first).slice(0, 2), sha256(first)));
+    assert.equal((await deployment.request('PUT', `/v1/files/${id}/content`, { auth: key, body: 'third', headers: { 'content-type': 'text/plain' } })).status, 200);
+    const again = await deployment.request('POST', `/v1/files/${id}/versions/1/restore`, { auth: key });
+    assert.equal(again.status, 200, again.text);
+    assert.equal(again.json.version, 5);
+    const content = await deployment.request('GET', `/v1/files/${id}/content`, { auth: key });
+    assert.equal(content.text, first);
+    assert.equal((await deployment.request('POST', `/v1/files/${id}/versions/99/restore`, { auth: key })).status, 404);
+  });
+
+  it('internal routes are never reachable through the gateway', async () => {
+    const key = deployment.keys.test.account_key;
+    const answer = await deployment.request('POST', '/internal/files/file_x/restore', { auth: key, headers: { 'x-bantu-version': '{}' } });
+    assert.equal(answer.status, 404);
   });
 
   it("a service's own port grants nothing: no signature, a forged one, an expired one and one made for another route all get 401", async () => {

@@ -1,8 +1,10 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FilesPort } from '../../core/ports.ts';
+import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { type FilesDeps, FilesService } from './domain/files.service.ts';
+import { filesInternalRoutes } from './http/files.internal-routes.ts';
 import { filesRoutes } from './http/files.routes.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -19,6 +21,8 @@ export interface FilesModule extends ServiceModule {
   service: FilesService;
   /** What the backup reaches of files, in-process. */
   port: FilesPort;
+  /** Reached by other services over HTTP when distributed (the backup's restore); never through the gateway. */
+  internalRoutes: Route[];
 }
 
 export function createFilesService(deps: FilesDeps): FilesModule {
@@ -33,6 +37,7 @@ export function createFilesService(deps: FilesDeps): FilesModule {
     service,
     port: service,
     routes: filesRoutes(service),
+    internalRoutes: filesInternalRoutes(service),
     consumers: [],
     /** Starts the periodic sweep; the first one runs in the background right away. */
     start() {
