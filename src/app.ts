@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { OutboxBus } from './adapters/bus/outbox.ts';
+import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import type { Config } from './core/config.ts';
@@ -16,6 +17,7 @@ import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
+import { natsRelayModule } from './platform/relay.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, backupUsage, createBackupService } from './services/backup/plugin.ts';
 import type { FilesDeps, FilesService } from './services/files/domain/files.service.ts';
@@ -59,6 +61,8 @@ export interface App {
   readonly identity: IdentityService;
   readonly backup: BackupService;
   readonly files: FilesService;
+  /** Whether this process leads that work now (`backup`, `nats-relay`, `files-sweep`, `outbox-prune`). */
+  isLeading(name: string): boolean;
 }
 
 interface Running {
@@ -72,6 +76,8 @@ interface Running {
 export function createApp(config: Config, logger: Logger): App {
   let platform: Promise<Platform> | undefined;
   let running: Running | undefined;
+  // The work this process contends for, by name (see start).
+  const leaderships = new Map<string, Leadership>();
 
   async function start(): Promise<StartedApp> {
     let tls!: TlsMaterial;
@@ -145,26 +151,24 @@ export function createApp(config: Config, logger: Logger): App {
     notifications.attach(gateway.server as https.Server);
     registerConsumers(p.bus, [identity, notifications]);
     // Work consumers: one process of the installation runs them (each notifications instance relays to its own sockets).
-    registerConsumers(p.bus, [files, backup], { led: true });
+    const relay = natsRelayModule(p);
+    registerConsumers(p.bus, [files, backup, ...(relay ? [relay] : [])], { led: true });
     await p.bus.start();
     // Once per installation, however many processes run; alone, this one wins each at once.
     // Deferred before the gateway's close, so the work consumers stop after it has drained.
-    const leaderships = [
-      // Replayable history is kept for the retention, then pruned once every consumer has passed it.
-      runLed(
-        p,
-        'outbox-prune',
-        periodicWork(3600_000, () => p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'))),
-      ),
-    ];
-    if (config.backupWorker) leaderships.push(runLed(p, 'backup', moduleWork(p.bus, backup)));
+    const lead = (name: string, work: Parameters<typeof runLed>[2]) => leaderships.set(name, runLed(p, name, work));
+    // Replayable history is kept for the retention, then pruned once every consumer has passed it.
+    lead('outbox-prune', periodicWork(3600_000, () => p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'))));
+    if (config.backupWorker) lead('backup', moduleWork(p.bus, backup));
+    // With NATS_URL: committed events go on to JetStream too.
+    if (relay) lead('nats-relay', moduleWork(p.bus, relay));
 
     await gateway.listen({ host: config.host, port: config.port });
     p.defer(() => gateway.close());
     // Sockets first: an open WebSocket would otherwise hold the HTTPS server's close.
     p.defer(() => notifications.close());
-    leaderships.push(runLed(p, 'files-sweep', moduleWork(p.bus, files)));
-    await Promise.all(leaderships.map((led) => led.decided));
+    lead('files-sweep', moduleWork(p.bus, files));
+    await Promise.all([...leaderships.values()].map((led) => led.decided));
     const port = (gateway.server.address() as AddressInfo).port;
     const httpPort = config.httpPort === undefined ? undefined : await listenHttpRejector(p, config.httpPort);
 
@@ -214,6 +218,7 @@ export function createApp(config: Config, logger: Logger): App {
     get files() {
       return get('files');
     },
+    isLeading: (name) => leaderships.get(name)?.leading ?? false,
   };
 }
 

@@ -26,6 +26,7 @@ import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
 import { announce, discover, ServiceRegistry } from './platform/registry.ts';
+import { natsRelayModule } from './platform/relay.ts';
 import { ServiceClient } from './platform/service-client.ts';
 import { createServiceServer } from './platform/service-server.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
@@ -147,6 +148,13 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     // However many files instances run, one sweeps and one prunes the outbox's history.
     runLed(platform, 'files-sweep', moduleWork(platform.bus, files));
     runLed(platform, 'outbox-prune', pruneWork(platform));
+    // Next to the writer: one files process of the installation relays the outbox to JetStream.
+    const relay = natsRelayModule(platform);
+    if (relay) {
+      registerConsumers(platform.bus, [relay], { led: true });
+      await platform.bus.start();
+      runLed(platform, 'nats-relay', moduleWork(platform.bus, relay));
+    }
     routes = files.routes;
     internalRoutes = files.internalRoutes;
   } else if (name === 'backup') {

@@ -51,6 +51,9 @@ export const EnvSchema = Type.Object({
     default: 'bantu',
     description: 'Prefix of every NATS name Bantu uses (registry services, subjects): give each installation sharing one NATS its own',
   }),
+  BANTU_NATS_REPLICAS: Type.Integer({ minimum: 1, maximum: 5, default: 1, description: 'Replicas of each JetStream events stream (a clustered NATS: 3 survives the loss of one server)' }),
+  BANTU_NATS_STORAGE: Type.Union([Type.Literal('file'), Type.Literal('memory')], { default: 'file', description: 'Where JetStream keeps the events streams: file (survives a NATS restart) or memory' }),
+  BANTU_NATS_MAX_AGE_HOURS: Type.Optional(positiveInt('How long the JetStream events streams keep an event (default BANTU_EVENT_RETENTION_HOURS)')),
   BANTU_SERVICE_HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address a service (every one but the gateway, distributed mode) listens on for the gateway' }),
   BANTU_SERVICE_PORT: port('Port a service listens on for the gateway (0 picks a free one)', 0),
   BANTU_SERVICE_ADVERTISE_HOST: Type.Optional(
@@ -103,6 +106,8 @@ export interface Config {
   databaseUrl?: string;
   natsUrl?: string;
   natsPrefix: string;
+  /** The JetStream events streams (one per environment) the outbox is relayed to. */
+  natsStreams: { replicas: number; storage: 'file' | 'memory'; maxAgeHours: number };
   /** Where a service alone (distributed mode) listens for the gateway, and the host it announces. */
   service: { host: string; port: number; advertiseHost: string };
   redisUrl?: string;
@@ -188,6 +193,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       databaseUrl: e.DATABASE_URL,
       natsUrl: e.NATS_URL,
       natsPrefix: e.BANTU_NATS_PREFIX,
+      natsStreams: { replicas: e.BANTU_NATS_REPLICAS, storage: e.BANTU_NATS_STORAGE, maxAgeHours: e.BANTU_NATS_MAX_AGE_HOURS ?? e.BANTU_EVENT_RETENTION_HOURS },
       service: { host: e.BANTU_SERVICE_HOST, port: e.BANTU_SERVICE_PORT, advertiseHost: e.BANTU_SERVICE_ADVERTISE_HOST ?? e.BANTU_SERVICE_HOST },
       redisUrl: e.REDIS_URL,
       redisPrefix: e.BANTU_REDIS_PREFIX,
