@@ -2,7 +2,10 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { Agent } from 'undici';
+import { streamName } from '../../src/adapters/bus/nats-relay.ts';
 import { dropDatabases } from '../../src/adapters/db/pg.ts';
 import type { ServiceName } from '../../src/platform/catalogue.ts';
 import { type CliProcess, runCli } from './cli.ts';
@@ -95,6 +98,7 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     for (const child of all) if (child.child.exitCode === null && child.child.signalCode === null) child.child.kill('SIGTERM');
     await Promise.all(all.map((child) => child.exited));
     await dropDatabases(databaseUrl).catch(() => undefined);
+    await deleteStreams(env.NATS_URL as string, env.BANTU_NATS_PREFIX as string).catch(() => undefined);
     await fs.rm(dataDir, { recursive: true, force: true });
   };
 
@@ -151,5 +155,16 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
   } catch (error) {
     await close();
     throw error;
+  }
+}
+
+/** The relay's JetStream streams of a test installation, on the machine's NATS: removed with it. */
+async function deleteStreams(url: string, prefix: string): Promise<void> {
+  const nc = await connect({ servers: url });
+  try {
+    const jsm = await jetstreamManager(nc);
+    for (const environment of ['live', 'test'] as const) await jsm.streams.delete(streamName(prefix, environment)).catch(() => undefined);
+  } finally {
+    await nc.close();
   }
 }
