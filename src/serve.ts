@@ -15,13 +15,13 @@ import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.t
 import type { Config } from './core/config.ts';
 import type { FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
-import { INTERNAL_HEADER, InternalTokens } from './gateway/internal-token.ts';
 import { ServiceProxy } from './gateway/proxy.ts';
 import { describeRoutes, type Route } from './gateway/routes.ts';
 import { createGateway } from './gateway/server.ts';
 import { SocketProxy } from './gateway/socket-proxy.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { SERVICE_NAMES, type ServiceName } from './platform/catalogue.ts';
+import { INTERNAL_HEADER, InternalTokens } from './platform/internal-token.ts';
 import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
 import { openPlatform, type Platform } from './platform/platform.ts';
@@ -68,6 +68,9 @@ export class InstallationKeyMismatchError extends Error {
 /** The API document generated from every service's routes (kept current by a test), published by a distributed gateway. */
 const OPENAPI_DOCUMENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'docs', 'openapi.json');
 
+/** How long a service keeps serving after leaving the registry: the gateways' polls (1 s) times the misses they allow, and some. */
+const DRAIN_MS = 4_000;
+
 const SERVICES_BEHIND_GATEWAY = SERVICE_NAMES.filter((name) => name !== 'gateway');
 
 export async function serveService(config: Config, logger: Logger, name: ServiceName): Promise<ServedService> {
@@ -99,7 +102,7 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
   await identity.start();
   platform.defer(() => identity.close());
 
-  const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, keyId: tokens.keyId(), services: SERVICES_BEHIND_GATEWAY, logger: logger.child({ component: 'registry' }) });
+  const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, tokens, services: SERVICES_BEHIND_GATEWAY, logger: logger.child({ component: 'registry' }) });
   await registry.start();
   platform.defer(() => registry.close());
   const proxy = new ServiceProxy({ directory: registry, tokens, verifiers: [...identity.verifiers, operatorVerifier(operator)], logger: logger.child({ component: 'proxy' }) });
@@ -123,6 +126,8 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
   });
   await gateway.listen({ host: config.host, port: config.port });
   platform.defer(() => gateway.close());
+  // First: piped WebSockets would hold the gateway's close.
+  platform.defer(() => sockets.close());
   const port = (gateway.server.address() as AddressInfo).port;
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   return { name: 'gateway', url: `https://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}`, secretsDir: platform.secretsDir, close: () => platform.close() };
@@ -159,7 +164,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     internalRoutes = files.internalRoutes;
   } else if (name === 'backup') {
     // What backup needs of files (listings, deletes, restores) goes to the files instances.
-    const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, keyId: tokens.keyId(), services: ['files'], logger: logger.child({ component: 'registry' }) });
+    const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, tokens, services: ['files'], logger: logger.child({ component: 'registry' }) });
     await registry.start();
     platform.defer(() => registry.close());
     const client = new ServiceClient(registry, tokens);
@@ -189,7 +194,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     throw new Error(`bantu serve ${name}: not a service behind the gateway`);
   }
 
-  const server = await createServiceServer({ logger, routes: [...routes, ...internalRoutes], tokens, metrics: platform.metrics, checks: platform.checks });
+  const server = await createServiceServer({ logger, routes, internalRoutes, tokens, metrics: platform.metrics, checks: platform.checks });
   await server.listen({ host: config.service.host, port: config.service.port });
   platform.defer(() => server.close());
   const sessionPrefix = notifications ? randomBytes(4).toString('hex') : undefined;
@@ -204,9 +209,13 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     platform.defer(() => hub.close());
   }
   const address = `http://${hostForUrl(config.service.advertiseHost)}:${listeningPort(server)}`;
-  const announced = await announce(nats, config.natsPrefix, { service: name, version: VERSION, address, keyId: tokens.keyId(), routes: describeRoutes(routes), sessionPrefix });
-  // Closed first: the gateway stops sending before this process stops answering.
-  platform.defer(() => announced.stop());
+  const announced = await announce(nats, config.natsPrefix, { service: name, version: VERSION, address, keyId: tokens.keyId(), routes: describeRoutes(routes), sessionPrefix }, tokens);
+  // Closed first: the gateways stop sending before this process stops answering. They notice
+  // at their next questions to the registry; until then, what they send is still served.
+  platform.defer(async () => {
+    await announced.stop();
+    await new Promise((resolve) => setTimeout(resolve, DRAIN_MS));
+  });
   logger.info({ instance: announced.id, address }, 'registered in the registry');
   return { name, url: address, createdDefaultTenant, leader, secretsDir: platform.secretsDir, close: () => platform.close() };
 }

@@ -45,6 +45,12 @@ export const EnvSchema = Type.Object({
   BANTU_BACKUP_SWEEP_MINUTES: positiveInt('How often the backup enforces retention and removes unreferenced backup blobs', 60),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one. Through PgBouncer in transaction mode, set its `max_prepared_statements` (hot paths use prepared statements)')),
+  BANTU_DATABASE_POOL_SIZE: Type.Integer({
+    minimum: 2,
+    maximum: 200,
+    default: 10,
+    description: 'Connections each process may open to each environment database (half that to the control one): keep processes × pools under PostgreSQL max_connections',
+  }),
   NATS_URL: Type.Optional(url('NATS JetStream (distributed mode): the registry where services announce themselves')),
   BANTU_NATS_PREFIX: Type.String({
     pattern: '^[A-Za-z0-9_-]{1,32}$',
@@ -104,6 +110,7 @@ export interface Config {
   backupSweepMinutes: number;
   publicUrl?: string;
   databaseUrl?: string;
+  databasePoolSize: number;
   natsUrl?: string;
   natsPrefix: string;
   /** The JetStream events streams (one per environment) the outbox is relayed to. */
@@ -191,6 +198,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       backupSweepMinutes: e.BANTU_BACKUP_SWEEP_MINUTES,
       publicUrl: e.BANTU_PUBLIC_URL,
       databaseUrl: e.DATABASE_URL,
+      databasePoolSize: e.BANTU_DATABASE_POOL_SIZE,
       natsUrl: e.NATS_URL,
       natsPrefix: e.BANTU_NATS_PREFIX,
       natsStreams: { replicas: e.BANTU_NATS_REPLICAS, storage: e.BANTU_NATS_STORAGE, maxAgeHours: e.BANTU_NATS_MAX_AGE_HOURS ?? e.BANTU_EVENT_RETENTION_HOURS },

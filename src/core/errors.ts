@@ -98,6 +98,7 @@ export const Errors = {
   conflict: defineError('conflict', 409, 'The request conflicts with the current state'),
   unavailable: defineError('service_unavailable', 503, 'The service is not ready'),
   upstreamFailed: defineError('upstream_failed', 502, 'A service failed while answering'),
+  upstreamTimeout: defineError('upstream_timeout', 504, 'A service did not answer in time'),
   /** Between services only: a restore sent without the bytes its files store lacks (send them). */
   contentMissing: defineError('content_missing', 409, 'The bytes of this version are not in the files store'),
   internal: defineError('internal_error', 500, 'Internal server error'),

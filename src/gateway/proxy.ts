@@ -8,9 +8,9 @@ import { AppError, Errors } from '../core/errors.ts';
 import type { CredentialVerifier } from '../core/ports.ts';
 import type { Principal } from '../core/principal.ts';
 import type { ServiceName } from '../platform/catalogue.ts';
+import { INTERNAL_HEADER, type InternalTokens } from '../platform/internal-token.ts';
 import type { ServiceInstance } from '../platform/registry.ts';
 import { enforceRule, verifyCredential } from './auth.ts';
-import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 import type { RouteDescription } from './routes.ts';
 
 /**
@@ -46,8 +46,10 @@ interface Target {
 // `expect`: Node has already answered the client's 100-continue itself.
 const DROPPED_REQUEST_HEADERS = new Set(['expect', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'authorization', INTERNAL_HEADER, 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto']);
 const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
-// What a vanished or restarting instance looks like from here.
-const CONNECTION_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_CLOSED']);
+// A connection that could not be made: the request never left the gateway (a vanished or stopping instance).
+const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+// A connection lost after it was made: the instance may have started on the request.
+const LOST_CONNECTION_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 // How long a service may take to start answering once it has the whole request.
 const ANSWER_TIMEOUT_MS = 60_000;
 
@@ -84,7 +86,7 @@ export class ServiceProxy {
       await this.send(request, reply, instance, null);
     } catch (error) {
       if (!(error instanceof ConnectionFailed)) throw error;
-      this.options.directory.suspect(instance.id);
+      if (error.neverConnected) this.options.directory.suspect(instance.id);
       throw new AppError(Errors.upstreamFailed, `The ${instance.service} instance failed; try again`);
     }
   }
@@ -108,9 +110,12 @@ export class ServiceProxy {
         return;
       } catch (error) {
         if (!(error instanceof ConnectionFailed)) throw error;
-        this.options.directory.suspect(instance.id);
-        this.options.logger.warn({ err: error.cause, upstream: service, instance: instance.id, request_id: request.id }, 'proxy: connection to instance failed');
-        if (!(retriable && !error.bodyStarted && tried.size < 2)) {
+        this.options.logger.warn({ err: error.cause, upstream: service, instance: instance.id, request_id: request.id }, 'proxy: the instance failed before answering');
+        // Never connected: nothing reached it, so any request may go elsewhere, and the
+        // instance is gone. Connected, then lost: only what may be sent twice is sent again.
+        if (error.neverConnected) this.options.directory.suspect(instance.id);
+        const again = error.neverConnected || (retriable && !error.bodyStarted);
+        if (!(again && tried.size < 2)) {
           throw new AppError(Errors.upstreamFailed, `The ${service} service failed before answering; the request may not have been applied`);
         }
       }
@@ -163,8 +168,9 @@ export class ServiceProxy {
       reply.raw.off('close', onClientGone);
       request.raw.off('end', startAnswerTimer);
       if (clientGone) throw error; // nobody is left to answer
-      if (timedOut) throw new AppError(Errors.upstreamFailed, `The ${instance.service} service did not answer within ${ANSWER_TIMEOUT_MS / 1000} s`);
-      if (CONNECTION_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) throw new ConnectionFailed(error, body?.started() ?? false);
+      if (timedOut) throw new AppError(Errors.upstreamTimeout, `The ${instance.service} service did not answer within ${ANSWER_TIMEOUT_MS / 1000} s`);
+      const code = (error as NodeJS.ErrnoException).code ?? '';
+      if (CONNECT_ERRORS.has(code) || LOST_CONNECTION_ERRORS.has(code)) throw new ConnectionFailed(error, CONNECT_ERRORS.has(code), body?.started() ?? false);
       throw error;
     }
     clearTimeout(answerTimer);
@@ -192,7 +198,8 @@ export class ServiceProxy {
   private pool(address: string): Pool {
     let pool = this.pools.get(address);
     if (!pool) {
-      pool = new Pool(address, { connections: 128, keepAliveTimeout: 10_000, headersTimeout: 0, bodyTimeout: 300_000, connect: { timeout: 2_000 } });
+      // No cap on connections: Socket.IO long polls hold one each for up to half a minute.
+      pool = new Pool(address, { connections: null, keepAliveTimeout: 10_000, headersTimeout: 0, bodyTimeout: 300_000, connect: { timeout: 2_000 } });
       this.pools.set(address, pool);
     }
     return pool;
@@ -205,8 +212,13 @@ export class ServiceProxy {
       for (const route of routes) {
         const path = route.at === 'root' ? route.url : `/v1${route.url}`;
         const target: Target = { service, route };
-        router.on(route.method, path, () => undefined, target);
-        if (route.method === 'GET') router.on('HEAD', path, () => undefined, target);
+        try {
+          router.on(route.method, path, () => undefined, target);
+          if (route.method === 'GET') router.on('HEAD', path, () => undefined, target);
+        } catch (error) {
+          // Two services announce one route (an upgrade moving it): the first keeps it.
+          this.options.logger.error({ err: error, upstream: service, method: route.method, path }, 'proxy: a route announced twice; ignored');
+        }
       }
     }
     this.router = router;
@@ -224,8 +236,10 @@ export class ServiceProxy {
 class ConnectionFailed extends Error {
   constructor(
     cause: unknown,
+    /** The connection could not be made: the instance received nothing. */
+    readonly neverConnected: boolean,
     /** Some of the request body was already sent: it cannot be sent again. */
-    readonly bodyStarted = false,
+    readonly bodyStarted: boolean,
   ) {
     super('connection to the service failed', { cause });
   }
@@ -267,10 +281,16 @@ function unavailable(detail: string): AppError {
   return new AppError(Errors.unavailable, detail, { headers: { 'Retry-After': '1' } });
 }
 
-function forwardedHeaders(incoming: IncomingHttpHeaders): Record<string, string | string[]> {
+/** The client's headers a service may see: no hop-by-hop ones (those named in `Connection` too), none the gateway sets itself. */
+export function forwardedHeaders(incoming: IncomingHttpHeaders, keep: readonly string[] = []): Record<string, string | string[]> {
+  const named = String(incoming.connection ?? '')
+    .split(',')
+    .map((name) => name.trim().toLowerCase())
+    .filter(Boolean);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(incoming)) {
-    if (value !== undefined && !DROPPED_REQUEST_HEADERS.has(name)) out[name] = value;
+    if (value === undefined) continue;
+    if (keep.includes(name) || !(DROPPED_REQUEST_HEADERS.has(name) || named.includes(name))) out[name] = value;
   }
   return out;
 }

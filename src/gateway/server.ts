@@ -48,9 +48,11 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
  * (echoed when sane), the 1 MiB JSON limit, validation, problem+json errors, the response
  * headers and the lingering close of early refusals.
  */
-export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial }): FastifyInstance {
+export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial; trustProxy?: boolean }): FastifyInstance {
   const app = Fastify({
     loggerInstance: options.logger,
+    // A service behind the gateway: the client's address is the X-Forwarded-For the gateway set.
+    trustProxy: options.trustProxy ?? false,
     ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key } } : {}),
     // Echo a client's request id when it is sane; otherwise make one.
     requestIdHeader: false,

@@ -4,10 +4,10 @@ import type { Socket } from 'node:net';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { AppError, Errors } from '../core/errors.ts';
+import { INTERNAL_HEADER, type InternalTokens } from '../platform/internal-token.ts';
 import type { ServiceInstance } from '../platform/registry.ts';
-import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 import { problemOf } from './problem.ts';
-import type { ServiceDirectory, ServiceProxy } from './proxy.ts';
+import { forwardedHeaders, type ServiceDirectory, type ServiceProxy } from './proxy.ts';
 
 /**
  * Socket.IO through the gateway (distributed mode), to the notifications instances: HTTP
@@ -28,6 +28,8 @@ const UNKNOWN_SESSION = JSON.stringify({ code: 1, message: 'Session ID unknown' 
 
 export class SocketProxy {
   private next = 0;
+  /** Open WebSocket pipes: closed with the gateway (an upgraded socket would hold its close forever). */
+  private readonly open = new Set<Socket>();
 
   constructor(private readonly options: SocketProxyOptions) {}
 
@@ -55,15 +57,14 @@ export class SocketProxy {
       return;
     }
     const url = new URL(target.address);
-    const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of Object.entries(request.headers)) {
-      if (value !== undefined && name !== INTERNAL_HEADER && name !== 'host' && name !== 'authorization') headers[name] = value;
-    }
+    const headers = forwardedHeaders(request.headers, ['connection', 'upgrade']);
     headers.host = url.host;
     headers['x-forwarded-for'] = request.socket.remoteAddress ?? '';
     headers['x-forwarded-proto'] = 'https';
     headers[INTERNAL_HEADER] = this.options.tokens.sign({ principal: null, requestId: randomUUID(), method: 'GET', url: request.url ?? '/' });
-    const upstreamRequest = http.request({ host: url.hostname, port: url.port, method: 'GET', path: request.url, headers });
+    // URL keeps an IPv6 host's brackets; a socket address has none.
+    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    const upstreamRequest = http.request({ host, port: url.port, method: 'GET', path: request.url, headers });
     upstreamRequest.on('upgrade', (answer, upstream, upstreamHead) => {
       client.write(`HTTP/1.1 101 Switching Protocols\r\n${rawHeaders(answer)}\r\n`);
       if (upstreamHead.length > 0) client.write(upstreamHead);
@@ -71,6 +72,8 @@ export class SocketProxy {
       upstream.on('error', () => client.destroy());
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
+      this.open.add(client);
+      client.once('close', () => this.open.delete(client));
       upstream.pipe(client);
       client.pipe(upstream);
     });
@@ -80,11 +83,17 @@ export class SocketProxy {
       answer.pipe(client);
     });
     upstreamRequest.on('error', (error) => {
-      this.options.directory.suspect(target.id);
+      if ((error as NodeJS.ErrnoException).code === 'ECONNREFUSED') this.options.directory.suspect(target.id);
       this.options.logger.warn({ err: error, instance: target.id }, 'socket proxy: connection to notifications failed');
       refuse(client, 502, 'Bad Gateway', JSON.stringify(problemOf(Errors.upstreamFailed, 'The notifications instance failed; reconnect', randomUUID())), 'application/problem+json');
     });
     upstreamRequest.end();
+  }
+
+  /** Ends every piped WebSocket: their clients reconnect, to another gateway. */
+  close(): void {
+    for (const socket of this.open) socket.destroy();
+    this.open.clear();
   }
 
   /** The session's instance; for a new session, the next live instance in turn. */

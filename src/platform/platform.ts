@@ -136,7 +136,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       closers.push(() => embedded.stop());
       baseUrl = embedded.url.replace(/\/postgres$/, '/bantu');
     }
-    const databases = await openDatabases(baseUrl);
+    const databases = await openDatabases(baseUrl, undefined, config.databasePoolSize);
     closers.push(() => databases.close());
     // Under the migrations' advisory lock: whichever process starts first applies them.
     const plan = migrationPlan(options.migrations);

@@ -3,6 +3,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { RouteDescription } from '../gateway/routes.ts';
 import type { ServiceName } from './catalogue.ts';
+import type { InternalTokens } from './internal-token.ts';
 
 /**
  * The registry of distributed mode, on NATS: each service instance registers with the NATS
@@ -20,6 +21,9 @@ export interface ServiceInstance {
   routes: RouteDescription[];
   /** notifications: the prefix of this instance's Socket.IO session ids (sticky routing). */
   sessionPrefix?: string;
+  /** What the announcement's signature covers, and the signature (checked by `ServiceRegistry`). */
+  signedText?: string;
+  signature?: string;
 }
 
 export interface Announcement {
@@ -36,18 +40,30 @@ export function registryName(prefix: string, service: ServiceName): string {
   return `${prefix}-${service}`;
 }
 
+/** What an announcement's signature covers: everything the gateway acts on. */
+function signedText(service: string, metadata: Record<string, string | undefined>): string {
+  return [service, metadata.address ?? '', metadata.session_prefix ?? '', metadata.routes ?? ''].join('\n');
+}
+
 /** Registers one instance; `stop` unregisters it (the gateway stops routing to it at its next question). */
-export async function announce(nc: NatsConnection, prefix: string, announcement: Announcement): Promise<{ id: string; stop(): Promise<void> }> {
+export async function announce(
+  nc: NatsConnection,
+  prefix: string,
+  announcement: Announcement,
+  tokens: InternalTokens,
+): Promise<{ id: string; stop(): Promise<void> }> {
+  const metadata: Record<string, string> = {
+    address: announcement.address,
+    key_id: announcement.keyId,
+    routes: JSON.stringify(announcement.routes),
+    ...(announcement.sessionPrefix ? { session_prefix: announcement.sessionPrefix } : {}),
+  };
+  metadata.signature = tokens.signAnnouncement(signedText(announcement.service, metadata));
   const service = await new Svcm(nc as never).add({
     name: registryName(prefix, announcement.service),
     version: announcement.version,
     description: `Bantu ${announcement.service}`,
-    metadata: {
-      address: announcement.address,
-      key_id: announcement.keyId,
-      routes: JSON.stringify(announcement.routes),
-      ...(announcement.sessionPrefix ? { session_prefix: announcement.sessionPrefix } : {}),
-    },
+    metadata,
   });
   return { id: service.info().id, stop: () => service.stop().then(() => undefined) };
 }
@@ -69,6 +85,8 @@ export async function discover(nc: NatsConnection, prefix: string, services: rea
             keyId: metadata.key_id ?? '',
             routes: parseRoutes(metadata.routes),
             ...(metadata.session_prefix ? { sessionPrefix: metadata.session_prefix } : {}),
+            signedText: signedText(service, metadata),
+            signature: metadata.signature ?? '',
           });
         }
       } catch (error) {
@@ -97,8 +115,8 @@ function isNoResponders(error: unknown): boolean {
 
 export interface RegistryOptions {
   prefix: string;
-  /** This installation's key fingerprint: an instance with another one is never routed to. */
-  keyId: string;
+  /** The installation's key: an instance whose announcement it did not sign is never routed to. */
+  tokens: InternalTokens;
   services: readonly ServiceName[];
   logger: Logger;
   pollMs?: number;
@@ -118,6 +136,8 @@ export class ServiceRegistry {
   private readonly listeners: Array<() => void> = [];
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
+  /** While the NATS connection is down, no answer means nothing: nobody counts as gone. */
+  private disconnected = false;
   private readonly pollMs: number;
   private readonly maxWaitMs: number;
   private readonly missesAllowed: number;
@@ -133,11 +153,14 @@ export class ServiceRegistry {
 
   /** The first look completes before it resolves, so a gateway starts with what is there. */
   async start(): Promise<void> {
+    this.followConnection();
     await this.poll();
     const tick = () => {
-      this.polling = this.poll().finally(() => {
-        if (this.timer) this.timer = setTimeout(tick, this.pollMs);
-      });
+      this.polling = this.poll()
+        .catch((error) => this.options.logger.error({ err: error }, 'registry: poll failed'))
+        .finally(() => {
+          if (this.timer) this.timer = setTimeout(tick, this.pollMs);
+        });
     };
     this.timer = setTimeout(tick, this.pollMs);
   }
@@ -174,44 +197,43 @@ export class ServiceRegistry {
     return this.options.services.filter((s) => !this.knownRoutes.has(s));
   }
 
-  /** A connection to it failed: stop routing to it until it answers the registry again. */
+  /** A connection to it could not be made: stop routing to it until it answers the registry again. */
   suspect(instanceId: string): void {
     if (this.live.delete(instanceId)) this.changed();
   }
 
+  private followConnection(): void {
+    (async () => {
+      for await (const status of this.nc.status()) {
+        if (status.type === 'disconnect') this.disconnected = true;
+        else if (status.type === 'reconnect') this.disconnected = false;
+      }
+    })().catch(() => undefined);
+  }
+
   private async poll(): Promise<void> {
-    if (this.nc.isClosed()) return;
+    if (this.nc.isClosed() || this.disconnected) return;
     let found: ServiceInstance[];
     try {
       found = await discover(this.nc, this.options.prefix, this.options.services, this.maxWaitMs);
     } catch (error) {
-      // NATS itself is away: keep routing to what was there (failed connections still drop instances).
       this.options.logger.warn({ err: error }, 'registry: cannot ask NATS; keeping the last known instances');
       return;
     }
+    // NATS went away during the question: its silence says nothing about the instances.
+    if (this.disconnected) return;
     let changed = false;
     const answered = new Set<string>();
     for (const instance of found) {
-      if (instance.keyId !== this.options.keyId) {
-        if (!this.rejected.has(instance.id)) {
-          this.rejected.add(instance.id);
-          this.options.logger.error(
-            { upstream: instance.service, instance: instance.id, address: instance.address },
-            'registry: an instance runs with another BANTU_SECRET_KEY; it gets no traffic',
-          );
-        }
-        continue;
-      }
+      if (!this.admissible(instance)) continue;
       answered.add(instance.id);
       const entry = this.live.get(instance.id);
-      if (entry) entry.misses = 0;
-      else {
+      if (entry) {
+        entry.misses = 0;
+        entry.instance = instance;
+      } else {
         this.live.set(instance.id, { instance, misses: 0 });
         this.options.logger.info({ upstream: instance.service, instance: instance.id, address: instance.address }, 'registry: instance joined');
-        changed = true;
-      }
-      if (JSON.stringify(this.knownRoutes.get(instance.service)) !== JSON.stringify(instance.routes)) {
-        this.knownRoutes.set(instance.service, instance.routes);
         changed = true;
       }
     }
@@ -224,10 +246,63 @@ export class ServiceRegistry {
         changed = true;
       }
     }
+    if (this.refreshRoutes()) changed = true;
     if (changed) this.changed();
   }
 
+  /** Signed with the installation's key, and with an address the gateway can call. */
+  private admissible(instance: ServiceInstance): boolean {
+    const signed = instance.signedText !== undefined && this.options.tokens.verifyAnnouncement(instance.signedText, instance.signature ?? '');
+    let reason: string | undefined;
+    if (!signed) {
+      reason = instance.keyId === this.options.tokens.keyId() ? 'its announcement is not signed by this installation' : 'it runs with another BANTU_SECRET_KEY';
+    } else if (!validAddress(instance.address)) reason = `its address is not an http:// URL: ${instance.address}`;
+    if (!reason) return true;
+    if (!this.rejected.has(instance.id)) {
+      this.rejected.add(instance.id);
+      this.options.logger.error({ upstream: instance.service, instance: instance.id, address: instance.address }, `registry: an instance gets no traffic: ${reason}`);
+    }
+    return false;
+  }
+
+  /**
+   * Each service's routes: those its live instances announce, all of them (during an upgrade
+   * two versions may announce different ones); kept when its last instance goes, so its
+   * routes answer 503 rather than 404.
+   */
+  private refreshRoutes(): boolean {
+    const union = new Map<ServiceName, Map<string, RouteDescription>>();
+    for (const { instance } of this.live.values()) {
+      const routes = union.get(instance.service) ?? new Map<string, RouteDescription>();
+      for (const route of instance.routes) routes.set(`${route.method} ${route.at} ${route.url}`, route);
+      union.set(instance.service, routes);
+    }
+    let changed = false;
+    for (const [service, routes] of union) {
+      const next = [...routes.values()];
+      if (JSON.stringify(this.knownRoutes.get(service)) !== JSON.stringify(next)) {
+        this.knownRoutes.set(service, next);
+        changed = true;
+      }
+    }
+    return changed;
+  }
+
   private changed(): void {
-    for (const listener of this.listeners) listener();
+    for (const listener of this.listeners) {
+      try {
+        listener();
+      } catch (error) {
+        this.options.logger.error({ err: error }, 'registry: a change listener failed');
+      }
+    }
+  }
+}
+
+function validAddress(address: string): boolean {
+  try {
+    return new URL(address).protocol === 'http:';
+  } catch {
+    return false;
   }
 }

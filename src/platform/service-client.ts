@@ -3,8 +3,8 @@ import type { Readable } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import { AppError, Errors, errorDefinition, type FieldError } from '../core/errors.ts';
 import type { Principal } from '../core/principal.ts';
-import { INTERNAL_HEADER, type InternalTokens } from '../gateway/internal-token.ts';
 import type { ServiceName } from './catalogue.ts';
+import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 import type { ServiceInstance } from './registry.ts';
 
 /**
@@ -47,7 +47,7 @@ export class ServiceClient {
       tried.add(instance.id);
       const headers = {
         ...call.headers,
-        [INTERNAL_HEADER]: this.tokens.sign({ principal: call.principal, requestId: randomUUID(), method: call.method, url: call.path }),
+        [INTERNAL_HEADER]: this.tokens.sign({ principal: call.principal, requestId: randomUUID(), method: call.method, url: call.path, audience: 'service' }),
       };
       try {
         return await this.pool(instance.address).request({ method: call.method, path: call.path, headers, body: call.body ?? null });

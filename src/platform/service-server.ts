@@ -4,10 +4,10 @@ import type { Registry } from 'prom-client';
 import { AppError, Errors } from '../core/errors.ts';
 import type { RouteAuth } from '../gateway/auth.ts';
 import { enforceRule } from '../gateway/auth.ts';
-import { INTERNAL_HEADER, type InternalTokens } from '../gateway/internal-token.ts';
 import { type ReadinessCheck, registerOperations } from '../gateway/operations.ts';
 import { mountApiRoutes, type Route } from '../gateway/routes.ts';
 import { createHttpApp } from '../gateway/server.ts';
+import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 
 /**
  * The HTTP server of a service running alone (distributed mode), reached only by the gateway:
@@ -19,6 +19,8 @@ import { createHttpApp } from '../gateway/server.ts';
 export interface ServiceServerOptions {
   logger: Logger;
   routes: Route[];
+  /** Routes only other services may call (their calls say so, signed: the gateway's never do). */
+  internalRoutes?: Route[];
   tokens: InternalTokens;
   metrics: Registry;
   checks: Map<string, ReadinessCheck>;
@@ -26,15 +28,26 @@ export interface ServiceServerOptions {
 
 const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Signed by another service (not the gateway): the callers internal routes admit. */
+    fromService: boolean;
+  }
+}
+
 export async function createServiceServer(options: ServiceServerOptions): Promise<FastifyInstance> {
-  const app = createHttpApp({ logger: options.logger });
+  // Every request is signed by the gateway (which sets X-Forwarded-For) or another service:
+  // the forwarded client address can be trusted, and login throttling and audit see it.
+  const app = createHttpApp({ logger: options.logger, trustProxy: true });
   app.decorateRequest('principal', null);
+  app.decorateRequest('fromService', false);
   app.addHook('onRequest', async (request) => {
     if (PROBES.has(request.url.split('?', 1)[0] ?? '')) return;
     const token = request.headers[INTERNAL_HEADER];
     const claims = options.tokens.verify(typeof token === 'string' ? token : undefined, request.method, request.url);
     if (!claims) throw new AppError(Errors.unauthorized, 'This port answers only the Bantu gateway');
     request.principal = claims.principal;
+    request.fromService = claims.audience === 'service';
   });
   // The gateway has applied each route's rule already; applying it again costs nothing and
   // keeps a service right even behind a gateway of another version.
@@ -51,5 +64,14 @@ export async function createServiceServer(options: ServiceServerOptions): Promis
   });
   registerOperations(app, { metrics: options.metrics, checks: options.checks });
   await mountApiRoutes(app, options.routes);
+  const internal = options.internalRoutes ?? [];
+  if (internal.length > 0) {
+    await app.register(async (scope) => {
+      scope.addHook('onRequest', async (request) => {
+        if (!request.fromService) throw new AppError(Errors.notFound, 'No such route');
+      });
+      await mountApiRoutes(scope, internal);
+    });
+  }
   return app;
 }

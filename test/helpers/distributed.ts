@@ -75,6 +75,8 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     BANTU_PORT: String(port),
     BANTU_PUBLIC_URL: `https://127.0.0.1:${port}`,
     BANTU_LOG_LEVEL: process.env.BANTU_TEST_LOG_LEVEL ?? 'warn',
+    // Seven processes, test files side by side: stay well inside the machine PostgreSQL's 100 connections.
+    BANTU_DATABASE_POOL_SIZE: '3',
     ...options.env,
   };
   const processes = new Map<ServiceName, CliProcess[]>();

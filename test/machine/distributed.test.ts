@@ -1,10 +1,14 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { connect as natsConnect } from '@nats-io/transport-node';
 import { request } from 'undici';
-import { InternalTokens } from '../../src/gateway/internal-token.ts';
+import { InternalTokens } from '../../src/platform/internal-token.ts';
+import { announce } from '../../src/platform/registry.ts';
 import { runCli } from '../helpers/cli.ts';
 import { type Deployment, machineDatabaseUrl, startDeployment } from '../helpers/distributed.ts';
 import { backedUp, sha256, until, uploadRaw } from '../helpers/files.ts';
@@ -125,10 +129,43 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
       assert.equal(answer.statusCode, 401, what);
       assert.equal(((await answer.body.json()) as { code: string }).code, 'unauthorized', what);
     }
+    // The gateway's genuine signature does not open internal routes: those take other services' calls only.
+    const internalUrl = '/internal/files/file_x/restore';
+    const internal = await request(`${files}${internalUrl}`, {
+      method: 'POST',
+      headers: { 'x-bantu-internal': genuine.sign({ ...claims, method: 'POST', url: internalUrl }), 'x-bantu-version': '{}' },
+    });
+    assert.equal(internal.statusCode, 404);
+    await internal.body.dump();
     // The same request with a genuine signature passes the check (and reaches the route).
     const passed = await request(`${files}${url}`, { headers: { 'x-bantu-internal': genuine.sign(claims) } });
     assert.notEqual(passed.statusCode, 401);
     await passed.body.dump();
+  });
+
+  it('an announcement the installation did not sign gets no traffic: a stranger on NATS cannot pose as a files instance', async () => {
+    const hits: string[] = [];
+    const stranger = http.createServer((req, res) => {
+      hits.push(req.url ?? '');
+      res.end('{}');
+    });
+    await new Promise<void>((resolve) => stranger.listen(0, '127.0.0.1', resolve));
+    const nc = await natsConnect({ servers: deployment.env.NATS_URL });
+    try {
+      const forged = new InternalTokens(randomBytes(32).toString('base64url'));
+      const address = `http://127.0.0.1:${(stranger.address() as AddressInfo).port}`;
+      // It even copies the installation's key id, which is public in the registry.
+      const keyId = new InternalTokens(deployment.env.BANTU_SECRET_KEY as string).keyId();
+      const posing = await announce(nc, deployment.env.BANTU_NATS_PREFIX as string, { service: 'files', version: '0.1.0', address, keyId, routes: [] }, forged);
+      await sleep(3000);
+      for (let i = 0; i < 10; i++) assert.equal((await deployment.request('GET', '/v1/files', { auth: deployment.keys.test.account_key })).status, 200);
+      assert.deepEqual(hits, []);
+      assert.equal((await deployment.request('GET', '/readyz')).json.services.files.instances, 2);
+      await posing.stop();
+    } finally {
+      await nc.close();
+      await new Promise((resolve) => stranger.close(resolve));
+    }
   });
 
   it('/readyz of the gateway lists every service with its live instance count', async () => {

@@ -88,15 +88,20 @@ async function ensureDatabases(url: string, names: string[]): Promise<void> {
 }
 
 /** `baseUrl` names the control database; the environment databases get suffixes. */
-export async function openDatabases(baseUrl: string, controlName = databaseName(baseUrl)): Promise<Databases> {
+/**
+ * The control and environment databases, created when missing. `poolSize`: connections this
+ * process may open to each environment database (half that to the control database), so
+ * that many processes of one installation stay within the server's max_connections.
+ */
+export async function openDatabases(baseUrl: string, controlName = databaseName(baseUrl), poolSize = 10): Promise<Databases> {
   const names = { control: controlName, live: `${controlName}_live`, test: `${controlName}_test` };
   await ensureDatabases(baseUrl, Object.values(names));
   const environmentUrls = { live: withDatabase(baseUrl, names.live), test: withDatabase(baseUrl, names.test) };
   const controlUrl = withDatabase(baseUrl, names.control);
   const databases: Databases = {
     controlUrl,
-    control: connect(controlUrl, 5),
-    environments: { live: connect(environmentUrls.live), test: connect(environmentUrls.test) },
+    control: connect(controlUrl, Math.ceil(poolSize / 2)),
+    environments: { live: connect(environmentUrls.live, poolSize), test: connect(environmentUrls.test, poolSize) },
     environmentUrls,
     async close() {
       await Promise.all([databases.control.destroy(), databases.environments.live.destroy(), databases.environments.test.destroy()]);

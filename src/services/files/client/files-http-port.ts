@@ -44,13 +44,19 @@ export class HttpFilesPort implements FilesPort {
       if (!(error instanceof AppError && error.code === 'content_missing')) throw error;
     }
     const body = Readable.from(await open());
-    const answer = await this.client.call('files', {
-      method: 'POST',
-      path,
-      principal,
-      headers: { ...headers, 'content-type': 'application/octet-stream', 'content-length': String(version.size) },
-      body,
-    });
+    let answer: Awaited<ReturnType<ServiceClient['call']>>;
+    try {
+      answer = await this.client.call('files', {
+        method: 'POST',
+        path,
+        principal,
+        headers: { ...headers, 'content-type': 'application/octet-stream', 'content-length': String(version.size) },
+        body,
+      });
+    } catch (error) {
+      body.destroy(); // the backup store's stream, never read
+      throw error;
+    }
     if (answer.statusCode === 200) return (await answer.body.json()) as FileObject;
     throw await problemError(answer);
   }

@@ -18,6 +18,8 @@ export interface InternalClaims {
   requestId: string;
   method: string;
   url: string;
+  /** `service`: made by another service (ServiceClient), the only callers of internal routes; the gateway never sets it. */
+  audience?: 'service';
 }
 
 interface Payload {
@@ -25,6 +27,7 @@ interface Payload {
   rid: string;
   m: string;
   u: string;
+  aud?: 'service';
   /** Expiry, unix milliseconds. */
   exp: number;
 }
@@ -45,7 +48,14 @@ export class InternalTokens {
   }
 
   sign(claims: InternalClaims): string {
-    const payload: Payload = { p: claims.principal, rid: claims.requestId, m: claims.method, u: claims.url, exp: this.now() + INTERNAL_TOKEN_SECONDS * 1000 };
+    const payload: Payload = {
+      p: claims.principal,
+      rid: claims.requestId,
+      m: claims.method,
+      u: claims.url,
+      ...(claims.audience ? { aud: claims.audience } : {}),
+      exp: this.now() + INTERNAL_TOKEN_SECONDS * 1000,
+    };
     const body = Buffer.from(JSON.stringify(payload)).toString('base64url');
     return `v1.${body}.${this.mac(body).toString('base64url')}`;
   }
@@ -68,7 +78,21 @@ export class InternalTokens {
     // Not expired, and not minted for far in the future either (a clock skew of a few seconds is fine).
     if (!(payload.exp > now && payload.exp <= now + (INTERNAL_TOKEN_SECONDS + 5) * 1000)) return null;
     if (payload.m !== method || payload.u !== url) return null;
-    return { principal: payload.p, requestId: payload.rid, method: payload.m, url: payload.u };
+    return { principal: payload.p, requestId: payload.rid, method: payload.m, url: payload.u, ...(payload.aud === 'service' ? { audience: 'service' as const } : {}) };
+  }
+
+  /**
+   * Signs what an instance announces in the registry, so that only processes holding the
+   * installation's key can pose as one of its services (anyone may publish on a NATS).
+   */
+  signAnnouncement(text: string): string {
+    return createHmac('sha256', this.key).update('announcement\0').update(text).digest('base64url');
+  }
+
+  verifyAnnouncement(text: string, signature: string): boolean {
+    const given = Buffer.from(signature, 'base64url');
+    const expected = Buffer.from(this.signAnnouncement(text), 'base64url');
+    return given.length === expected.length && timingSafeEqual(given, expected);
   }
 
   private mac(body: string): Buffer {
