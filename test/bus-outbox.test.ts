@@ -68,6 +68,30 @@ describe('outbox lowLatency consumers', () => {
   });
 });
 
+describe('outbox status and ephemeral consumers', () => {
+  it('leave no cursor behind: the history of a name that never consumes durably is still pruned', async () => {
+    const base = server.app.databases.controlUrl;
+    const name = `bus_status_${randomBytes(4).toString('hex')}`;
+    const databases = await openDatabases(base, name);
+    const bus = new OutboxBus(databases, silent, OPTIONS);
+    try {
+      await Promise.all(ENVIRONMENTS.map((environment) => migrate(databases.environments[environment], busMigrations)));
+      bus.consume('live-only', async () => undefined, { ephemeral: true });
+      await bus.start();
+      const event = { type: 'Probe', tenant_id: 'ten_x', actor: { type: 'system', id: 'test' }, owner_id: null, data: {} } as const;
+      await databases.environments.test.transaction().execute((trx) => bus.append(trx, 'test', event));
+      const status = (await bus.status('live-only')).find((s) => s.environment === 'test');
+      assert.equal(status?.pending, 1, 'a name without a cursor counts from the start of the history');
+      await sql`update bus.outbox set occurred_at = now() - interval '2 hours'`.execute(databases.environments.test);
+      assert.equal(await bus.prune(1), 1, 'no cursor holds the event back');
+    } finally {
+      await bus.close();
+      await databases.close();
+      await dropDatabases(base, name);
+    }
+  });
+});
+
 describe('outbox cursor saves', () => {
   it('commit the new position without leaving synchronous_commit off on their pooled connection', async () => {
     const base = server.app.databases.controlUrl;

@@ -15,6 +15,15 @@ export interface CursorRow {
 /** The consumer's cursor, created at the start of the outbox when it has none. */
 export async function cursorOf(db: Db, name: string): Promise<CursorRow> {
   await sql`insert into bus.consumer_cursor (consumer) values (${name}) on conflict do nothing`.execute(db);
+  return readCursor(db, name);
+}
+
+/**
+ * The consumer's cursor as it is, without making one: the start of the outbox when it has
+ * none. For status, which must not leave a cursor behind for a name that never consumes
+ * durably (an ephemeral consumer, a typo): that cursor would hold back every prune.
+ */
+export async function readCursor(db: Db, name: string): Promise<CursorRow> {
   const result = await sql<CursorRow>`
       select xid::text as xid, id, last_delivered_at, failing_since, failing_attempts, failing_error
       from bus.consumer_cursor where consumer = ${name}`.execute(db);

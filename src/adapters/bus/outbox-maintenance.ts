@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import type { ConsumerStatus } from '../../core/ports.ts';
 import { type Databases, ENVIRONMENTS } from '../db/pg.ts';
-import { cursorOf } from './outbox-cursor.ts';
+import { readCursor } from './outbox-cursor.ts';
 
 /** `EventBus.status`: per environment, from the consumer's cursor. */
 export async function status(databases: Databases, name: string, tenantId?: string): Promise<ConsumerStatus[]> {
@@ -9,7 +9,7 @@ export async function status(databases: Databases, name: string, tenantId?: stri
   return Promise.all(
     ENVIRONMENTS.map(async (environment) => {
       const db = databases.environments[environment];
-      const cursor = await cursorOf(db, name);
+      const cursor = await readCursor(db, name);
       const pending = await sql<{ n: number; oldest: Date | null }>`
           select count(*)::int as n, min(o.occurred_at) as oldest
           from bus.outbox o where (o.xid, o.id) > (${cursor.xid}::xid8, ${cursor.id}) ${ofTenant}`.execute(db);
