@@ -40,6 +40,8 @@ export interface DeploymentOptions {
   /** Instances per service (default: one of each, two of files and of notifications). */
   instances?: Partial<Record<ServiceName, number>>;
   env?: Record<string, string>;
+  /** Receives what each process writes (stdout and stderr) as it comes: for tests that read the log. */
+  output?: (service: ServiceName, chunk: string) => void;
 }
 
 const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, notifications: 2, backup: 1 };
@@ -80,6 +82,11 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
   const processes = new Map<ServiceName, CliProcess[]>();
   const spawn = (service: ServiceName, extra: Record<string, string> = {}) => {
     const child = runCli(['serve', service], { ...env, ...extra });
+    if (options.output) {
+      const output = options.output;
+      child.child.stdout?.on('data', (chunk) => output(service, String(chunk)));
+      child.child.stderr?.on('data', (chunk) => output(service, String(chunk)));
+    }
     processes.set(service, [...(processes.get(service) ?? []), child]);
     return child;
   };
