@@ -90,7 +90,7 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     processes.set(service, [...(processes.get(service) ?? []), child]);
     return child;
   };
-  const running = async (child: CliProcess, limitMs = 90_000) => {
+  const running = async (child: CliProcess, limitMs = 180_000) => {
     const deadline = Date.now() + limitMs;
     while (!/is running at/.test(child.stdout())) {
       if (child.child.exitCode !== null) throw new Error(`bantu serve exited ${child.child.exitCode}: ${child.stderr()}`);
