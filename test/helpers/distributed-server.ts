@@ -24,9 +24,10 @@ export async function startDistributedServer(env: Record<string, string>, option
     instances: { identity: 1, files: 2, notifications: 1, backup: env.BANTU_BACKUP_WORKER === 'off' ? 0 : 1 },
     output:
       destination || echo
-        ? (_service, chunk) => {
-            destination?.write(chunk);
-            if (echo) process.stderr.write(chunk);
+        ? (_service, line) => {
+            // The log is the JSON lines; the rest is the banner (identity's prints the default tenant's keys once).
+            if (line.startsWith('{')) destination?.write(`${line}\n`);
+            if (echo) process.stderr.write(`${line}\n`);
           }
         : undefined,
   });
@@ -52,6 +53,9 @@ export async function startDistributedServer(env: Record<string, string>, option
     },
     get backup(): never {
       throw unavailable('server.app.backup');
+    },
+    isLeading(): never {
+      throw unavailable('server.app.isLeading()');
     },
     start: () => Promise.reject(unavailable('server.app.start()')),
     close: () => Promise.reject(unavailable('server.app.close()')),

@@ -40,8 +40,8 @@ export interface DeploymentOptions {
   /** Instances per service (default: one of each, two of files and of notifications). */
   instances?: Partial<Record<ServiceName, number>>;
   env?: Record<string, string>;
-  /** Receives what each process writes (stdout and stderr) as it comes: for tests that read the log. */
-  output?: (service: ServiceName, chunk: string) => void;
+  /** Receives each line each process writes (stdout and stderr), as it comes: for tests that read the log. */
+  output?: (service: ServiceName, line: string) => void;
 }
 
 const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, notifications: 2, backup: 1 };
@@ -84,10 +84,22 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     const child = runCli(['serve', service], { ...env, ...extra });
     if (options.output) {
       const output = options.output;
-      child.child.stdout?.on('data', (chunk) => output(service, String(chunk)));
-      child.child.stderr?.on('data', (chunk) => output(service, String(chunk)));
+      for (const stream of [child.child.stdout, child.child.stderr]) {
+        let partial = '';
+        stream?.on('data', (chunk) => {
+          const lines = (partial + chunk).split('\n');
+          partial = lines.pop() ?? '';
+          for (const line of lines) output(service, line);
+        });
+        stream?.on('end', () => partial && output(service, partial));
+      }
     }
     processes.set(service, [...(processes.get(service) ?? []), child]);
+    // A process that fails on its own (not stopped by a signal) is said at once: otherwise a
+    // test only sees refused connections, or sockets that end without a reason.
+    void child.exited.then(({ code, signal }) => {
+      if (code !== 0 && signal === null) process.stderr.write(`bantu serve ${service} exited with code ${code}:\n${child.stderr()}\n`);
+    });
     return child;
   };
   const running = async (child: CliProcess, limitMs = 180_000) => {
