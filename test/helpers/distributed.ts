@@ -60,6 +60,11 @@ export function machineDatabaseUrl(): string {
   return url.toString();
 }
 
+/** The end of what a process wrote: its errors go to stderr, its log (fatal lines included) to stdout. */
+function outputOf(child: CliProcess): string {
+  return `${child.stderr()}${child.stdout().slice(-4000)}`;
+}
+
 export async function startDeployment(options: DeploymentOptions = {}): Promise<Deployment> {
   const dataDir = await makeTempDir('bantu-dist-');
   const port = await freePort();
@@ -98,15 +103,15 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     // A process that fails on its own (not stopped by a signal) is said at once: otherwise a
     // test only sees refused connections, or sockets that end without a reason.
     void child.exited.then(({ code, signal }) => {
-      if (code !== 0 && signal === null) process.stderr.write(`bantu serve ${service} exited with code ${code}:\n${child.stderr()}\n`);
+      if (code !== 0 && signal === null) process.stderr.write(`bantu serve ${service} exited with code ${code}:\n${outputOf(child)}\n`);
     });
     return child;
   };
   const running = async (child: CliProcess, limitMs = 180_000) => {
     const deadline = Date.now() + limitMs;
     while (!/is running at/.test(child.stdout())) {
-      if (child.child.exitCode !== null) throw new Error(`bantu serve exited ${child.child.exitCode}: ${child.stderr()}`);
-      if (Date.now() > deadline) throw new Error(`bantu serve did not start in time: ${child.stderr()}`);
+      if (child.child.exitCode !== null) throw new Error(`bantu serve exited ${child.child.exitCode}: ${outputOf(child)}`);
+      if (Date.now() > deadline) throw new Error(`bantu serve did not start in time: ${outputOf(child)}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   };
