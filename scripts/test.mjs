@@ -4,6 +4,9 @@
 //   npm run test:machine     the same end-to-end suite against the machine's PostgreSQL
 //                            (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres),
 //                            plus test/machine/ (tests that need NATS or Redis)
+//   npm run test:distributed the end-to-end suites of identity, files, notifications and backup
+//                            once more against a distributed deployment that each suite starts
+//                            (--distributed: BANTU_TEST_SHAPE=distributed; test/helpers/shape.ts)
 // Extra arguments are test files or folders to run instead of all.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -11,6 +14,7 @@ import path from 'node:path';
 
 const args = process.argv.slice(2);
 const machine = args.includes('--machine');
+const distributed = args.includes('--distributed');
 const targets = args.filter((a) => !a.startsWith('--'));
 
 function collect(dir, out) {
@@ -33,6 +37,8 @@ if (files.length === 0) {
 const env = { ...process.env };
 if (machine) env.BANTU_TEST_DATABASE_URL ??= process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 else delete env.BANTU_TEST_DATABASE_URL;
+if (distributed) env.BANTU_TEST_SHAPE = 'distributed';
+else delete env.BANTU_TEST_SHAPE;
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=900000', ...files],

@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { runCli } from './helpers/cli.ts';
 import { until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
+import { inProcessOnly } from './helpers/shape.ts';
 
 /** The real CLI against a test server's database (external, or the server's embedded one) and data dir. */
 function cli(server: TestServer, args: string[]) {
@@ -17,7 +18,7 @@ async function backedUp(server: TestServer, key: string): Promise<void> {
 
 const pause = () => new Promise((resolve) => setTimeout(resolve, 30));
 
-describe('bantu backup verify', () => {
+describe('bantu backup verify', { skip: inProcessOnly('stops the server with app.close() and verifies on its data dir alone') }, () => {
   let server: TestServer;
   before(async () => {
     server = await startServer();

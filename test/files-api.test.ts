@@ -2,13 +2,17 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { backedUp, eventsOf, multipartBody, sha256, uploadRaw } from './helpers/files.ts';
-import { startServer, type TestServer } from './helpers/server.ts';
+import type { TestServer } from './helpers/server.ts';
+import { sharedWhenDistributed } from './helpers/shared-server.ts';
+
+/** Both blocks take the default env: distributed, they share one deployment. */
+const servers = sharedWhenDistributed();
 
 describe('files API', () => {
   let server: TestServer;
   let key: string;
   before(async () => {
-    server = await startServer();
+    server = await servers.start();
     key = server.keys.test.account_key;
   });
   after(async () => server?.close());
@@ -286,7 +290,7 @@ describe('files API', () => {
 describe('usage under concurrent writes of one tenant', () => {
   let server: TestServer;
   before(async () => {
-    server = await startServer();
+    server = await servers.start();
   });
   after(async () => server?.close());
 

@@ -4,7 +4,8 @@ import { after, before, describe, it } from 'node:test';
 import tls from 'node:tls';
 import { sql } from 'kysely';
 import { blobCount, multipartBody, tempFiles, until, uploadRaw } from './helpers/files.ts';
-import { startServer, type TestServer } from './helpers/server.ts';
+import type { TestServer } from './helpers/server.ts';
+import { sharedWhenDistributed } from './helpers/shared-server.ts';
 import { type ClientAnswer, fetchUpload, httpsUpload, parseResponse, tlsUpload, type Upload } from './helpers/uploads.ts';
 
 /**
@@ -16,6 +17,8 @@ const MiB = 1024 * 1024;
 const LIMIT = MiB;
 const B = 'bantuBoundary';
 const MULTIPART = `multipart/form-data; boundary=${B}`;
+/** Every block has the same limit: distributed, they share one deployment. */
+const servers = sharedWhenDistributed({ BANTU_MAX_UPLOAD_BYTES: String(LIMIT) });
 
 interface Kept {
   blobs: number;
@@ -94,7 +97,7 @@ describe('malformed multipart bodies', () => {
   let server: TestServer;
   let key: string;
   before(async () => {
-    server = await startServer({ BANTU_MAX_UPLOAD_BYTES: String(LIMIT) });
+    server = await servers.start();
     key = server.keys.test.account_key;
   });
   after(async () => server?.close());
@@ -141,7 +144,7 @@ describe('answers given before the body is read reach the client', () => {
   let ownFile: string;
   let userToken: string;
   before(async () => {
-    server = await startServer({ BANTU_MAX_UPLOAD_BYTES: String(LIMIT) });
+    server = await servers.start();
     key = server.keys.test.account_key;
     const app = server.keys.test.application_key;
     const register = (email: string) => server.request('POST', '/v1/auth/register', { basic: app, json: { email, password: 'password 123', name: email } });

@@ -11,6 +11,7 @@ import { dropDatabases } from '../src/adapters/db/pg.ts';
 import { isProcessAlive } from '../src/adapters/local/data-dir.ts';
 import { sha256, until } from './helpers/files.ts';
 import { makeTempDir } from './helpers/server.ts';
+import { inProcessOnly } from './helpers/shape.ts';
 
 /**
  * kill -9 of a real `bantu start` while uploads are in flight, then a restart on the same
@@ -39,7 +40,7 @@ interface Attempt {
   status?: number;
 }
 
-describe('files survive kill -9', () => {
+describe('files survive kill -9', { skip: inProcessOnly('kills bantu start, the one-process shape (test/machine/distributed.test.ts kills a files instance)') }, () => {
   const dirs: string[] = [];
   const children: ChildProcess[] = [];
   let databaseUrl: string | undefined;

@@ -4,6 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
 import { backedUp, blobCount, eventsOf, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
+import { inProcessOnly } from './helpers/shape.ts';
 
 const MiB = 1024 * 1024;
 
@@ -182,7 +183,7 @@ describe('upload limits, disconnects and idempotency', () => {
     assert.deepEqual(retry.json, first.json);
   });
 
-  it('keeps an Idempotency-Key 24 h: past that it no longer replays, and the sweep prunes expired keys', async () => {
+  it('keeps an Idempotency-Key 24 h: past that it no longer replays, and the sweep prunes expired keys', { skip: inProcessOnly('runs the sweep through app.files in-process') }, async () => {
     const db = server.app.databases.environments.test;
     const withKey = (idempotencyKey: string) => ({ 'idempotency-key': idempotencyKey });
     const created = await uploadRaw(server, key, 'e1', { name: 'expiry.txt', headers: withKey('expiry-create') });

@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { decodeProtectedHeader } from 'jose';
 import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
@@ -154,7 +152,7 @@ describe('JWT signing keys: listing and rotation (operator)', () => {
   });
 
   it('another process follows a rotation at its next refresh, and drops a retired key once its tokens have expired', async () => {
-    const secret = (await fs.readFile(path.join(server.dataDir, 'secrets', 'secret-key'), 'utf8')).trim();
+    const secret = server.secretKey;
     let offsetMs = 0;
     // Stands in for another process of the installation, re-reading its key sets every 50 ms.
     const other = new TokenService({

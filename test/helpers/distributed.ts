@@ -40,6 +40,8 @@ export interface DeploymentOptions {
   /** Instances per service (default: one of each, two of files and of notifications). */
   instances?: Partial<Record<ServiceName, number>>;
   env?: Record<string, string>;
+  /** Receives each line each process writes (stdout and stderr), as it comes: for tests that read the log. */
+  output?: (service: ServiceName, line: string) => void;
 }
 
 const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, notifications: 2, backup: 1 };
@@ -56,6 +58,11 @@ export function machineDatabaseUrl(): string {
   const url = new URL(process.env.BANTU_TEST_DATABASE_URL ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres');
   url.pathname = `/bantu_d_${randomBytes(5).toString('hex')}`;
   return url.toString();
+}
+
+/** The end of what a process wrote: its errors go to stderr, its log (fatal lines included) to stdout. */
+function outputOf(child: CliProcess): string {
+  return `${child.stderr()}${child.stdout().slice(-4000)}`;
 }
 
 export async function startDeployment(options: DeploymentOptions = {}): Promise<Deployment> {
@@ -82,14 +89,31 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
   const processes = new Map<ServiceName, CliProcess[]>();
   const spawn = (service: ServiceName, extra: Record<string, string> = {}) => {
     const child = runCli(['serve', service], { ...env, ...extra });
+    if (options.output) {
+      const output = options.output;
+      for (const stream of [child.child.stdout, child.child.stderr]) {
+        let partial = '';
+        stream?.on('data', (chunk) => {
+          const lines = (partial + chunk).split('\n');
+          partial = lines.pop() ?? '';
+          for (const line of lines) output(service, line);
+        });
+        stream?.on('end', () => partial && output(service, partial));
+      }
+    }
     processes.set(service, [...(processes.get(service) ?? []), child]);
+    // A process that fails on its own (not stopped by a signal) is said at once: otherwise a
+    // test only sees refused connections, or sockets that end without a reason.
+    void child.exited.then(({ code, signal }) => {
+      if (code !== 0 && signal === null) process.stderr.write(`bantu serve ${service} exited with code ${code}:\n${outputOf(child)}\n`);
+    });
     return child;
   };
-  const running = async (child: CliProcess, limitMs = 90_000) => {
+  const running = async (child: CliProcess, limitMs = 180_000) => {
     const deadline = Date.now() + limitMs;
     while (!/is running at/.test(child.stdout())) {
-      if (child.child.exitCode !== null) throw new Error(`bantu serve exited ${child.child.exitCode}: ${child.stderr()}`);
-      if (Date.now() > deadline) throw new Error(`bantu serve did not start in time: ${child.stderr()}`);
+      if (child.child.exitCode !== null) throw new Error(`bantu serve exited ${child.child.exitCode}: ${outputOf(child)}`);
+      if (Date.now() > deadline) throw new Error(`bantu serve did not start in time: ${outputOf(child)}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   };

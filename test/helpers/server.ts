@@ -7,6 +7,7 @@ import { Agent, type Dispatcher, request } from 'undici';
 import { dropDatabases } from '../../src/adapters/db/pg.ts';
 import { type App, createApp, type StartedApp } from '../../src/app.ts';
 import { loadConfig } from '../../src/core/config.ts';
+import { distributed } from './shape.ts';
 
 /**
  * Starts a real Bantu in-process on a random port with a temporary data dir, and gives a
@@ -14,6 +15,8 @@ import { loadConfig } from '../../src/core/config.ts';
  *
  * With BANTU_TEST_DATABASE_URL set (npm run test:machine), the server uses that external
  * PostgreSQL with databases of its own, dropped at the end; otherwise embedded PostgreSQL.
+ * With BANTU_TEST_SHAPE=distributed (npm run test:distributed), a deployment of `bantu serve`
+ * processes instead, behind the same interface (test/helpers/distributed-server.ts).
  */
 export interface TestServer {
   app: App;
@@ -21,6 +24,8 @@ export interface TestServer {
   url: string;
   dataDir: string;
   operatorToken: string;
+  /** The installation's BANTU_SECRET_KEY (which seals the JWT signing keys in the databases). */
+  secretKey: string;
   /** The default tenant's keys. */
   keys: { live: { account_key: string; application_key: string }; test: { account_key: string; application_key: string } };
   ca: string;
@@ -66,6 +71,7 @@ export interface StartOptions {
 }
 
 export async function startServer(env: Record<string, string> = {}, options: StartOptions = {}): Promise<TestServer> {
+  if (distributed) return (await import('./distributed-server.ts')).startDistributedServer(env, options);
   const dataDir = await makeTempDir();
   const externalBase = process.env.BANTU_TEST_DATABASE_URL;
   let databaseUrl: string | undefined;
@@ -93,6 +99,7 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
   const ca = await fs.readFile(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
   const http = new Agent({ connect: { ca }, keepAliveTimeout: 1000 });
   const operatorToken = (await fs.readFile(path.join(dataDir, 'secrets', 'operator-token'), 'utf8')).trim();
+  const secretKey = result.config.secretKey ?? (await fs.readFile(path.join(dataDir, 'secrets', 'secret-key'), 'utf8')).trim();
   const defaults = options.sameInstallationAs ?? JSON.parse(await fs.readFile(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8'));
 
   const server: TestServer = {
@@ -101,6 +108,7 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
     url: started.url,
     dataDir,
     operatorToken,
+    secretKey,
     keys: defaults.keys,
     ca,
     http,

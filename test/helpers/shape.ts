@@ -1,0 +1,16 @@
+/**
+ * The shape the end-to-end suites run in (DESIGN.md, "One code base, two shapes"): in-process
+ * (`npm test` on embedded PostgreSQL, `npm run test:machine` on the machine's), or distributed
+ * (`npm run test:distributed`, BANTU_TEST_SHAPE=distributed): `startServer` then starts a
+ * deployment of `bantu serve` processes behind a gateway (test/helpers/distributed-server.ts).
+ */
+export const distributed = process.env.BANTU_TEST_SHAPE === 'distributed';
+
+/**
+ * The `skip` option of a test that only the in-process shape can run, with the reason it cannot
+ * run distributed: `it(name, { skip: inProcessOnly('needs app.identity in-process') }, ...)`.
+ * False in the in-process shape, so there it runs as always.
+ */
+export function inProcessOnly(reason: string): string | false {
+  return distributed ? `in-process shape only: ${reason}` : false;
+}
