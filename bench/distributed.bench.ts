@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type pg from 'pg';
 import type { Deployment } from '../test/helpers/distributed.ts';
@@ -8,6 +9,7 @@ import { type BenchPair, definePair, median, mibPerSecond, perSecond } from './h
 import {
   adminClient,
   backendStats,
+  cpuBoundRatio,
   cpuNotes,
   newest,
   type Reference,
@@ -52,6 +54,8 @@ interface Sides {
   admin: pg.Client;
   ca: string;
   cpu: { a: SideCpu[]; b: SideCpu[] };
+  /** The machine's 1-minute load average as each measurement started (2 cores: above 2, something waits). */
+  loads: number[];
 }
 
 async function startSides(files: number): Promise<Sides> {
@@ -61,7 +65,7 @@ async function startSides(files: number): Promise<Sides> {
     const tls = { certFile: path.join(deployment.dataDir, 'tls', 'cert.pem'), keyFile: path.join(deployment.dataDir, 'tls', 'key.pem') };
     reference = await startReference(tls);
     const admin = await adminClient(deployment.env.DATABASE_URL as string);
-    return { deployment, reference, admin, ca: deployment.ca, cpu: { a: [], b: [] } };
+    return { deployment, reference, admin, ca: deployment.ca, cpu: { a: [], b: [] }, loads: [] };
   } catch (error) {
     await reference?.close();
     await deployment.close();
@@ -104,6 +108,7 @@ async function groupsOf(sides: Sides, side: 'a' | 'b', perInstance: boolean): Pr
 
 /** Runs `work` and records each group's CPU over it, per `units` of work; the groups are listed again at the end (new backends count). */
 async function metered<T>(sides: Sides, side: 'a' | 'b', units: number, perInstance: boolean, work: () => Promise<T>): Promise<T> {
+  sides.loads.push(os.loadavg()[0] ?? Number.NaN);
   const reading = cpuOfGroups(await groupsOf(sides, side, perInstance));
   const result = await work();
   const { groups, machine, elapsedMs } = reading(await groupsOf(sides, side, perInstance));
@@ -119,8 +124,18 @@ async function metered<T>(sides: Sides, side: 'a' | 'b', units: number, perInsta
   return result;
 }
 
-function notesOf(sides: Sides, per: string): Record<string, string> {
-  return { ...cpuNotes('A', sides.cpu.a, per), ...cpuNotes('B', sides.cpu.b, per) };
+function notesOf(sides: Sides, per: string): Record<string, string | number> {
+  return {
+    'CPU-bound ratio (B CPU per unit / A CPU per unit, every process of the side and the client)': cpuBoundRatio(sides.cpu.a, sides.cpu.b),
+    ...cpuNotes('A', sides.cpu.a, per),
+    ...cpuNotes('B', sides.cpu.b, per),
+    ...loadNote(sides.loads),
+  };
+}
+
+function loadNote(loads: readonly number[]): Record<string, string> {
+  if (loads.length === 0) return {};
+  return { 'load average (1 min) as measurements started': `${Math.min(...loads).toFixed(1)}..${Math.max(...loads).toFixed(1)} (median ${median(loads).toFixed(1)})` };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -368,6 +383,7 @@ export const pairs: BenchPair[] = [
     },
     async a(ctx) {
       await restartGatewayAndFiles(ctx.deployment);
+      ctx.loads.push(os.loadavg()[0] ?? Number.NaN);
       const pids = { gateway: newest(ctx.deployment, 'gateway').child.pid as number, files: newest(ctx.deployment, 'files').child.pid as number };
       const growth = await peakGrowth(pids, () => uploadHuge(ctx, 'a'));
       ctx.growth.gateway.push(growth.gateway as number);
@@ -376,6 +392,7 @@ export const pairs: BenchPair[] = [
     },
     async b(ctx) {
       await ctx.reference.restart();
+      ctx.loads.push(os.loadavg()[0] ?? Number.NaN);
       const growth = await peakGrowth({ server: ctx.reference.cli.child.pid as number }, () => uploadHuge(ctx, 'b'));
       return growth.server as number;
     },
@@ -384,6 +401,7 @@ export const pairs: BenchPair[] = [
       'A files growth per round (MiB)': ctx.growth.files.map((v) => v.toFixed(1)).join(', '),
       'A gateway growth, median (MiB)': median(ctx.growth.gateway),
       'A files growth, median (MiB)': median(ctx.growth.files),
+      ...loadNote(ctx.loads),
     }),
     teardown: stopSides,
   }),

@@ -162,6 +162,18 @@ export function cpuNotes(label: string, rounds: readonly SideCpu[], per: string)
   for (const part of Object.keys(rounds[0]?.detail ?? {})) notes[`${label} ${part}`] = text((r) => r.detail[part] ?? 0);
   const ours = (r: SideCpu) => Object.values(r.groups).reduce((sum, v) => sum + v, 0);
   notes[`${label} rest of the machine`] = text((r) => Math.max(0, r.machine - ours(r)));
+  notes[`${label} all ours`] = text(ours);
   notes[`${label} all cores busy`] = `${Math.round(median(rounds.map((r) => r.machine / r.elapsedMs)) * 100)}% of one core (2 cores = 200%)`;
   return notes;
+}
+
+/**
+ * The ratio the pair would show if both sides were bound by the machine's CPU alone: B's CPU
+ * per unit of work over A's, every process of the side and the client counted. On a machine
+ * shared with other load, it moves less than the rates do (it does not depend on how much of
+ * the cores the other load left), so it is the figure to set next to a noisy ratio.
+ */
+export function cpuBoundRatio(a: readonly SideCpu[], b: readonly SideCpu[]): number {
+  const perUnit = (rounds: readonly SideCpu[]) => median(rounds.map((r) => Object.values(r.groups).reduce((sum, v) => sum + v, 0) / r.work));
+  return perUnit(b) / perUnit(a);
 }
