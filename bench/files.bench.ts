@@ -13,6 +13,7 @@ import { runCli } from '../test/helpers/cli.ts';
 import { makeTempDir, startServer, type TestServer } from '../test/helpers/server.ts';
 import { type BenchPair, definePair, mibPerSecond } from './harness.ts';
 import { fsyncFolder } from './lib/files-floor.ts';
+import { type Form, formOf, memoryKiB, receive, resetPeak, send, stopChild } from './lib/transfer.ts';
 
 /**
  * Files through the gateway (A) against a bare Node HTTPS server (B) that streams the same
@@ -103,76 +104,6 @@ async function bareMultipartServer(cert: string, key: string, dir: string): Prom
   return { app, origin: `https://127.0.0.1:${(app.server.address() as AddressInfo).port}` };
 }
 
-/** Multipart framing around one part `file`: what goes before its bytes, and after. */
-interface Form {
-  boundary: string;
-  head: Buffer;
-  tail: Buffer;
-}
-
-function formOf(filename: string): Form {
-  const boundary = `bantubench${randomBytes(8).toString('hex')}`;
-  return {
-    boundary,
-    head: Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\nContent-Type: application/octet-stream\r\n\r\n`),
-    tail: Buffer.from(`\r\n--${boundary}--\r\n`),
-  };
-}
-
-interface SendOptions {
-  auth?: string;
-  /** The bytes sent over and over (default the context's random MiB). */
-  chunk?: Buffer;
-  /** Send the bytes as the part `file` of a multipart body instead of raw. */
-  form?: Form;
-}
-
-/** Sends `bytes` (the same random MiB over and over), raw or as a multipart part, and resolves with the status and body. */
-function send(ctx: Pick<Ctx, 'ca' | 'chunk'>, method: string, url: string, bytes: number, options: SendOptions = {}): Promise<{ status: number; body: string }> {
-  const { auth, chunk = ctx.chunk, form } = options;
-  return new Promise((resolve, reject) => {
-    const request = https.request(url, {
-      method,
-      ca: ctx.ca,
-      agent: false,
-      headers: {
-        'content-type': form ? `multipart/form-data; boundary=${form.boundary}` : 'application/octet-stream',
-        'content-length': bytes + (form ? form.head.length + form.tail.length : 0),
-        ...(auth ? { authorization: `Bearer ${auth}` } : {}),
-      },
-    });
-    request.on('error', reject);
-    request.on('response', (response) => {
-      let body = '';
-      response.on('data', (c) => (body += c));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }));
-    });
-    (async () => {
-      if (form) request.write(form.head);
-      let sent = 0;
-      while (sent < bytes) {
-        const piece = chunk.subarray(0, Math.min(chunk.length, bytes - sent));
-        sent += piece.length;
-        if (!request.write(piece)) await new Promise((r) => request.once('drain', r));
-      }
-      request.end(form?.tail);
-    })().catch(reject);
-  });
-}
-
-function receive(ctx: Ctx, url: string, auth?: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    https
-      .get(url, { ca: ctx.ca, agent: false, headers: auth ? { authorization: `Bearer ${auth}` } : {} }, (response) => {
-        let size = 0;
-        response.on('data', (c: Buffer) => (size += c.length));
-        response.on('end', () => resolve(size));
-        response.on('error', reject);
-      })
-      .on('error', reject);
-  });
-}
-
 async function setup(): Promise<Ctx> {
   const bantu = await startServer({ BANTU_LOG_LEVEL: 'silent' });
   const [cert, key] = await Promise.all([
@@ -238,25 +169,9 @@ async function rateOf(transfer: () => Promise<number>): Promise<number> {
  */
 const RSS_SETTLE_MS = 1000;
 
-/** VmRSS and VmHWM (peak RSS since start or the last reset) of a process, in KiB. */
-async function memoryKiB(pid: number): Promise<{ rss: number; hwm: number }> {
-  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
-  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
-  return { rss: field('VmRSS'), hwm: field('VmHWM') };
-}
-
 interface ChildServer {
   child: ChildProcess;
   origin: string;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-  await exited;
-  clearTimeout(timer);
 }
 
 /** A real `bantu start` on `dataDir` (backup worker off: the pair measures the upload, not a 1 GiB backup copy after it). */
@@ -289,7 +204,7 @@ async function coldPeakGrowth(server: ChildServer, upload: () => Promise<void>):
   try {
     const pid = server.child.pid as number;
     await new Promise((resolve) => setTimeout(resolve, RSS_SETTLE_MS));
-    await fs.writeFile(`/proc/${pid}/clear_refs`, '5');
+    await resetPeak(pid);
     const before = await memoryKiB(pid);
     await upload();
     const after = await memoryKiB(pid);

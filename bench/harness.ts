@@ -92,6 +92,12 @@ export interface BenchPair<Ctx = unknown> {
   /** Unreported rounds first (default 1, or BENCH_WARMUP). */
   warmup?: number;
   /**
+   * A pair that runs only when asked for by name: `optIn: 'distributed'` runs with
+   * `npm run bench -- --distributed` (then only such pairs) and never in a plain run. For
+   * pairs that need more than a plain run starts (processes of their own, servers of the machine).
+   */
+  optIn?: 'distributed';
+  /**
    * Starts whatever both sides need (servers, data, clients). Runs once per pair, before the
    * first round. Anything it starts must be stopped by `teardown`, which runs even when a round fails.
    */

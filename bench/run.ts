@@ -1,7 +1,11 @@
 /**
- * `npm run bench [-- filter ...]`: finds every bench/*.bench.ts, runs the pairs whose name
- * (or file name) contains one of the filters (all without filters), one pair after the
- * other, and writes bench/results/latest.json and bench/results/latest.md.
+ * `npm run bench [-- [--distributed] filter ...]`: finds every bench/*.bench.ts, runs the pairs
+ * whose name (or file name) contains one of the filters (all without filters), one pair after
+ * the other, and writes bench/results/latest.json and bench/results/latest.md.
+ *
+ * Pairs with an `optIn` run only with its flag, and the flag runs only them: `--distributed`
+ * selects the pairs that start a distributed deployment (bench/distributed.bench.ts), which
+ * need the machine's PostgreSQL, NATS and Redis and a minute of process starts each.
  *
  * A filtered run replaces only the pairs it ran: the other entries of latest.json are kept
  * (each entry carries its own `measured_at`), so `npm run bench -- healthz` does not erase
@@ -17,6 +21,13 @@ import { type BenchPair, fmt, type PairResult, runPair, targetText } from './har
 const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, 'results');
 const filters = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+const flags = new Set(process.argv.slice(2).filter((a) => a.startsWith('--')).map((a) => a.slice(2)));
+const KNOWN_FLAGS: ReadonlySet<string> = new Set<NonNullable<BenchPair['optIn']>>(['distributed']);
+
+/** Whether a plain run (no flag) or a flagged one takes this pair, before filters. */
+function inThisRun(pair: BenchPair): boolean {
+  return pair.optIn === undefined ? flags.size === 0 : flags.has(pair.optIn);
+}
 
 interface ResultsFile {
   generated_at: string;
@@ -95,12 +106,18 @@ function markdown(file: ResultsFile): string {
 }
 
 async function main(): Promise<number> {
+  const unknown = [...flags].filter((flag) => !KNOWN_FLAGS.has(flag));
+  if (unknown.length > 0) {
+    console.error(`unknown option ${unknown.map((f) => `--${f}`).join(', ')} (options: ${[...KNOWN_FLAGS].map((f) => `--${f}`).join(', ')})`);
+    return 1;
+  }
   const files = fs
     .readdirSync(here)
     .filter((name) => name.endsWith('.bench.ts'))
     .sort();
   const selected: Array<{ file: string; pair: BenchPair }> = [];
   const seen = new Set<string>();
+  const skipped: BenchPair[] = [];
   for (const file of files) {
     const mod = (await import(pathToFileURL(path.join(here, file)).href)) as { pairs?: BenchPair[] };
     if (!Array.isArray(mod.pairs)) {
@@ -110,11 +127,18 @@ async function main(): Promise<number> {
     for (const pair of mod.pairs) {
       if (seen.has(pair.name)) throw new Error(`duplicate pair name ${pair.name} (bench/${file})`);
       seen.add(pair.name);
+      if (!inThisRun(pair)) {
+        if (filters.some((f) => pair.name.includes(f))) skipped.push(pair);
+        continue;
+      }
       if (filters.length === 0 || filters.some((f) => pair.name.includes(f) || file.includes(f))) selected.push({ file, pair });
     }
   }
+  for (const pair of skipped) {
+    console.log(pair.optIn ? `${pair.name}: skipped, runs only with --${pair.optIn}` : `${pair.name}: skipped, not an opt-in pair of ${[...flags].map((f) => `--${f}`).join(' ')}`);
+  }
   if (selected.length === 0) {
-    console.error(filters.length ? `no pair matches ${filters.join(', ')} (pairs: ${[...seen].join(', ') || 'none'})` : 'no bench/*.bench.ts pairs found');
+    console.error(filters.length ? `no pair of this run matches ${filters.join(', ')} (pairs: ${[...seen].join(', ') || 'none'})` : 'no bench/*.bench.ts pairs found');
     return 1;
   }
 

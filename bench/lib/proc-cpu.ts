@@ -83,3 +83,62 @@ export function cpuSince(exclude: ReadonlySet<number> = new Set()): () => CpuSpl
     };
   };
 }
+
+/**
+ * CPU milliseconds every core of the machine has spent busy so far (user, nice, system, irq,
+ * softirq, steal; not idle, not iowait), from /proc/stat: what the cores did in all, ours
+ * and anyone else's. 0 off Linux.
+ */
+export function machineBusyMs(): number {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+    const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1).map(Number);
+    return [user, nice, system, irq, softirq, steal].reduce<number>((sum, v) => sum + (v ?? 0), 0) * TICK_MS;
+  } catch {
+    return 0;
+  }
+}
+
+/** Pids of every running process whose command name (/proc/<pid>/comm) is `name`. */
+export function pidsNamed(name: string): number[] {
+  const out: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === name) out.push(Number(entry));
+    } catch {}
+  }
+  return out;
+}
+
+export interface GroupCpu {
+  /** CPU milliseconds of each group over the reading. */
+  groups: Record<string, number>;
+  /** CPU milliseconds the whole machine spent busy over the reading (machineBusyMs). */
+  machine: number;
+  /** Wall-clock milliseconds of the reading. */
+  elapsedMs: number;
+}
+
+/**
+ * Starts a reading of named groups of stat files (`/proc/<pid>/stat` counts every thread of a
+ * process, `/proc/<pid>/task/<tid>/stat` one thread); the function it returns gives the CPU
+ * each group used since, next to what the whole machine did and the time it took. A file
+ * that appears only at the end counts from zero (a process started during the reading).
+ */
+export function cpuOfGroups(groups: Record<string, readonly string[]>): (end?: Record<string, readonly string[]>) => GroupCpu {
+  const read = (files: Record<string, readonly string[]>) => new Map(Object.values(files).flat().map((file) => [file, cpuMs(file)]));
+  const start = read(groups);
+  const machineStart = machineBusyMs();
+  const started = performance.now();
+  return (endGroups = groups) => {
+    const elapsedMs = performance.now() - started;
+    const end = read(endGroups);
+    const machine = machineBusyMs() - machineStart;
+    const out: Record<string, number> = {};
+    for (const [name, files] of Object.entries(endGroups)) {
+      out[name] = files.reduce((sum, file) => sum + Math.max(0, (end.get(file) ?? 0) - (start.get(file) ?? 0)), 0);
+    }
+    return { groups: out, machine, elapsedMs };
+  };
+}
