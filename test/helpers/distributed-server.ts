@@ -22,14 +22,13 @@ export async function startDistributedServer(env: Record<string, string>, option
   const deployment = await startDeployment({
     env,
     instances: { identity: 1, files: 2, notifications: 1, backup: env.BANTU_BACKUP_WORKER === 'off' ? 0 : 1 },
-    output:
-      destination || echo
-        ? (_service, line) => {
-            // The log is the JSON lines; the rest is the banner (identity's prints the default tenant's keys once).
-            if (line.startsWith('{')) destination?.write(`${line}\n`);
-            if (echo) process.stderr.write(`${line}\n`);
-          }
-        : undefined,
+    output: (_service, line) => {
+      // The log is the JSON lines; the rest is the banner (identity's prints the default tenant's keys once).
+      const logged = line.startsWith('{');
+      if (logged) destination?.write(`${line}\n`);
+      // Errors always (a 500 in CI then shows its cause), everything with BANTU_TEST_LOG_LEVEL.
+      if (echo || (logged && /^\{"level":(50|60),/.test(line))) process.stderr.write(`${line}\n`);
+    },
   });
   let databases: Awaited<ReturnType<typeof openDatabases>>;
   try {
