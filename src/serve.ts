@@ -68,9 +68,6 @@ export class InstallationKeyMismatchError extends Error {
 /** The API document generated from every service's routes (kept current by a test), published by a distributed gateway. */
 const OPENAPI_DOCUMENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'docs', 'openapi.json');
 
-/** How long a service keeps serving after leaving the registry: the gateways' polls (1 s) times the misses they allow, and some. */
-const DRAIN_MS = 4_000;
-
 const SERVICES_BEHIND_GATEWAY = SERVICE_NAMES.filter((name) => name !== 'gateway');
 
 export async function serveService(config: Config, logger: Logger, name: ServiceName): Promise<ServedService> {
@@ -214,7 +211,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   // at their next questions to the registry; until then, what they send is still served.
   platform.defer(async () => {
     await announced.stop();
-    await new Promise((resolve) => setTimeout(resolve, DRAIN_MS));
+    await new Promise((resolve) => setTimeout(resolve, config.service.drainMs));
   });
   logger.info({ instance: announced.id, address }, 'registered in the registry');
   return { name, url: address, createdDefaultTenant, leader, secretsDir: platform.secretsDir, close: () => platform.close() };

@@ -62,6 +62,12 @@ export const EnvSchema = Type.Object({
   BANTU_NATS_MAX_AGE_HOURS: Type.Optional(positiveInt('How long the JetStream events streams keep an event (default BANTU_EVENT_RETENTION_HOURS)')),
   BANTU_SERVICE_HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address a service (every one but the gateway, distributed mode) listens on for the gateway' }),
   BANTU_SERVICE_PORT: port('Port a service listens on for the gateway (0 picks a free one)', 0),
+  BANTU_SERVICE_DRAIN_MS: Type.Integer({
+    minimum: 0,
+    maximum: 60_000,
+    default: 4000,
+    description: 'How long a stopping service keeps serving after leaving the registry, while the gateways notice (they ask every second)',
+  }),
   BANTU_SERVICE_ADVERTISE_HOST: Type.Optional(
     Type.String({ minLength: 1, description: 'Host name the gateway should use to reach this service (default BANTU_SERVICE_HOST; set it when listening on 0.0.0.0, e.g. the container name)' }),
   ),
@@ -116,7 +122,7 @@ export interface Config {
   /** The JetStream events streams (one per environment) the outbox is relayed to. */
   natsStreams: { replicas: number; storage: 'file' | 'memory'; maxAgeHours: number };
   /** Where a service alone (distributed mode) listens for the gateway, and the host it announces. */
-  service: { host: string; port: number; advertiseHost: string };
+  service: { host: string; port: number; advertiseHost: string; drainMs: number };
   redisUrl?: string;
   redisPrefix: string;
   smtpUrl?: string;
@@ -202,7 +208,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       natsUrl: e.NATS_URL,
       natsPrefix: e.BANTU_NATS_PREFIX,
       natsStreams: { replicas: e.BANTU_NATS_REPLICAS, storage: e.BANTU_NATS_STORAGE, maxAgeHours: e.BANTU_NATS_MAX_AGE_HOURS ?? e.BANTU_EVENT_RETENTION_HOURS },
-      service: { host: e.BANTU_SERVICE_HOST, port: e.BANTU_SERVICE_PORT, advertiseHost: e.BANTU_SERVICE_ADVERTISE_HOST ?? e.BANTU_SERVICE_HOST },
+      service: { host: e.BANTU_SERVICE_HOST, port: e.BANTU_SERVICE_PORT, advertiseHost: e.BANTU_SERVICE_ADVERTISE_HOST ?? e.BANTU_SERVICE_HOST, drainMs: e.BANTU_SERVICE_DRAIN_MS },
       redisUrl: e.REDIS_URL,
       redisPrefix: e.BANTU_REDIS_PREFIX,
       smtpUrl: e.SMTP_URL,

@@ -285,7 +285,8 @@ describe('backup worker as its own process', () => {
 
   it('the backup store unwritable (its root replaced by a file): the backup stalls without a dead letter, then backs up every version once the store is back', async () => {
     const deadBefore = (await status()).dead_letters;
-    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
+    // No drain after leaving the registry (no gateway routes to it here): the stop is the worker's alone.
+    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2', BANTU_SERVICE_DRAIN_MS: '0' });
     const expected: Expected = new Map();
     try {
       await workerReady(worker);
@@ -328,7 +329,8 @@ describe('backup worker as its own process', () => {
   });
 
   it('a worker retrying a failing store still stops promptly on SIGTERM; the next one backs up what waited', async () => {
-    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2' });
+    // No drain after leaving the registry (no gateway routes to it here): the stop is the worker's alone.
+    const worker = startWorker(server, { BANTU_BACKUP_MAX_ATTEMPTS: '2', BANTU_SERVICE_DRAIN_MS: '0' });
     const expected: Expected = new Map();
     try {
       await workerReady(worker);
