@@ -54,6 +54,26 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * A free port for a gateway, below the kernel's ephemeral range (32768 and up on Linux): the
+ * services listen on port 0, and one could otherwise take the port between this check and the
+ * gateway's start (seen: EADDRINUSE).
+ */
+async function gatewayPort(): Promise<number> {
+  for (;;) {
+    const candidate = 20_000 + Math.floor(Math.random() * 12_000);
+    const server = net.createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(candidate, '127.0.0.1', () => resolve(true));
+    });
+    if (free) {
+      await new Promise((resolve) => server.close(resolve));
+      return candidate;
+    }
+  }
+}
+
 export function machineDatabaseUrl(): string {
   const url = new URL(process.env.BANTU_TEST_DATABASE_URL ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres');
   url.pathname = `/bantu_d_${randomBytes(5).toString('hex')}`;
@@ -67,7 +87,7 @@ function outputOf(child: CliProcess): string {
 
 export async function startDeployment(options: DeploymentOptions = {}): Promise<Deployment> {
   const dataDir = await makeTempDir('bantu-dist-');
-  const port = await freePort();
+  const port = await gatewayPort();
   const suffix = randomBytes(4).toString('hex');
   const databaseUrl = machineDatabaseUrl();
   const env: Record<string, string> = {
