@@ -322,6 +322,15 @@ export interface BlobStore {
  */
 
 /** What the files service offers the backup: reads, deletes, and restores as new versions. */
+/** A version the backup brings back through the files service: its content address and where it lived. */
+export interface RestorableVersion {
+  sha256: string;
+  size: number;
+  content_type: string;
+  name: string;
+  path: string;
+}
+
 export interface FilesPort {
   get(principal: TenantPrincipal, id: string): Promise<FileObject>;
   list(principal: TenantPrincipal, query: { limit: number; cursor?: string }): Promise<{ data: FileObject[]; next_cursor: string | null }>;
@@ -333,7 +342,7 @@ export interface FilesPort {
   restoreVersion(
     principal: TenantPrincipal,
     id: string,
-    version: { sha256: string; size: number; content_type: string; name: string; path: string },
+    version: RestorableVersion,
     open: () => Promise<AsyncIterable<Uint8Array>>,
   ): Promise<FileObject>;
 }

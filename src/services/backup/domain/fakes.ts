@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import { MemoryBlobStore } from '../../../adapters/blob/memory.ts';
 import { AppError, Errors } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
-import type { FilesPort } from '../../../core/ports.ts';
+import type { FilesPort, RestorableVersion } from '../../../core/ports.ts';
 import { type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
 import type {
   BackupRepository,
@@ -270,7 +270,7 @@ interface FakeFile extends FileObject {
 export interface RestoreCall {
   tenant_id: string;
   id: string;
-  version: { sha256: string; size: number; content_type: string; name: string; path: string };
+  version: RestorableVersion;
   opened: boolean;
 }
 

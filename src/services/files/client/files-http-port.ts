@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { AppError } from '../../../core/errors.ts';
-import type { FilesPort } from '../../../core/ports.ts';
+import type { FilesPort, RestorableVersion } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
 import { problemError, type ServiceClient } from '../../../platform/service-client.ts';
@@ -33,7 +33,7 @@ export class HttpFilesPort implements FilesPort {
   async restoreVersion(
     principal: TenantPrincipal,
     id: string,
-    version: { sha256: string; size: number; content_type: string; name: string; path: string },
+    version: RestorableVersion,
     open: () => Promise<AsyncIterable<Uint8Array>>,
   ): Promise<FileObject> {
     const path = `/internal/files/${encodeURIComponent(id)}/restore`;

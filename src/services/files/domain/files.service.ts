@@ -6,7 +6,7 @@ import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { FileEventType, FileObject } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
-import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type StagedBlob, type StoredBlob } from '../../../core/ports.ts';
+import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type RestorableVersion, type StagedBlob, type StoredBlob } from '../../../core/ports.ts';
 import { actorOf, type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
 import * as repo from '../repo/files.repo.ts';
 import { type Idempotency, principalKey, replayOf, type WriteAnswer } from './idempotency.ts';
@@ -285,7 +285,7 @@ export class FilesService {
   async restoreVersion(
     principal: TenantPrincipal,
     id: string,
-    version: { sha256: string; size: number; content_type: string; name: string; path: string },
+    version: RestorableVersion,
     open: () => Promise<AsyncIterable<Uint8Array>>,
   ): Promise<FileObject> {
     const owner = this.ownerScope(principal);
