@@ -22,8 +22,12 @@ export const AUDIENCE = 'bantu';
 export const TOKEN_TYPE = 'at+jwt';
 const CLOCK_SKEW_SECONDS = 60;
 const ALGORITHM = 'EdDSA';
-/** An unknown kid reloads the key set (another process may have rotated), at most this often. */
-const RELOAD_MIN_MS = 5_000;
+/**
+ * An unknown kid reloads the key set (another process may have rotated), at most this often:
+ * a token that comes sooner waits for the next reload rather than being refused, and forged
+ * key ids cost at most one read per interval.
+ */
+const RELOAD_MIN_MS = 250;
 /**
  * Every process re-reads its key sets this often, in the background: a rotation made by
  * another process reaches it, and a retired key leaves its set and the JWKS once the tokens
@@ -86,6 +90,7 @@ const purposeOf = (environment: Environment, kid: string) => `signing-key:${envi
 export class TokenService {
   private readonly sets = new Map<Environment, KeySet>();
   private readonly reloading = new Map<Environment, Promise<void>>();
+  private readonly scheduledReloads = new Map<Environment, Promise<void>>();
   private refreshTimer: NodeJS.Timeout | undefined;
   private readonly verified = new Map<string, { claims: AccessClaims; expiresAtMs: number; kid: string }>();
 
@@ -281,13 +286,26 @@ export class TokenService {
   }
 
   private async keyFor(environment: Environment, kid: string): Promise<KeyObject | null> {
-    let found = this.set(environment).verification.get(kid);
-    if (!found && this.now() - this.set(environment).loadedAt > RELOAD_MIN_MS) {
-      // Another process may have rotated: look once, shared by concurrent callers.
-      await this.reload(environment).catch(() => undefined);
-      found = this.set(environment).verification.get(kid);
+    const known = () => this.set(environment).verification.get(kid)?.publicKey ?? null;
+    // Another process may have rotated. A read already running may predate that rotation, so
+    // an unknown kid always gets a read that starts after it arrived.
+    if (!known()) await this.reloading.get(environment)?.catch(() => undefined);
+    if (!known()) await this.reloadSoon(environment).catch(() => undefined);
+    return known();
+  }
+
+  /** A reload now, or when RELOAD_MIN_MS have passed since the last one; concurrent callers share it. */
+  private reloadSoon(environment: Environment): Promise<void> {
+    const wait = Math.min(RELOAD_MIN_MS, this.set(environment).loadedAt + RELOAD_MIN_MS - this.now());
+    if (wait <= 0) return this.reload(environment);
+    let scheduled = this.scheduledReloads.get(environment);
+    if (!scheduled) {
+      scheduled = new Promise<void>((resolve) => setTimeout(resolve, wait).unref())
+        .then(() => this.reload(environment))
+        .finally(() => this.scheduledReloads.delete(environment));
+      this.scheduledReloads.set(environment, scheduled);
     }
-    return found?.publicKey ?? null;
+    return scheduled;
   }
 
   /** Re-reads the environment's key set; concurrent callers share one read. */
