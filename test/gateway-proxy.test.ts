@@ -135,3 +135,71 @@ describe('gateway proxy: retries after a connection failure', () => {
 function instance(id: string, address: string): ServiceInstance {
   return { id, service: 'files', address, version: 'test', keyId: 'k', routes: [] };
 }
+
+describe('gateway proxy: an answer decided from the request headers alone', () => {
+  const tokens = new InternalTokens(SECRET);
+  let upstream: http.Server;
+  let gateway: FastifyInstance;
+  let port: number;
+  let cutUpload: () => void = () => undefined;
+  const uploadCut = new Promise<void>((resolve) => (cutUpload = resolve));
+
+  before(async () => {
+    upstream = http.createServer((req, res) => {
+      if (req.url?.includes('hold')) {
+        // Takes the body and never answers, telling the test when the upload is cut.
+        req.resume();
+        req.once('close', () => cutUpload());
+        return;
+      }
+      // Refuses every other upload from its headers, without reading a byte of its body.
+      res.writeHead(413, { 'content-type': 'application/problem+json', connection: 'close' });
+      res.end(JSON.stringify({ code: 'payload_too_large' }));
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    const only = instance('only', `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`);
+    const directory: ServiceDirectory = {
+      instances: (service: ServiceName) => (service === 'files' ? [only] : []),
+      routes: () => new Map([['files', [{ method: 'POST', url: '/uploads', at: 'v1', body: 'stream' } satisfies RouteDescription]]]),
+      unseen: () => [],
+      suspect: () => undefined,
+      onChange: () => undefined,
+    };
+    const logger = pino({ level: 'silent' });
+    const proxy = new ServiceProxy({ directory, tokens, verifiers: [], logger });
+    gateway = await createGateway({ logger, corsOrigins: [], maxUploadBytes: 1 << 30, metrics: new Registry(), checks: new Map(), verifiers: [], routes: [], proxy, version: 'test' });
+    await gateway.listen({ host: '127.0.0.1', port: 0 });
+    port = (gateway.server.address() as AddressInfo).port;
+  });
+  after(async () => {
+    await gateway?.close();
+    await new Promise((resolve) => upstream?.close(resolve));
+  });
+
+  // The timeout only ends the test if the answer never comes (the bug: the proxy held the headers back until the first body byte).
+  it('reaches a client that sends its headers and waits for the answer before its body', { timeout: 20_000 }, async () => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.write('POST /v1/uploads HTTP/1.1\r\nHost: bantu.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n');
+    let received = '';
+    for await (const chunk of socket) {
+      received += chunk;
+      if (received.includes('payload_too_large')) break;
+    }
+    socket.destroy();
+    assert.match(received, /^HTTP\/1\.1 413 /);
+    assert.match(received, /payload_too_large/);
+  });
+
+  it('a client gone mid-upload: the upload to the service is cut too, and the gateway goes on', async () => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.write('POST /v1/uploads?hold=1 HTTP/1.1\r\nHost: bantu.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n');
+    socket.write(Buffer.alloc(64 * 1024));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    socket.destroy();
+    await uploadCut;
+    const health = await request(`http://127.0.0.1:${port}/healthz`);
+    assert.equal(health.statusCode, 200);
+    await health.body.dump();
+  });
+});

@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { Agent, IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import FindMyWay from 'find-my-way';
@@ -12,12 +12,14 @@ import { INTERNAL_HEADER, type InternalTokens } from '../platform/internal-token
 import type { ServiceInstance } from '../platform/registry.ts';
 import { enforceRule, verifyCredential } from './auth.ts';
 import type { RouteDescription } from './routes.ts';
+import { bodyAgent, sendWithBody, type UpstreamAnswer } from './upstream-with-body.ts';
 
 /**
  * The gateway of distributed mode: finds the route a request is for among the routes the
  * services announced, authenticates it once, and streams it to a live instance of that
- * service with the verified principal in a signed header. Bodies stream both ways (undici,
- * keep-alive pools per instance): nothing is buffered.
+ * service with the verified principal in a signed header. Bodies stream both ways (keep-alive
+ * connections per instance: undici for requests without a body, node:http for those with one,
+ * see upstream-with-body.ts): nothing is buffered.
  *
  * A connection failure before any answer byte is retried once on another instance, only for
  * GET and HEAD and for writes carrying an Idempotency-Key whose body was not yet read.
@@ -56,6 +58,7 @@ const ANSWER_TIMEOUT_MS = 60_000;
 export class ServiceProxy {
   private router = FindMyWay<FindMyWay.HTTPVersion.V1>();
   private readonly pools = new Map<string, Pool>();
+  private readonly agents = new Map<string, Agent>();
   private readonly next = new Map<ServiceName, number>();
 
   constructor(private readonly options: ProxyOptions) {
@@ -94,6 +97,8 @@ export class ServiceProxy {
   async close(): Promise<void> {
     await Promise.all([...this.pools.values()].map((pool) => pool.close()));
     this.pools.clear();
+    for (const agent of this.agents.values()) agent.destroy();
+    this.agents.clear();
   }
 
   private async forward(request: FastifyRequest, reply: FastifyReply, service: ServiceName, principal: Principal | null): Promise<void> {
@@ -153,16 +158,11 @@ export class ServiceProxy {
     else startAnswerTimer();
 
     const body = hasBody ? lazyBody(request.raw) : undefined;
-    let answer: Awaited<ReturnType<Pool['request']>>;
+    let answer: Pick<UpstreamAnswer, 'statusCode' | 'headers'> & { body: Readable };
     try {
-      answer = await this.pool(instance.address).request({
-        method: request.method as 'GET',
-        path: request.url,
-        headers,
-        body: body?.stream ?? null,
-        signal: abort.signal,
-        headersTimeout: 0,
-      });
+      answer = body
+        ? await sendWithBody(this.agent(instance.address), instance.address, { method: request.method, path: request.url, headers, body: body.stream, signal: abort.signal })
+        : await this.pool(instance.address).request({ method: request.method as 'GET', path: request.url, headers, signal: abort.signal, headersTimeout: 0 });
     } catch (error) {
       clearTimeout(answerTimer);
       reply.raw.off('close', onClientGone);
@@ -205,6 +205,15 @@ export class ServiceProxy {
     return pool;
   }
 
+  private agent(address: string): Agent {
+    let agent = this.agents.get(address);
+    if (!agent) {
+      agent = bodyAgent();
+      this.agents.set(address, agent);
+    }
+    return agent;
+  }
+
   /** New routes or instances: a fresh route table, and no pools left to instances that are gone. */
   private rebuild(): void {
     const router = FindMyWay<FindMyWay.HTTPVersion.V1>();
@@ -228,6 +237,13 @@ export class ServiceProxy {
       if (!live.has(address)) {
         this.pools.delete(address);
         pool.close().catch(() => undefined);
+      }
+    }
+    for (const [address, agent] of this.agents) {
+      if (!live.has(address)) {
+        this.agents.delete(address);
+        // Idle connections only: an upload still in flight finishes.
+        for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
       }
     }
   }
@@ -271,11 +287,16 @@ function lazyBody(source: IncomingMessage): { stream: Readable; started(): boole
       source.off('data', onData);
       source.off('end', onEnd);
       source.off('error', onError);
+      // The client's stream is left behind: its later failure (the client going away, seen
+      // through the reply's close) must not go unhandled.
+      source.on('error', ignore);
       callback(error);
     },
   });
   return { stream, started: () => started };
 }
+
+function ignore(): void {}
 
 function unavailable(detail: string): AppError {
   return new AppError(Errors.unavailable, detail, { headers: { 'Retry-After': '1' } });
