@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import { AppError, Errors, errorDefinition, type FieldError } from '../core/errors.ts';
 import type { Principal } from '../core/principal.ts';
-import type { ServiceName } from './catalogue.ts';
+import { SERVICE_NAMES, type ServiceName } from './catalogue.ts';
 import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 import type { ServiceInstance } from './registry.ts';
 
@@ -26,6 +26,7 @@ export interface ServiceCall {
 export interface InstanceDirectory {
   instances(service: ServiceName): ServiceInstance[];
   suspect(instanceId: string): void;
+  onChange(listener: () => void): void;
 }
 
 export class ServiceClient {
@@ -35,7 +36,9 @@ export class ServiceClient {
   constructor(
     private readonly directory: InstanceDirectory,
     private readonly tokens: InternalTokens,
-  ) {}
+  ) {
+    directory.onChange(() => this.closeGonePools());
+  }
 
   /** The answer as it came, whatever its status. */
   async call(service: ServiceName, call: ServiceCall): Promise<Dispatcher.ResponseData> {
@@ -74,6 +77,16 @@ export class ServiceClient {
 
   async close(): Promise<void> {
     await Promise.all([...this.pools.values()].map((pool) => pool.close()));
+  }
+
+  /** An instance gone from the registry: its pool closes once its calls in flight have ended. */
+  private closeGonePools(): void {
+    const live = new Set(SERVICE_NAMES.flatMap((service) => this.directory.instances(service).map((instance) => instance.address)));
+    for (const [address, pool] of this.pools) {
+      if (live.has(address)) continue;
+      this.pools.delete(address);
+      pool.close().catch(() => undefined);
+    }
   }
 
   private pool(address: string): Pool {
