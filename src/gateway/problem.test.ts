@@ -36,6 +36,14 @@ describe('problem+json rendering', () => {
         }),
         route({
           method: 'GET',
+          url: '/busy',
+          schema: {},
+          handler: async () => {
+            throw Object.assign(new Error('sorry, too many clients already'), { code: '53300', severity: 'FATAL' });
+          },
+        }),
+        route({
+          method: 'GET',
           url: '/exists',
           schema: {},
           handler: async () => {
@@ -57,6 +65,18 @@ describe('problem+json rendering', () => {
     assert.equal(body.request_id, 'r-500');
     assert.ok(!response.body.includes('ECONNREFUSED') && !response.body.includes('hunter2') && !response.body.includes('at '), 'nothing internal is sent');
     assert.ok(log.some((line) => line.includes('ECONNREFUSED')), 'the cause is logged');
+    await app.close();
+  });
+
+  it('answers 503 with Retry-After when the database refuses connections (too many clients), and logs the cause', async () => {
+    const log: string[] = [];
+    const app = await gatewayWith(log);
+    const response = await app.inject({ method: 'GET', url: '/v1/busy' });
+    assert.equal(response.statusCode, 503);
+    assert.equal(response.headers['retry-after'], '1');
+    assert.equal(response.json().code, 'service_unavailable');
+    assert.ok(!response.body.includes('too many clients'), 'nothing internal is sent');
+    assert.ok(log.some((line) => line.includes('too many clients')), 'the cause is logged');
     await app.close();
   });
 

@@ -96,6 +96,9 @@ export function toAppError(error: unknown): AppError | null {
   if (fastifyError?.statusCode === 400 && error instanceof SyntaxError) {
     return new AppError(Errors.validationFailed, 'The request body is not valid JSON', { errors: [{ field: 'body', message: 'is not valid JSON' }] });
   }
+  if (isDatabaseUnavailable(error)) {
+    return new AppError(Errors.unavailable, 'The database is busy or unreachable; try again shortly', { headers: { 'Retry-After': '1' } });
+  }
   const status = fastifyError?.statusCode;
   if (typeof status === 'number' && status >= 400 && status < 500) {
     const byStatus: Record<number, ErrorDefinition> = {
@@ -110,6 +113,17 @@ export function toAppError(error: unknown): AppError | null {
     return new AppError(byStatus[status] ?? Errors.badRequest, fastifyError.message);
   }
   return null;
+}
+
+/**
+ * PostgreSQL refusing connections (too many clients, starting up or shutting down) or a
+ * connection lost: passing, so a 503 the client may retry, not a 500. SQLSTATE class 08 is
+ * connection exceptions; the pool's own wait for a free connection has no code.
+ */
+function isDatabaseUnavailable(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && (code.startsWith('08') || ['53300', '57P01', '57P02', '57P03'].includes(code))) return true;
+  return typeof message === 'string' && message === 'timeout exceeded when trying to connect';
 }
 
 export function registerProblemHandlers(app: FastifyInstance): void {
