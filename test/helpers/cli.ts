@@ -7,6 +7,23 @@ import path from 'node:path';
  */
 const BIN = path.join(import.meta.dirname, '..', '..', 'bin', 'bantu.js');
 
+/**
+ * Every child still running. A test process that ends anyhow (a test timeout, a crash, a
+ * signal) takes them with it: an orphan would keep its ports, database connections and
+ * registry entries, and slow every test after it.
+ */
+const running = new Set<ChildProcess>();
+const killAll = () => {
+  for (const child of running) child.kill('SIGKILL');
+};
+process.once('exit', killAll);
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(128 + (signal === 'SIGTERM' ? 15 : signal === 'SIGINT' ? 2 : 1));
+  });
+}
+
 export interface CliProcess {
   child: ChildProcess;
   stdout(): string;
@@ -24,6 +41,8 @@ export function runCli(args: string[], env: Record<string, string | undefined>, 
   }
   if (!('DATABASE_URL' in env)) delete childEnv.DATABASE_URL;
   const child = spawn(process.execPath, [BIN, ...args], { env: childEnv, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   let out = '';
   let err = '';
   child.stdout?.on('data', (chunk) => (out += chunk));
