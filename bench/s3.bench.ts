@@ -1,18 +1,22 @@
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { CreateBucketCommand, GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { startS3rver, type TestS3 } from '../test/helpers/s3.ts';
+import { createS3Client } from '../src/adapters/blob/s3-client.ts';
+import { S3RVER_KEY } from '../test/helpers/s3.ts';
 import { startServer, type TestServer } from '../test/helpers/server.ts';
 import { type BenchPair, definePair, mibPerSecond } from './harness.ts';
-import { receive, send } from './lib/transfer.ts';
+import { receive, send, stopChild } from './lib/transfer.ts';
 
 /**
  * Files in S3 (issue 16): a 100 MiB upload and download through Bantu with S3_BUCKET on
  * s3rver (A), against the same transfer made with the AWS SDK alone to the same s3rver in the
  * same run (B): lib-storage's Upload with the driver's part size and parallelism (8 MiB, 3 at
- * once), and a streamed GetObject. s3rver, Bantu and the client all live in this process, so
- * both sides share its CPU alike. A pays for what B does not: HTTPS to Bantu, hashing, the
+ * once), and a streamed GetObject. s3rver runs in a process of its own (bench/lib/s3rver-process.ts),
+ * as an S3 service would; Bantu and the client live in this process, as does the SDK of B. A pays for what B does not: HTTPS to Bantu, hashing, the
  * database row and event, and the server-side copy of the temp object to its content address.
  * The backup worker is off: its copy of each upload to the backup bucket would run during the
  * next measurement.
@@ -26,7 +30,7 @@ const QUEUE = 3;
 const SDK_BUCKET = 'bench-sdk';
 
 interface Ctx {
-  s3: TestS3;
+  s3: { child: ChildProcess; directory: string };
   client: S3Client;
   bantu: TestServer;
   key: string;
@@ -38,19 +42,37 @@ interface Ctx {
   bigId?: string;
 }
 
+/** s3rver in a child process, and its endpoint. */
+async function startS3Process(): Promise<{ child: ChildProcess; endpoint: string; directory: string }> {
+  const script = path.join(import.meta.dirname, 'lib', 's3rver-process.ts');
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    child.stdout?.once('data', (chunk) => resolve(String(chunk).trim()));
+    child.once('exit', (code) => reject(new Error(`s3rver exited with ${code}`)));
+  });
+  const [endpoint = '', directory = ''] = line.split(' ');
+  return { child, endpoint, directory };
+}
+
+async function stopS3(s3: Ctx['s3']): Promise<void> {
+  await stopChild(s3.child);
+  await fs.rm(s3.directory, { recursive: true, force: true });
+}
+
 async function setup(): Promise<Ctx> {
-  const s3 = await startS3rver();
-  const client = s3.client();
+  const { endpoint, ...s3 } = await startS3Process();
+  const client = createS3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, ...S3RVER_KEY });
   try {
     await client.send(new CreateBucketCommand({ Bucket: SDK_BUCKET }));
-    const bantu = await startServer({ ...s3.env({ S3_BUCKET: 'bench-files' }), BANTU_LOG_LEVEL: 'silent', BANTU_BACKUP_WORKER: 'off' });
+    const env = { S3_ENDPOINT: endpoint, S3_ACCESS_KEY_ID: S3RVER_KEY.accessKeyId, S3_SECRET_ACCESS_KEY: S3RVER_KEY.secretAccessKey, S3_BUCKET: 'bench-files' };
+    const bantu = await startServer({ ...env, BANTU_LOG_LEVEL: 'silent', BANTU_BACKUP_WORKER: 'off' });
     const chunk = randomBytes(MiB);
     const hash = createHash('sha256');
     for (let sent = 0; sent < BIG; sent += MiB) hash.update(chunk.subarray(0, Math.min(MiB, BIG - sent)));
     return { s3, client, bantu, key: bantu.keys.test.account_key, ca: bantu.ca, chunk, bigSha256: hash.digest('hex'), seq: 0 };
   } catch (error) {
     client.destroy();
-    await s3.close();
+    await stopS3(s3);
     throw error;
   }
 }
@@ -58,7 +80,7 @@ async function setup(): Promise<Ctx> {
 async function teardown(ctx: Ctx): Promise<void> {
   await ctx.bantu.close();
   ctx.client.destroy();
-  await ctx.s3.close();
+  await stopS3(ctx.s3);
 }
 
 /** BIG bytes: the same random MiB over and over, as the HTTPS client sends them to Bantu. */
