@@ -7,6 +7,8 @@
 //   npm run test:distributed the end-to-end suites of identity, files, notifications and backup
 //                            once more against a distributed deployment that each suite starts
 //                            (--distributed: BANTU_TEST_SHAPE=distributed; test/helpers/shape.ts)
+//   npm run test:s3          the end-to-end suites of files and backup once more with files and
+//                            backups in S3: an s3rver per test file (--s3: BANTU_TEST_SHAPE=s3)
 // Extra arguments are test files or folders to run instead of all.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -15,6 +17,7 @@ import path from 'node:path';
 const args = process.argv.slice(2);
 const machine = args.includes('--machine');
 const distributed = args.includes('--distributed');
+const s3 = args.includes('--s3');
 const targets = args.filter((a) => !a.startsWith('--'));
 
 function collect(dir, out) {
@@ -37,7 +40,12 @@ if (files.length === 0) {
 const env = { ...process.env };
 if (machine) env.BANTU_TEST_DATABASE_URL ??= process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 else delete env.BANTU_TEST_DATABASE_URL;
+if (distributed && s3) {
+  console.error('--distributed and --s3 are two shapes: choose one');
+  process.exit(2);
+}
 if (distributed) env.BANTU_TEST_SHAPE = 'distributed';
+else if (s3) env.BANTU_TEST_SHAPE = 's3';
 else delete env.BANTU_TEST_SHAPE;
 const result = spawnSync(
   process.execPath,

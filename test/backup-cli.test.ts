@@ -1,15 +1,13 @@
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { runCli } from './helpers/cli.ts';
-import { until, uploadRaw } from './helpers/files.ts';
+import { rotBackupBlob, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 import { inProcessOnly } from './helpers/shape.ts';
 
 /** The real CLI against a test server's database (external, or the server's embedded one) and data dir. */
 function cli(server: TestServer, args: string[]) {
-  return runCli(args, { DATABASE_URL: server.app.databases.controlUrl, BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error' });
+  return runCli(args, { DATABASE_URL: server.app.databases.controlUrl, BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error', ...server.s3?.env });
 }
 
 async function backedUp(server: TestServer, key: string): Promise<void> {
@@ -35,17 +33,11 @@ describe('bantu backup verify', { skip: inProcessOnly('stops the server with app
     assert.equal((await clean.exited).code, 0, clean.stdout() + clean.stderr());
     assert.match(clean.stdout(), /verified 3 blobs holding 3 versions: all intact/);
 
-    for (const sha of [bad.sha256, bad2.sha256]) {
-      const blob = path.join(server.dataDir, 'backups', 'test', sha.slice(0, 2), sha);
-      const bytes = await fs.readFile(blob);
-      bytes[3] = (bytes[3] as number) ^ 0x01;
-      await fs.chmod(blob, 0o600);
-      await fs.writeFile(blob, bytes);
-    }
+    for (const sha of [bad.sha256, bad2.sha256]) await rotBackupBlob(server, 'test', sha, 3);
     // The server is stopped: without DATABASE_URL the tool starts the data dir's embedded PostgreSQL itself.
     await server.app.close();
     const external = process.env.BANTU_TEST_DATABASE_URL ? { DATABASE_URL: server.app.databases.controlUrl } : {};
-    const verify = runCli(['backup', 'verify'], { BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error', ...external });
+    const verify = runCli(['backup', 'verify'], { BANTU_DATA_DIR: server.dataDir, BANTU_LOG_LEVEL: 'error', ...external, ...server.s3?.env });
     const exit = await verify.exited;
     assert.equal(exit.code, 1, verify.stdout() + verify.stderr());
     const out = verify.stdout();

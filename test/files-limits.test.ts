@@ -90,7 +90,8 @@ describe('upload limits, disconnects and idempotency', () => {
       request.on('error', () => undefined);
       if (kind === 'multipart') request.write(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n\r\n`);
       await writeChunks(request, 300 * 1024, 16 * 1024, false);
-      await until(async () => (await tempFiles(server)).length > 0, 'the upload to reach the store');
+      // In S3 a body under one part (8 MiB) stays in the process until it ends: nothing shows there to wait for.
+      if (!server.s3) await until(async () => (await tempFiles(server)).length > 0, 'the upload to reach the store');
       request.destroy();
       await until(async () => (await tempFiles(server)).length === 0, 'the temp file to be removed');
       assert.equal(await blobCount(server), blobs);

@@ -58,6 +58,12 @@ describe('files and backups in S3', () => {
       assert.deepEqual(await objectKeys(client, `${FILES}-${environment}`), expected(environment), `${FILES}-${environment}`);
       assert.deepEqual(await objectKeys(client, `${BACKUPS}-${environment}`), expected(environment), `${BACKUPS}-${environment}`);
     }
+    // The backup copied each blob inside S3 (one service for both): a CopyObject from the files bucket, no GET.
+    for (const environment of ['live', 'test'] as const) {
+      const copies = s3.requests.filter((r) => r.copySource?.startsWith(`${FILES}-${environment}/`) && r.path.startsWith(`/${BACKUPS}-${environment}/`));
+      assert.deepEqual(copies.map((r) => r.path).sort(), expected(environment).map((object) => `/${BACKUPS}-${environment}/${object}`), environment);
+      assert.ok(!s3.requests.some((r) => r.method === 'GET' && r.path.startsWith(`/${FILES}-${environment}/`) && r.path.length > `/${FILES}-${environment}/`.length), 'no blob read back');
+    }
     // Nothing went to the data dir's folders.
     assert.equal(fs.existsSync(path.join(server.dataDir, 'blobs')), false);
     assert.equal(fs.existsSync(path.join(server.dataDir, 'backups')), false);

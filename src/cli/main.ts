@@ -4,7 +4,7 @@ import { parseEnv } from 'node:util';
 import cliProgress from 'cli-progress';
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
-import { S3UnusableError } from '../adapters/blob/s3.ts';
+import { S3UnusableError } from '../adapters/blob/s3-bucket.ts';
 import { RedisUnreachableError } from '../adapters/cache/redis-connection.ts';
 import { EmbeddedPostgresError, stopEmbeddedPostgresNow } from '../adapters/db/embedded.ts';
 import { DataDirLockedError } from '../adapters/local/data-dir.ts';

@@ -313,6 +313,13 @@ export interface BlobStore {
   delete(key: string): Promise<void>;
   /** Every blob, in no particular order (for sweeps and verification). */
   list(): AsyncIterable<BlobInfo>;
+  /**
+   * Where a store can copy a blob of `source` without the bytes passing through this process
+   * (S3 to S3 on one service): the copied blob (its key the same, its size checked, its bytes
+   * not hashed again), or null when it cannot from that source, and the caller streams it.
+   * A missing key is an ENOENT error, as for `get`.
+   */
+  copyFrom?(source: BlobStore, key: string): Promise<StoredBlob | null>;
 }
 
 /**

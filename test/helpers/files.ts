@@ -64,8 +64,14 @@ export async function eventsOf(server: TestServer, fileId: string, environment: 
   return result.rows;
 }
 
-/** Files under the blob store's temp folder: uploads in flight or left behind. */
+/** Files under the blob store's temp folder: uploads in flight or left behind (in S3: temp objects and multipart uploads). */
 export async function tempFiles(server: TestServer, environment: 'live' | 'test' = 'test'): Promise<string[]> {
+  if (server.s3) {
+    const { multipartUploads, objectKeys } = await import('./s3.ts');
+    const bucket = server.s3.buckets.blobs[environment];
+    const keys = [...(await objectKeys(server.s3.client, bucket)), ...(await multipartUploads(server.s3.client, bucket))];
+    return [...new Set(keys.filter((key) => key.startsWith('tmp/')))].sort();
+  }
   const fs = await import('node:fs/promises');
   const path = await import('node:path');
   return fs.readdir(path.join(server.dataDir, 'blobs', environment, 'tmp'));
@@ -73,6 +79,10 @@ export async function tempFiles(server: TestServer, environment: 'live' | 'test'
 
 /** How many blobs the environment's store holds. */
 export async function blobCount(server: TestServer, environment: 'live' | 'test' = 'test'): Promise<number> {
+  if (server.s3) {
+    const { objectKeys } = await import('./s3.ts');
+    return (await objectKeys(server.s3.client, server.s3.buckets.blobs[environment])).filter((key) => !key.startsWith('tmp/')).length;
+  }
   const fs = await import('node:fs/promises');
   const path = await import('node:path');
   const root = path.join(server.dataDir, 'blobs', environment);
@@ -82,6 +92,42 @@ export async function blobCount(server: TestServer, environment: 'live' | 'test'
     count += (await fs.readdir(path.join(root, folder))).length;
   }
   return count;
+}
+
+/** Whether the backup store holds a blob, wherever the server keeps backups (its data dir, or S3). */
+export async function backupBlobExists(server: TestServer, environment: 'live' | 'test', sha: string): Promise<boolean> {
+  if (server.s3) {
+    const { objectKeys } = await import('./s3.ts');
+    return (await objectKeys(server.s3.client, server.s3.buckets.backups[environment])).includes(`${sha.slice(0, 2)}/${sha}`);
+  }
+  const fs = await import('node:fs/promises');
+  const path = await import('node:path');
+  return fs.stat(path.join(server.dataDir, 'backups', environment, sha.slice(0, 2), sha)).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Flips one bit of the byte at `index` of a backup blob, in place (bit rot), wherever it is kept. */
+export async function rotBackupBlob(server: TestServer, environment: 'live' | 'test', sha: string, index: number): Promise<void> {
+  const flip = (bytes: Buffer) => {
+    bytes[index] = (bytes[index] as number) ^ 0x01;
+    return bytes;
+  };
+  if (server.s3) {
+    const { GetObjectCommand, PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const target = { Bucket: server.s3.buckets.backups[environment], Key: `${sha.slice(0, 2)}/${sha}` };
+    const object = await server.s3.client.send(new GetObjectCommand(target));
+    const bytes = Buffer.from((await object.Body?.transformToByteArray()) ?? []);
+    await server.s3.client.send(new PutObjectCommand({ ...target, Body: flip(bytes) }));
+    return;
+  }
+  const fs = await import('node:fs/promises');
+  const path = await import('node:path');
+  const blob = path.join(server.dataDir, 'backups', environment, sha.slice(0, 2), sha);
+  const bytes = await fs.readFile(blob);
+  await fs.chmod(blob, 0o600);
+  await fs.writeFile(blob, flip(bytes));
 }
 
 /**

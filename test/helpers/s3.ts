@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
-import { createS3Client, type S3ClientTuning } from '../../src/adapters/blob/s3.ts';
+import { createS3Client, type S3ClientTuning } from '../../src/adapters/blob/s3-client.ts';
 import { makeTempDir } from './server.ts';
 
 /**
@@ -12,11 +12,12 @@ import { makeTempDir } from './server.ts';
  * folder of its own. It can be stopped and started again on the same port and folder (S3 down,
  * then back).
  *
- * s3rver 3.7 lacks two calls every server Bantu targets has: AbortMultipartUpload and
- * ListMultipartUploads. `multipartExtras` adds them over s3rver's own folder of uploads in
- * progress (`<bucket>/._S3rver_uploads/<upload id>/`, holding the key and the parts), so the
- * driver's aborts and sweeps run against a server instead of being left untested. They skip
- * s3rver's access-key check (s3rver checks no V4 signature anyway).
+ * s3rver 3.7 lacks three calls every server Bantu targets has: AbortMultipartUpload,
+ * ListMultipartUploads and UploadPartCopy. `multipartExtras` adds them over s3rver's own folder
+ * of uploads in progress (`<bucket>/._S3rver_uploads/<upload id>/`, holding the key and the
+ * parts) and its store, so the driver's aborts, sweeps and server-side copies run against a
+ * server instead of being left untested. They skip s3rver's access-key check (s3rver checks no
+ * V4 signature anyway).
  */
 export const S3RVER_KEY = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
 
@@ -27,6 +28,8 @@ export interface TestS3 {
   client(tuning?: S3ClientTuning): S3Client;
   /** The S3_* variables that point Bantu at this server. */
   env(vars: { S3_BUCKET?: string; S3_BACKUP_BUCKET?: string }): Record<string, string>;
+  /** Every request so far, in arrival order (to see which calls a driver made). */
+  requests: S3Request[];
   /** Holds every UploadPart request unanswered (a server that does not keep up) until `release`. */
   holdParts(): { release(): void; waiting(): number };
   /** Stops answering: open connections are cut, new ones refused. */
@@ -36,12 +39,26 @@ export interface TestS3 {
   close(): Promise<void>;
 }
 
+/** One request as s3rver saw it: the copy source for copies. */
+export interface S3Request {
+  method: string;
+  path: string;
+  query: Record<string, string | undefined>;
+  copySource?: string;
+}
+
 interface KoaContext {
   method: string;
   path: string;
   query: Record<string, string | undefined>;
+  headers: Record<string, string | undefined>;
   status: number;
   body: unknown;
+  /** s3rver's filesystem store. */
+  store: {
+    getObject(bucket: string, key: string, range: { start: number; end: number }): Promise<{ content: NodeJS.ReadableStream | null } | null>;
+    putPart(bucket: string, uploadId: string, partNumber: number, content: NodeJS.ReadableStream): Promise<{ md5: string }>;
+  };
 }
 
 const UPLOADS = '._S3rver_uploads';
@@ -51,8 +68,10 @@ interface Gate {
   waiting: number;
 }
 
-function multipartExtras(directory: string, gate: Gate) {
+function multipartExtras(directory: string, gate: Gate, requests: S3Request[]) {
   return async (ctx: KoaContext, next: () => Promise<void>) => {
+    const copySource = ctx.headers['x-amz-copy-source'];
+    requests.push({ method: ctx.method, path: ctx.path, query: { ...ctx.query }, ...(copySource ? { copySource: decodeURIComponent(copySource) } : {}) });
     if (gate.open && ctx.method === 'PUT' && ctx.query.partNumber !== undefined) {
       gate.waiting++;
       await gate.open;
@@ -72,6 +91,19 @@ function multipartExtras(directory: string, gate: Gate) {
       }
       await fs.rm(folder, { recursive: true, force: true });
       ctx.status = 204;
+      return;
+    }
+    if (ctx.method === 'PUT' && ctx.query.uploadId !== undefined && ctx.query.partNumber !== undefined && copySource) {
+      const [sourceBucket = '', ...sourceKey] = decodeURIComponent(copySource).replace(/^\//, '').split('/');
+      const range = /^bytes=(\d+)-(\d+)$/.exec(ctx.headers['x-amz-copy-source-range'] ?? '');
+      const source = await ctx.store.getObject(sourceBucket, sourceKey.join('/'), range ? { start: Number(range[1]), end: Number(range[2]) } : { start: 0, end: Number.POSITIVE_INFINITY });
+      if (!source?.content) {
+        ctx.status = 404;
+        ctx.body = { Error: { Code: 'NoSuchKey', Message: 'The specified key does not exist.' } };
+        return;
+      }
+      const { md5 } = await ctx.store.putPart(bucket, path.basename(ctx.query.uploadId), Number(ctx.query.partNumber), source.content);
+      ctx.body = { CopyPartResult: { LastModified: new Date().toISOString(), ETag: `"${md5}"` } };
       return;
     }
     if (ctx.method === 'GET' && key === '' && ctx.query.uploads !== undefined) {
@@ -96,10 +128,11 @@ export async function startS3rver(): Promise<TestS3> {
   let port = 0;
   let server: S3rver | undefined;
   const gate: Gate = { open: null, waiting: 0 };
+  const requests: S3Request[] = [];
   const start = async () => {
     const instance = new S3rver({ address: '127.0.0.1', port, directory, silent: true, vhostBuckets: false });
     // Before s3rver's router (the last middleware), after its XML encoder.
-    instance.middleware.splice(instance.middleware.length - 1, 0, multipartExtras(directory, gate));
+    instance.middleware.splice(instance.middleware.length - 1, 0, multipartExtras(directory, gate, requests));
     const address = (await instance.run()) as AddressInfo;
     port = address.port;
     server = instance;
@@ -118,6 +151,7 @@ export async function startS3rver(): Promise<TestS3> {
   return {
     endpoint,
     directory,
+    requests,
     client: (tuning) => createS3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, ...S3RVER_KEY }, tuning),
     env: (vars) => ({
       S3_ENDPOINT: endpoint,

@@ -7,7 +7,8 @@ import { Agent, type Dispatcher, request } from 'undici';
 import { dropDatabases } from '../../src/adapters/db/pg.ts';
 import { type App, createApp, type StartedApp } from '../../src/app.ts';
 import { loadConfig } from '../../src/core/config.ts';
-import { distributed } from './shape.ts';
+import { acquireS3, type ServerS3 } from './s3-shape.ts';
+import { distributed, s3 } from './shape.ts';
 
 /**
  * Starts a real Bantu in-process on a random port with a temporary data dir, and gives a
@@ -17,6 +18,8 @@ import { distributed } from './shape.ts';
  * PostgreSQL with databases of its own, dropped at the end; otherwise embedded PostgreSQL.
  * With BANTU_TEST_SHAPE=distributed (npm run test:distributed), a deployment of `bantu serve`
  * processes instead, behind the same interface (test/helpers/distributed-server.ts).
+ * With BANTU_TEST_SHAPE=s3 (npm run test:s3), files and backups go to S3 buckets of the
+ * server's own on the file's s3rver (test/helpers/s3-shape.ts), unless `env` names S3_BUCKET.
  */
 export interface TestServer {
   app: App;
@@ -29,6 +32,8 @@ export interface TestServer {
   /** The default tenant's keys. */
   keys: { live: { account_key: string; application_key: string }; test: { account_key: string; application_key: string } };
   ca: string;
+  /** In the S3 shape: where its files and backups are. */
+  s3?: ServerS3;
   http: Dispatcher;
   request(method: string, pathname: string, options?: RequestOptions): Promise<TestResponse>;
   close(): Promise<void>;
@@ -72,6 +77,16 @@ export interface StartOptions {
 
 export async function startServer(env: Record<string, string> = {}, options: StartOptions = {}): Promise<TestServer> {
   if (distributed) return (await import('./distributed-server.ts')).startDistributedServer(env, options);
+  const storage = s3 && env.S3_BUCKET === undefined ? await acquireS3(options.sameInstallationAs?.s3) : undefined;
+  try {
+    return await startInProcess({ ...storage?.env, ...env }, options, storage);
+  } catch (error) {
+    await storage?.release();
+    throw error;
+  }
+}
+
+async function startInProcess(env: Record<string, string>, options: StartOptions, storage: ServerS3 | undefined): Promise<TestServer> {
   const dataDir = await makeTempDir();
   const externalBase = process.env.BANTU_TEST_DATABASE_URL;
   let databaseUrl: string | undefined;
@@ -111,6 +126,7 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
     secretKey,
     keys: defaults.keys,
     ca,
+    ...(storage ? { s3: storage } : {}),
     http,
     request: (method, pathname, options) => requestWith(http, started.url, method, pathname, options),
     async close() {
@@ -118,6 +134,7 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
       await app.close();
       if (databaseUrl) await dropDatabases(databaseUrl);
       await fs.rm(dataDir, { recursive: true, force: true });
+      await storage?.release();
     },
   };
   return server;

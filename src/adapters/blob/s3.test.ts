@@ -9,7 +9,8 @@ import { loadConfig, type S3StoreConfig } from '../../core/config.ts';
 import { AppError } from '../../core/errors.ts';
 import type { BlobStore } from '../../core/ports.ts';
 import { blobStoreContract } from './blob-store.contract.ts';
-import { openS3Stores, type S3BlobStore, type S3Stores, S3UnusableError } from './s3.ts';
+import { openS3Stores, type S3BlobStore, type S3Stores } from './s3.ts';
+import { S3UnusableError } from './s3-bucket.ts';
 
 const MiB = 1024 * 1024;
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -230,6 +231,71 @@ describe('S3BlobStore', () => {
     } finally {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => relay.close(resolve));
+    }
+  });
+});
+
+describe('S3BlobStore.copyFrom: server-side copies between buckets of one service', () => {
+  /** A files store and a backup store as the platform opens them on one s3rver. */
+  async function pair(options: Parameters<typeof openS3Stores>[1] = {}) {
+    const env = s3.env({ S3_BUCKET: freshPrefix(), S3_BACKUP_BUCKET: freshPrefix() });
+    return { files: (await storesFrom(env, 's3Blobs')).live, backups: (await storesFrom(env, 's3Backups', options)).live };
+  }
+  /** The requests s3rver received while `work` ran. */
+  async function requestsDuring(work: () => Promise<unknown>) {
+    const from = s3.requests.length;
+    await work();
+    return s3.requests.slice(from);
+  }
+
+  it('copies a blob with one CopyObject: no byte read through the process, the same bytes under the same key', async () => {
+    const { files, backups } = await pair();
+    const data = randomBytes(MiB + 7);
+    const stored = await files.put(Readable.from([data]));
+    const object = `${stored.key.slice(0, 2)}/${stored.key}`;
+    let copied: unknown;
+    const requests = await requestsDuring(async () => {
+      copied = await backups.copyFrom(files, stored.key);
+    });
+    assert.deepEqual(copied, { key: stored.key, sha256: stored.key, size: data.length });
+    assert.deepEqual(
+      requests.filter((r) => r.copySource).map((r) => [r.method, r.path, r.copySource]),
+      [['PUT', `/${backups.bucket}/${object}`, `${files.bucket}/${object}`]],
+    );
+    assert.ok(!requests.some((r) => r.method === 'GET'), 'no GET: the bytes never came through the process');
+    assert.deepEqual(await readAll(await backups.get(stored.key)), data);
+  });
+
+  it('copies a blob larger than copyPartSize in parts (UploadPartCopy), leaving no multipart upload', async () => {
+    const { files, backups } = await pair({ copyPartSize: 5 * MiB, queueSize: 2 });
+    const data = randomBytes(12 * MiB + 3);
+    const stored = await files.put(Readable.from([data]));
+    const requests = await requestsDuring(() => backups.copyFrom(files, stored.key));
+    const partCopies = requests.filter((r) => r.copySource && r.query.partNumber !== undefined);
+    assert.deepEqual(partCopies.map((r) => r.query.partNumber).sort(), ['1', '2', '3']);
+    assert.ok(!requests.some((r) => r.method === 'GET'), 'no GET: the bytes never came through the process');
+    assert.deepEqual(await readAll(await backups.get(stored.key)), data);
+    const client = s3.client();
+    try {
+      assert.deepEqual(await multipartUploads(client, backups.bucket), []);
+    } finally {
+      client.destroy();
+    }
+  });
+
+  it('declines a source elsewhere (another S3 service, not S3), and a missing blob is ENOENT', async () => {
+    const other = await startS3rver();
+    try {
+      const { files } = await pair();
+      const stored = await files.put(Readable.from([Buffer.from('on the first server')]));
+      const elsewhere = (await storesFrom({ ...s3.env({ S3_BACKUP_BUCKET: freshPrefix() }), S3_BACKUP_ENDPOINT: other.endpoint }, 's3Backups')).live;
+      assert.equal(await elsewhere.copyFrom(files, stored.key), null);
+      const { MemoryBlobStore } = await import('./memory.ts');
+      assert.equal(await files.copyFrom(new MemoryBlobStore(), stored.key), null);
+      const { backups } = await pair();
+      await assert.rejects(backups.copyFrom(files, 'a'.repeat(64)), { code: 'ENOENT' });
+    } finally {
+      await other.close();
     }
   });
 });

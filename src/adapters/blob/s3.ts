@@ -1,11 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
-import https from 'node:https';
 import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand,
   CopyObjectCommand,
-  CreateBucketCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
@@ -13,16 +10,15 @@ import {
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   type ListObjectsV2CommandOutput,
-  PutObjectCommand,
-  S3Client,
-  S3ServiceException,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { Logger } from 'pino';
-import { AppError, Errors } from '../../core/errors.ts';
 import { type BlobInfo, type BlobStore, BlobTooLargeError, type ByteRange, type StagedBlob, type StoredBlob } from '../../core/ports.ts';
 import { ContentHash } from './content-hash.ts';
+import { openBucket, serviceOf, whereOf } from './s3-bucket.ts';
+import { asStoreError, createS3Client, type S3ClientTuning, type S3Location, statusOf, unavailable } from './s3-client.ts';
+import { copyInParts } from './s3-copy.ts';
 
 /**
  * The S3 blob store: one bucket per environment (`<prefix>-live`, `<prefix>-test`), for any
@@ -62,60 +58,6 @@ const MiB = 1024 * 1024;
 /** CopyObject copies at most this much in one request: the largest blob this store takes. */
 export const S3_MAX_OBJECT_BYTES = 5 * 1024 ** 3;
 
-/** Where an S3 service is and how to sign for it. Credentials are static: the SDK never walks its provider chain (no instance-metadata lookups). */
-export interface S3Location {
-  /** Unset: AWS S3 of `region`. */
-  endpoint?: string;
-  region: string;
-  forcePathStyle: boolean;
-  accessKeyId: string;
-  secretAccessKey: string;
-}
-
-/** Retries and timeouts of every request; the defaults bound a dead server to about 3 * 30 s. */
-export interface S3ClientTuning {
-  /** Tries per request, the first included. Default 3. */
-  maxAttempts?: number;
-  /** Time to open a TCP connection. Default 3000 ms. */
-  connectTimeoutMs?: number;
-  /** Time from a request's start to its response headers (an upload part included). Default 30 s. */
-  requestTimeoutMs?: number;
-  /** Longest silence on a socket, a download's body included. Default 30 s. */
-  socketTimeoutMs?: number;
-}
-
-export function createS3Client(location: S3Location, tuning: S3ClientTuning = {}): S3Client {
-  const agent = { keepAlive: true, maxSockets: 64 };
-  return new S3Client({
-    endpoint: location.endpoint,
-    region: location.region,
-    forcePathStyle: location.forcePathStyle,
-    credentials: { accessKeyId: location.accessKeyId, secretAccessKey: location.secretAccessKey },
-    maxAttempts: tuning.maxAttempts ?? 3,
-    retryMode: 'standard',
-    // Checksums only where S3 requires them: the default (CRC32 on every upload, with
-    // aws-chunked trailers) is not understood by every S3-compatible server.
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-    requestHandler: new NodeHttpHandler({
-      connectionTimeout: tuning.connectTimeoutMs ?? 3000,
-      requestTimeout: tuning.requestTimeoutMs ?? 30_000,
-      throwOnRequestTimeout: true,
-      socketTimeout: tuning.socketTimeoutMs ?? 30_000,
-      httpAgent: new http.Agent(agent),
-      httpsAgent: new https.Agent(agent),
-    }),
-  });
-}
-
-/** The store could not open its bucket at start (wrong credentials, no permission, no server): the CLI says so in one line. */
-export class S3UnusableError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'S3UnusableError';
-  }
-}
-
 export interface S3BlobStoreOptions {
   /** Bytes per upload part (at least 5 MiB, S3's minimum). Default 8 MiB. */
   partSize?: number;
@@ -129,42 +71,17 @@ export interface S3BlobStoreOptions {
   logger?: Pick<Logger, 'warn' | 'info'>;
   /** For messages: where the bucket is (the endpoint, or AWS). */
   where?: string;
+  /**
+   * Which S3 service the client speaks to (endpoint, region, keys): stores of the same service
+   * copy blobs between their buckets inside it (`copyFrom`). Unset: copies only from itself.
+   */
+  service?: string;
+  /** Server-side copies larger than this go in parts of this size (UploadPartCopy), a few at once. Default 64 MiB. */
+  copyPartSize?: number;
 }
 
 const notFoundError = (key: string) => Object.assign(new Error(`no blob ${key}`), { code: 'ENOENT' });
 
-/** An error of the S3 service or of the way to it (network, timeout), as opposed to a bug here or a failing source. */
-function isS3Failure(error: unknown): boolean {
-  if (error instanceof S3ServiceException) return true;
-  if (!(error instanceof Error)) return false;
-  const code = (error as NodeJS.ErrnoException).code;
-  return '$metadata' in error || error.name === 'TimeoutError' || (typeof code === 'string' && /^E[A-Z_]+$/.test(code));
-}
-
-function statusOf(error: unknown): number | undefined {
-  return (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-}
-
-/** An S3 failure in a few words: its code and message, or its HTTP status when the answer had no body (HEAD). */
-function reasonOf(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const status = statusOf(error);
-  if (status !== undefined && (error.name === 'Unknown' || error.message === 'UnknownError' || error.message === '')) return `HTTP ${status}`;
-  return error.name === 'Error' ? error.message : `${error.name}: ${error.message}`;
-}
-
-/** The service could not do what the request needs: 503 with Retry-After; the cause goes to the log, never to the client. */
-function unavailable(error: unknown): AppError {
-  return new AppError(Errors.unavailable, 'A service this request needs is not answering. Try again shortly.', {
-    headers: { 'Retry-After': '5' },
-    cause: error,
-  });
-}
-
-/** S3 failures become 503s; anything else (a bug) stays what it is. */
-function asStoreError(error: unknown): unknown {
-  return error instanceof AppError || !isS3Failure(error) ? error : unavailable(error);
-}
 
 export class S3BlobStore implements BlobStore {
   /** Temp keys this process is writing: never swept, whatever their age. */
@@ -172,6 +89,8 @@ export class S3BlobStore implements BlobStore {
   private readonly partSize: number;
   private readonly queueSize: number;
   private readonly graceMs: number;
+  private readonly copyPartSize: number;
+  private readonly service: string;
   private readonly logger?: Pick<Logger, 'warn' | 'info'>;
   private timer?: NodeJS.Timeout;
   private sweeping: Promise<unknown> = Promise.resolve();
@@ -184,6 +103,8 @@ export class S3BlobStore implements BlobStore {
     this.partSize = Math.max(options.partSize ?? 8 * MiB, 5 * MiB);
     this.queueSize = options.queueSize ?? 3;
     this.graceMs = options.orphanGraceMs ?? 24 * 3600 * 1000;
+    this.copyPartSize = Math.max(options.copyPartSize ?? 64 * MiB, 5 * MiB);
+    this.service = options.service ?? `bucket ${bucket}`;
     this.logger = options.logger;
   }
 
@@ -194,28 +115,7 @@ export class S3BlobStore implements BlobStore {
    * first upload. Then sweeps what dead writers left. `client` is the caller's to destroy.
    */
   static async open(client: S3Client, bucket: string, options: S3BlobStoreOptions = {}): Promise<S3BlobStore> {
-    const where = `S3 bucket "${bucket}"${options.where ? ` at ${options.where}` : ''}`;
-    const unusable = (what: string, error: unknown) => new S3UnusableError(`${where} ${what} (${reasonOf(error)})`, { cause: error });
-    try {
-      await client.send(new HeadBucketCommand({ Bucket: bucket }));
-    } catch (error) {
-      if (statusOf(error) === 403) throw unusable('refuses these credentials: check S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY and the bucket policy', error);
-      if (statusOf(error) !== 404) throw unusable('cannot be reached', error);
-      try {
-        await client.send(new CreateBucketCommand({ Bucket: bucket }));
-      } catch (createError) {
-        // Another process may have created it meanwhile.
-        const name = (createError as Error).name;
-        if (name !== 'BucketAlreadyOwnedByYou' && name !== 'BucketAlreadyExists') throw unusable('does not exist and cannot be created', createError);
-      }
-    }
-    const probe = `${TEMP_PREFIX}probe-${randomBytes(8).toString('hex')}`;
-    try {
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: probe, Body: 'bantu' }));
-      await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: probe }));
-    } catch (error) {
-      throw unusable('cannot be written with these credentials', error);
-    }
+    await openBucket(client, bucket, options.where);
     const store = new S3BlobStore(client, bucket, options);
     await store.sweep();
     const every = options.sweepEveryMs ?? 3600 * 1000;
@@ -269,9 +169,8 @@ export class S3BlobStore implements BlobStore {
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     do {
-      const page = await this.client.send(
-        new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: TEMP_PREFIX, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
-      );
+      // Every prefix: a server-side copy in parts writes to the blob's own key.
+      const page = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.bucket, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
       for (const upload of page.Uploads ?? []) {
         if (!upload.Key || !upload.UploadId || this.writing.has(upload.Key) || (upload.Initiated?.getTime() ?? 0) >= cutoff) continue;
         await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId }));
@@ -377,6 +276,41 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
+  /**
+   * Copies `source`'s blob `key` here inside S3 when `source` is a store of the same service:
+   * CopyObject, or UploadPartCopy in parts of `copyPartSize` for a larger one (no single
+   * request copies gigabytes against the request timeout). The bytes are not hashed again:
+   * the source was hashed as it was written, and `bantu backup verify` reads copies back.
+   */
+  async copyFrom(source: BlobStore, key: string): Promise<StoredBlob | null> {
+    if (!(source instanceof S3BlobStore) || source.service !== this.service) return null;
+    const object = this.objectOf(key);
+    let size: number;
+    try {
+      size = (await this.client.send(new HeadObjectCommand({ Bucket: source.bucket, Key: object }))).ContentLength ?? 0;
+    } catch (error) {
+      if (statusOf(error) === 404) throw Object.assign(notFoundError(key), { cause: error });
+      throw asStoreError(error);
+    }
+    const copySource = `${source.bucket}/${object}`;
+    try {
+      if (size <= this.copyPartSize) await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: object, CopySource: copySource }));
+      else {
+        this.writing.add(object);
+        try {
+          await copyInParts(this.client, { bucket: this.bucket, object, copySource, size, partSize: this.copyPartSize, queueSize: this.queueSize, logger: this.logger });
+        } finally {
+          this.writing.delete(object);
+        }
+      }
+      const copied = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: object }));
+      if (copied.ContentLength !== size) throw unavailable(new Error(`S3 holds ${copied.ContentLength} bytes under ${object} in ${this.bucket}, ${size} were copied`));
+    } catch (error) {
+      throw asStoreError(error);
+    }
+    return { key, sha256: key, size };
+  }
+
   async get(key: string, range?: ByteRange): Promise<Readable> {
     const object = this.objectOf(key);
     try {
@@ -429,16 +363,6 @@ export class S3BlobStore implements BlobStore {
   }
 }
 
-/** Where a store's service is, for messages: the endpoint's origin (never user info), or AWS. */
-function whereOf(location: S3Location): string {
-  if (!location.endpoint) return `AWS S3 (${location.region})`;
-  try {
-    return new URL(location.endpoint).origin;
-  } catch {
-    return 'S3_ENDPOINT';
-  }
-}
-
 /** The two environments' stores of one S3 configuration, on one client. */
 export interface S3Stores {
   live: S3BlobStore;
@@ -458,7 +382,7 @@ export async function openS3Stores(
   const client = createS3Client(location, options.tuning);
   const opened: S3BlobStore[] = [];
   try {
-    const storeOptions = { ...options, where: options.where ?? whereOf(location) };
+    const storeOptions = { ...options, where: options.where ?? whereOf(location), service: options.service ?? serviceOf(location) };
     for (const environment of ['live', 'test'] as const) opened.push(await S3BlobStore.open(client, `${location.bucketPrefix}-${environment}`, storeOptions));
   } catch (error) {
     for (const store of opened) await store.close();

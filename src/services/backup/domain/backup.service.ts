@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
-import { type BackupUsagePort, type BlobStore, type ByteRange, type EventBus, type FilesPort, PoisonEventError } from '../../../core/ports.ts';
+import { type BackupUsagePort, type BlobStore, type ByteRange, type EventBus, type FilesPort, PoisonEventError, type StoredBlob } from '../../../core/ports.ts';
 import { ENVIRONMENTS, type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
 import type { BackupRepository, HistoryPosition, PolicyRow, RetentionRule, TenantBackupTx, VersionEvent, VersionRow } from './backup.repository.ts';
 
@@ -205,18 +205,37 @@ export class BackupService {
     }
   }
 
-  /** Copies one version's bytes from the files store, checking they are the bytes the event names. */
+  /**
+   * Copies one version's bytes from the files store, checking they are the bytes the event
+   * names: inside the storage service when the backup store can (S3 to S3 on one service,
+   * where the size is checked and the bytes are not read), streamed through here otherwise.
+   */
   private async copy(environment: Environment, file: FileSnapshot): Promise<void> {
+    const from = this.deps.sources[environment];
+    const to = this.deps.store[environment];
+    const missing = (error: unknown) =>
+      (error as NodeJS.ErrnoException).code === 'ENOENT'
+        ? new PoisonEventError(`the files store has no blob ${file.sha256} (file ${file.id} version ${file.version})`, { cause: error })
+        : error; // the files store failing to read (EIO...): not the event's fault
+    let stored: StoredBlob | null;
+    try {
+      stored = (await to.copyFrom?.(from, file.sha256)) ?? null;
+    } catch (error) {
+      throw missing(error);
+    }
+    if (stored && stored.size !== file.size) {
+      // Under the key the event names, but not its bytes: nothing may reference it.
+      await to.delete(file.sha256);
+      throw new PoisonEventError(`size mismatch for file ${file.id} version ${file.version}: expected ${file.size} bytes, the files store holds ${stored.size}`);
+    }
+    if (stored) return;
     let source: AsyncIterable<Uint8Array>;
     try {
-      source = await this.deps.sources[environment].get(file.sha256);
+      source = await from.get(file.sha256);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new PoisonEventError(`the files store has no blob ${file.sha256} (file ${file.id} version ${file.version})`, { cause: error });
-      }
-      throw error; // the files store failing to read (EIO...): not the event's fault
+      throw missing(error);
     }
-    const stored = await this.deps.store[environment].put(source);
+    stored = await to.put(source);
     if (stored.sha256 !== file.sha256 || stored.size !== file.size) {
       // Stored under its real hash, which nothing references: the sweep removes it.
       throw new PoisonEventError(`checksum mismatch for file ${file.id} version ${file.version}: expected ${file.sha256} (${file.size} bytes), read ${stored.sha256} (${stored.size} bytes)`);

@@ -6,7 +6,7 @@ import pino from 'pino';
 import { rejectsWith } from '../../../../test/helpers/app-error.ts';
 import { MemoryBlobStore } from '../../../adapters/blob/memory.ts';
 import type { BusEvent } from '../../../core/events.ts';
-import { type ConsumerStatus, type DeadLetter, type EventBus, type EventHandler, PoisonEventError } from '../../../core/ports.ts';
+import { type BlobStore, type ConsumerStatus, type DeadLetter, type EventBus, type EventHandler, PoisonEventError } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import { BACKUP_CONSUMER, BackupService, usageOf } from './backup.service.ts';
 import { DAY_MS, FakeClock, FakeFiles, MemoryBackupRepository } from './fakes.ts';
@@ -276,6 +276,39 @@ describe('recording a version when its event arrives', () => {
     await assert.rejects(backup.record({ ...event, data: { file: { ...file, size: 99 } } }), mismatch, 'the right bytes, but not the size the event names');
     assert.equal(repository.entries('test').length, 0);
     assert.deepEqual(await backup.sweep(), { entries: 0, blobs: 2 }, 'the sweep removes what the failed copies stored');
+  });
+
+  it('copies inside the storage service when the backup store can (copyFrom): no read through the process, the size checked', async () => {
+    // What S3 to S3 on one service does: the bytes move between the stores, not through the backup.
+    const target: BlobStore = store.test;
+    target.copyFrom = async (source, key) => {
+      const blob = source === files.blobs.test ? files.blobs.test.blobs.get(key) : undefined;
+      if (source !== files.blobs.test) return null;
+      if (!blob) throw Object.assign(new Error(`no blob ${key}`), { code: 'ENOENT' });
+      store.test.blobs.set(key, { bytes: blob.bytes, modifiedAt: new Date() });
+      return { key, sha256: key, size: blob.bytes.length };
+    };
+    const get = files.blobs.test.get.bind(files.blobs.test);
+    files.blobs.test.get = async () => {
+      throw new Error('read through the process');
+    };
+    const file = await files.create(A, { name: 'a.txt', content: 'copied inside' });
+    const [event] = files.take();
+    assert.ok(event);
+    await backup.record(event);
+    assert.deepEqual(copies, [], 'no put: nothing streamed');
+    assert.equal(await text(await store.test.get(file.sha256)), 'copied inside');
+    assert.equal(repository.entries('test').length, 1);
+
+    const other = await files.create(A, { name: 'b.txt', content: 'another' });
+    const [wrongSize] = files.take();
+    assert.ok(wrongSize);
+    const poison = (pattern: RegExp) => (error: unknown) => error instanceof PoisonEventError && pattern.test(error.message);
+    await assert.rejects(backup.record({ ...wrongSize, data: { file: { ...other, size: 99 } } }), poison(/size mismatch/));
+    assert.equal(await store.test.stat(other.sha256), null, 'nothing left under the hash the event names');
+    files.blobs.test.blobs.delete(other.sha256);
+    await assert.rejects(backup.record(wrongSize), poison(/the files store has no blob/));
+    files.blobs.test.get = get;
   });
 
   it('throws as it is (not poison, so retried until it passes) when a store fails', async () => {
