@@ -62,6 +62,18 @@ describe('two processes sharing PostgreSQL and Redis', () => {
     assert.equal((await me(b, other.access_token)).status, 200, 'the other session goes on');
   });
 
+  it('a key revoked through A: B, which holds it as verified in its key cache, refuses it at once', async () => {
+    const created = await a.request('POST', '/v1/keys', { basic: a.keys.test.account_key, json: { kind: 'application', name: 'revoked-on-a', scopes: ['users:read'] } });
+    assert.equal(created.status, 201, created.text);
+    const key = created.json.key as string;
+    assert.equal((await b.request('GET', '/v1/users', { basic: key })).status, 200, 'verified, and now cached, in B');
+    assert.equal((await a.request('DELETE', `/v1/keys/${created.json.id}`, { basic: a.keys.test.account_key })).status, 204);
+    const refused = await b.request('GET', '/v1/users', { basic: key });
+    assert.equal(refused.status, 401);
+    assert.equal(refused.json.code, 'unauthorized');
+    assert.equal((await b.request('GET', '/v1/users', { basic: b.keys.test.account_key })).status, 200, 'other keys go on');
+  });
+
   it('a change to a user through A is what B answers next', async () => {
     const user = await register(a, 'renamed-on-a@example.com');
     assert.equal((await me(b, user.access_token)).json.name, 'Before', 'B has read (and cached) the user');

@@ -66,14 +66,14 @@ export interface IdentityService extends ServiceModule {
 
 export function createIdentityService(deps: IdentityDeps): IdentityService {
   const audit = new AuditLog(deps.databases);
-  const apiKeys = new ApiKeysService(deps.databases, audit);
-  const tenants = new TenantsService(deps.databases, apiKeys);
   const tokens = new TokenService({ databases: deps.databases, box: new SecretBox(deps.secretKey), issuer: deps.publicUrl });
   const passwords = new PasswordHasher();
   const throttle = new LoginThrottle(deps.counters, deps.loginLimits);
   const logger = deps.logger.child({ component: 'identity' });
   // A token lifetime and its clock skew: past that, every token a revocation names has expired.
   const revocations = new TokenRevocations({ list: deps.revocations, databases: deps.databases, lifetimeMs: (ACCESS_TOKEN_SECONDS + 60) * 1000, logger });
+  const apiKeys = new ApiKeysService(deps.databases, audit, revocations);
+  const tenants = new TenantsService(deps.databases, apiKeys);
   const cache = new UserCache(deps.cache, logger);
   const auth = new AuthService({
     databases: deps.databases,

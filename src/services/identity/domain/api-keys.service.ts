@@ -7,6 +7,7 @@ import type { Environment, Principal } from '../../../core/principal.ts';
 import * as keysRepo from '../repo/api-keys.repo.ts';
 import { displayPrefix, generateKey, hashKey, type KeyKind, parseKey } from './api-keys.ts';
 import { type AuditLog, actorFor, type RequestContext } from './audit.ts';
+import type { TokenRevocations } from './revocations.ts';
 
 /** A key as lists show it: never the secret, only its display prefix. */
 export interface KeyInfo {
@@ -18,6 +19,9 @@ export interface KeyInfo {
   prefix: string;
   created_at: string;
 }
+
+/** What a verified key stands for. */
+type KeyPrincipal = Extract<Principal, { kind: 'account_key' | 'application_key' }>;
 
 /** Keys are managed with an account key only. */
 export type AccountPrincipal = Extract<Principal, { kind: 'account_key' }>;
@@ -33,17 +37,23 @@ export interface CreatedKey {
   created_at: string;
 }
 
-/** How long a verified key is trusted without asking the database again. Revocation through this process drops it at once. */
+/**
+ * How long a verified key is trusted without asking the database again. A revocation drops it
+ * from this process's cache at once, and every other process learns it from the revocation
+ * list on its next use of the key.
+ */
 const CACHE_MS = 30_000;
 const CACHE_MAX = 10_000;
 
 export class ApiKeysService {
-  private readonly cache = new Map<string, { principal: Principal; until: number }>();
+  private readonly cache = new Map<string, { principal: KeyPrincipal; until: number }>();
 
   constructor(
     private readonly databases: Databases,
     /** Absent only where no request is being served (tenant creation by the operator). */
     private readonly audit?: AuditLog,
+    /** How a revocation reaches the key caches of the other processes; absent where no key is verified. */
+    private readonly revocations?: Pick<TokenRevocations, 'keyRevoked' | 'isKeyRevoked'>,
   ) {}
 
   /** POST /v1/keys: a new key of the caller's tenant and environment. */
@@ -86,6 +96,7 @@ export class ApiKeysService {
     });
     if (!hash) throw new AppError(Errors.notFound, 'No such key');
     this.forget(hash);
+    await this.revocations?.keyRevoked(id, CACHE_MS);
   }
 
   /** Makes a key inside a tenant-bound transaction; the secret is returned here and never again. */
@@ -110,10 +121,15 @@ export class ApiKeysService {
     const hash = hashKey(key);
     const cacheKey = hash.toString('base64');
     const cached = this.cache.get(cacheKey);
-    if (cached && cached.until > Date.now()) return cached.principal;
+    if (cached && cached.until > Date.now()) {
+      const revoked = this.revocations ? await this.revocations.isKeyRevoked(cached.principal.keyId) : false;
+      if (revoked === false) return cached.principal;
+      // Revoked elsewhere, or the list cannot tell: the database decides.
+      this.cache.delete(cacheKey);
+    }
     const row = await keysRepo.findActiveKeyByHash(this.databases.environments[parsed.environment], hash);
     if (!row) return null;
-    const principal: Principal =
+    const principal: KeyPrincipal =
       row.kind === 'account'
         ? { kind: 'account_key', keyId: row.id, tenantId: row.tenant_id, environment: parsed.environment }
         : { kind: 'application_key', keyId: row.id, tenantId: row.tenant_id, environment: parsed.environment, scopes: row.scopes };
@@ -122,7 +138,7 @@ export class ApiKeysService {
     return principal;
   }
 
-  /** Drops a revoked key from the cache so it fails from the next request on. */
+  /** Drops a revoked key from this process's cache so it fails here from the next request on. */
   forget(hash: Buffer): void {
     this.cache.delete(hash.toString('base64'));
   }

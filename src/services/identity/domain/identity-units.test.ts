@@ -79,6 +79,26 @@ describe('TokenRevocations', () => {
     assert.equal(await revocations.isRevoked(claims('usr_1', 'ses_1')), false);
   });
 
+  it('names a revoked key for as long as a key cache holds it, and cannot tell when the list is down', async () => {
+    let now = 0;
+    let down = false;
+    const inner = new MemoryRevocationList(10, () => now);
+    const list: RevocationList = {
+      revoke: (ids, ttlMs) => inner.revoke(ids, ttlMs),
+      anyRevoked: async (ids) => (down ? Promise.reject(new AppError(Errors.unavailable, 'down')) : inner.anyRevoked(ids)),
+    };
+    const revocations = new TokenRevocations({ list, databases: noDatabases, lifetimeMs: 60_000, logger: quiet, now: () => now });
+    await revocations.keyRevoked('key_1', 30_000);
+    assert.equal(await revocations.isKeyRevoked('key_1'), true);
+    assert.equal(await revocations.isKeyRevoked('key_2'), false);
+    assert.equal(await revocations.isRevoked(claims('key_1', 'key_1')), false, 'keys and tokens do not share names');
+    down = true;
+    assert.equal(await revocations.isKeyRevoked('key_2'), undefined, 'the caller asks the database');
+    down = false;
+    now = 30_000;
+    assert.equal(await revocations.isKeyRevoked('key_1'), false, 'past every key cache');
+  });
+
   it('a revocation the list cannot take is refused here at once, and written once the list is back', async () => {
     const inner = new MemoryRevocationList();
     let down = true;

@@ -6,9 +6,9 @@ import * as sessionsRepo from '../repo/sessions.repo.ts';
 import type { AccessClaims } from './tokens.service.ts';
 
 /**
- * Access tokens that must stop working before they expire: every token of a deleted user, and
- * every token of an ended session (logout, a reused refresh token, a password changed or
- * reset). The database is the truth (the user is gone, the session's refresh tokens are
+ * Credentials that must stop working before they expire: every token of a deleted user, every
+ * token of an ended session (logout, a reused refresh token, a password changed or reset), and
+ * a revoked API key that some process still holds as verified in its key cache. The database is the truth (the user is gone, the session's refresh tokens are
  * revoked); the revocation list is how a token check learns it without a query. Each entry
  * is kept for one token lifetime, after which no token it revokes can still be valid anyway.
  *
@@ -56,6 +56,26 @@ export class TokenRevocations {
     return this.record(sessionIds.map(sessionKey));
   }
 
+  /** After the key's revocation committed: kept as long as any process may hold the key as verified. */
+  keyRevoked(keyId: string, cachedForMs: number): Promise<void> {
+    return this.record([keyKey(keyId)], cachedForMs);
+  }
+
+  /**
+   * Whether a key a process holds as verified was revoked since. Undefined when Redis cannot
+   * tell: the caller then asks the database, which knows.
+   */
+  async isKeyRevoked(keyId: string): Promise<boolean | undefined> {
+    const id = keyKey(keyId);
+    if ((this.pending.get(id) ?? 0) > this.now()) return true;
+    try {
+      return await this.deps.list.anyRevoked([id]);
+    } catch (error) {
+      if (!(error instanceof AppError && error.definition === Errors.unavailable)) throw error;
+      return undefined;
+    }
+  }
+
   /** Whether a verified token must be refused all the same. Rejects only when neither the list nor the database can answer. */
   async isRevoked(claims: AccessClaims): Promise<boolean> {
     const ids = [userKey(claims.userId), sessionKey(claims.sessionId)];
@@ -76,12 +96,12 @@ export class TokenRevocations {
     this.timer = undefined;
   }
 
-  private async record(ids: string[]): Promise<void> {
+  private async record(ids: string[], ttlMs = this.deps.lifetimeMs): Promise<void> {
     if (ids.length === 0) return;
     try {
-      await this.deps.list.revoke(ids, this.deps.lifetimeMs);
+      await this.deps.list.revoke(ids, ttlMs);
     } catch (error) {
-      const until = this.now() + this.deps.lifetimeMs;
+      const until = this.now() + ttlMs;
       for (const id of ids) this.pending.set(id, until);
       this.deps.logger.warn({ err: error, revocations: ids.length }, 'revocations kept in this process until Redis takes them; other processes read the database meanwhile');
       this.schedule();
@@ -115,3 +135,4 @@ export class TokenRevocations {
 
 const userKey = (userId: string) => `user:${userId}`;
 const sessionKey = (sessionId: string) => `session:${sessionId}`;
+const keyKey = (keyId: string) => `key:${keyId}`;
