@@ -20,6 +20,7 @@ import { openPlatform, type Platform } from './platform/platform.ts';
 import { natsRelayModule } from './platform/relay.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, backupUsage, createBackupService } from './services/backup/plugin.ts';
+import { createExportsService } from './services/exports/plugin.ts';
 import type { FilesDeps, FilesService } from './services/files/domain/files.service.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
@@ -122,6 +123,7 @@ export function createApp(config: Config, logger: Logger): App {
       metrics: p.metrics,
       logger: logger.child({ component: 'backup' }),
     });
+    const exports = createExportsService({ files: files.exportSource });
     const notifications = createNotificationsService({
       bus: p.bus,
       verifiers: identity.verifiers,
@@ -145,7 +147,7 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...identity.routes, ...files.routes, ...backup.routes],
+      routes: [...identity.routes, ...files.routes, ...backup.routes, ...exports.routes],
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);

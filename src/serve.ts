@@ -31,6 +31,8 @@ import { ServiceClient } from './platform/service-client.ts';
 import { createServiceServer } from './platform/service-server.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupUsage, createBackupService } from './services/backup/plugin.ts';
+import { createExportsService } from './services/exports/plugin.ts';
+import { HttpFilesExportPort } from './services/files/client/files-export-http-port.ts';
 import { HttpFilesPort } from './services/files/client/files-http-port.ts';
 import { createFilesService } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
@@ -161,16 +163,17 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     internalRoutes = files.internalRoutes;
   } else if (name === 'backup') {
     // What backup needs of files (listings, deletes, restores) goes to the files instances.
-    const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, tokens, services: ['files'], logger: logger.child({ component: 'registry' }) });
-    await registry.start();
-    platform.defer(() => registry.close());
-    const client = new ServiceClient(registry, tokens);
-    platform.defer(() => client.close());
+    const client = await filesClient(platform, nats, tokens);
     const backup = backupModule(platform, config.backupWorker, new HttpFilesPort(client));
     if (config.backupWorker) {
       leader = await runWorker(platform, backup);
     }
     routes = backup.routes;
+  } else if (name === 'exports') {
+    // What exports read of files (pages of metadata, versions, bytes) comes from the files instances.
+    const client = await filesClient(platform, nats, tokens);
+    const exports = createExportsService({ files: new HttpFilesExportPort(client) });
+    routes = exports.routes;
   } else if (name === 'notifications') {
     // Sockets authenticate with keys and user tokens themselves: identity's checks, in this process.
     const identity = identityModule(platform);
@@ -215,6 +218,16 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   });
   logger.info({ instance: announced.id, address }, 'registered in the registry');
   return { name, url: address, createdDefaultTenant, leader, secretsDir: platform.secretsDir, close: () => platform.close() };
+}
+
+/** A client of the files instances found in the registry (distributed mode), closed with the platform. */
+async function filesClient(platform: Platform, nats: NatsConnection, tokens: InternalTokens): Promise<ServiceClient> {
+  const registry = new ServiceRegistry(nats, { prefix: platform.config.natsPrefix, tokens, services: ['files'], logger: platform.logger.child({ component: 'registry' }) });
+  await registry.start();
+  platform.defer(() => registry.close());
+  const client = new ServiceClient(registry, tokens);
+  platform.defer(() => client.close());
+  return client;
 }
 
 /** Refuses to join an installation whose running processes use another BANTU_SECRET_KEY. */
