@@ -11,7 +11,7 @@ import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
-import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
+import { ALL_MIGRATIONS, ensureDefaultTenant, exportsDeps, filesDeps, VERSION } from './app.ts';
 import type { Config } from './core/config.ts';
 import type { FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
@@ -35,6 +35,7 @@ import { createExportsService } from './services/exports/plugin.ts';
 import { HttpFilesExportPort } from './services/files/client/files-export-http-port.ts';
 import { HttpFilesPort } from './services/files/client/files-http-port.ts';
 import { createFilesService } from './services/files/plugin.ts';
+import { HttpAuditPort, HttpUserDirectory } from './services/identity/client/identity-http-ports.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
 import { createNotificationsService, type NotificationsService } from './services/notifications/plugin.ts';
@@ -146,6 +147,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     platform.defer(() => identity.close());
     createdDefaultTenant = await ensureDefaultTenant(identity, platform.secretsDir);
     routes = identity.routes;
+    internalRoutes = identity.internalRoutes;
   } else if (name === 'files') {
     const usage = backupUsage(platform.databases);
     const files = createFilesService({ ...filesDeps(platform), backupBytes: (principal) => usage.heldBytes(principal) });
@@ -163,16 +165,21 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     internalRoutes = files.internalRoutes;
   } else if (name === 'backup') {
     // What backup needs of files (listings, deletes, restores) goes to the files instances.
-    const client = await filesClient(platform, nats, tokens);
+    const client = await serviceClient(platform, nats, tokens, ['files']);
     const backup = backupModule(platform, config.backupWorker, new HttpFilesPort(client));
     if (config.backupWorker) {
       leader = await runWorker(platform, backup);
     }
     routes = backup.routes;
   } else if (name === 'exports') {
-    // What exports read of files (pages of metadata, versions, bytes) comes from the files instances.
-    const client = await filesClient(platform, nats, tokens);
-    const exports = createExportsService({ files: new HttpFilesExportPort(client) });
+    // What exports read of files (pages of metadata, versions, bytes) comes from the files
+    // instances; users' addresses and audit entries from identity.
+    const client = await serviceClient(platform, nats, tokens, ['files', 'identity']);
+    const ports = { files: new HttpFilesExportPort(client), users: new HttpUserDirectory(client), audit: new HttpAuditPort(client) };
+    const publicUrl = () => config.publicUrl ?? `https://${hostForUrl(config.host)}:${config.port}`;
+    const exports = createExportsService(await exportsDeps(platform, ports, publicUrl));
+    // However many exports instances run, one runs the queue and the sweep.
+    runLed(platform, 'exports', moduleWork(platform.bus, exports));
     routes = exports.routes;
   } else if (name === 'notifications') {
     // Sockets authenticate with keys and user tokens themselves: identity's checks, in this process.
@@ -220,9 +227,9 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   return { name, url: address, createdDefaultTenant, leader, secretsDir: platform.secretsDir, close: () => platform.close() };
 }
 
-/** A client of the files instances found in the registry (distributed mode), closed with the platform. */
-async function filesClient(platform: Platform, nats: NatsConnection, tokens: InternalTokens): Promise<ServiceClient> {
-  const registry = new ServiceRegistry(nats, { prefix: platform.config.natsPrefix, tokens, services: ['files'], logger: platform.logger.child({ component: 'registry' }) });
+/** A client of other services' instances found in the registry (distributed mode), closed with the platform. */
+async function serviceClient(platform: Platform, nats: NatsConnection, tokens: InternalTokens, services: ServiceName[]): Promise<ServiceClient> {
+  const registry = new ServiceRegistry(nats, { prefix: platform.config.natsPrefix, tokens, services, logger: platform.logger.child({ component: 'registry' }) });
   await registry.start();
   platform.defer(() => registry.close());
   const client = new ServiceClient(registry, tokens);

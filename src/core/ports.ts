@@ -376,6 +376,17 @@ export interface FilesExportPort {
   openBlob(principal: TenantPrincipal, fileId: string, sha256: string): Promise<AsyncIterable<Uint8Array>>;
 }
 
+/** What other services learn of a user from identity: where to mail them. */
+export interface UserDirectoryPort {
+  /** The calling user's email address. */
+  emailOf(principal: Extract<TenantPrincipal, { kind: 'user' }>): Promise<string>;
+}
+
+/** An entry of the tenant's audit trail (identity keeps it) from another service. */
+export interface AuditPort {
+  record(principal: TenantPrincipal, entry: { type: 'export_created' | 'export_downloaded'; ip: string | null; detail: Record<string, unknown> }): Promise<void>;
+}
+
 /** What the backup tells the files service for `GET /v1/usage`: the distinct bytes it holds for the principal's tenant and environment. */
 export interface BackupUsagePort {
   heldBytes(principal: TenantPrincipal): Promise<number>;

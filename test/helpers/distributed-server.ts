@@ -53,6 +53,9 @@ export async function startDistributedServer(env: Record<string, string>, option
     get backup(): never {
       throw unavailable('server.app.backup');
     },
+    get exports(): never {
+      throw unavailable('server.app.exports');
+    },
     isLeading(): never {
       throw unavailable('server.app.isLeading()');
     },
