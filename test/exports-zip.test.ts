@@ -272,6 +272,32 @@ describe('zip export requests', () => {
   });
 });
 
+describe('zip export of bytes that are not what the database records', { skip: inProcessOnly('alters a blob on disk') }, () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer();
+  });
+  after(async () => server?.close());
+
+  it('fails the export with the reason, never ready, and the next one may be asked for', async () => {
+    const key = server.keys.test.account_key;
+    const good = await uploadRaw(server, key, 'intact bytes', { name: 'good.txt' });
+    const bad = await uploadRaw(server, key, 'the original bytes', { name: 'bad.txt' });
+    const blob = path.join(server.dataDir, 'blobs', 'test', bad.json.sha256.slice(0, 2), bad.json.sha256);
+    await fs.chmod(blob, 0o600);
+    await fs.writeFile(blob, 'THE ALTERED  BYTES');
+    const created = await server.request('POST', '/v1/exports', { auth: key, json: { email: 'ops@example.com' } });
+    const finished = await waitFinished(server, key, created.json.id);
+    assert.equal(finished.status, 'failed');
+    assert.match(finished.error, /files\/bad\.txt: the stored bytes .* are not the recorded/);
+    const token = new DownloadTokens(server.secretKey).sign(created.json.id, 'test', new Date(Date.now() + 3600_000));
+    assert.equal((await get(server, `${server.url}/v1/exports/${created.json.id}/download?token=${token}`)).status, 404, 'a failed export has nothing to download');
+    const metadata = await server.request('POST', '/v1/exports', { auth: key, json: { email: 'ops@example.com', include_content: false } });
+    assert.equal((await waitFinished(server, key, metadata.json.id)).status, 'ready');
+    assert.equal(good.status, 201);
+  });
+});
+
 describe('zip export over SMTP, and hostile names', () => {
   let server: TestServer;
   let smtp: SMTPServer;

@@ -36,7 +36,8 @@ export class ExportFailure extends Error {
   }
 }
 
-const PAGE = 100;
+// Files per page, and per progress update.
+const PAGE = 50;
 /** Entries opened ahead of the one being written: a few file handles, not the whole export. */
 const WINDOW = 8;
 
