@@ -13,7 +13,7 @@ import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
 import { ALL_MIGRATIONS, ensureDefaultTenant, exportsDeps, filesDeps, VERSION } from './app.ts';
 import type { Config } from './core/config.ts';
-import type { FilesPort } from './core/ports.ts';
+import type { FilesExportPort, FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { ServiceProxy } from './gateway/proxy.ts';
 import { describeRoutes, type Route } from './gateway/routes.ts';
@@ -328,4 +328,16 @@ export async function openBackupProcess(config: Config, logger: Logger, options:
     await platform.close();
     throw error;
   }
+}
+
+/** The files' export reads alone, for `bantu export` (no HTTP, no registry, no worker). */
+export interface ExportProcess {
+  files: FilesExportPort;
+  maxBytes: number;
+  close(): Promise<void>;
+}
+
+export async function openExportProcess(config: Config, logger: Logger): Promise<ExportProcess> {
+  const platform = await openPlatform(config, logger, { name: 'exports', migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
+  return { files: createFilesService(filesDeps(platform)).exportSource, maxBytes: config.exports.maxBytes, close: () => platform.close() };
 }
