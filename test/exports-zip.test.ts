@@ -215,6 +215,7 @@ describe('zip export mailed as a signed link', () => {
   it('expires a finished export after its time: the sweep deletes the zip and the link stops working', { skip: inProcessOnly('moves the expiry in the database') }, async () => {
     await sql`update exports.export set expires_at = now() - interval '1 second' where id = ${exportId}`.execute(server.app.databases.environments.test);
     assert.equal((await get(server, link)).status, 404, 'past its expiry, before any sweep');
+    assert.equal((await server.request('GET', `/v1/exports/${exportId}`, { auth: alice.token })).json.status, 'expired', 'expired before the sweep too');
     assert.ok((await server.app.exports.sweep()) >= 1);
     const status = await server.request('GET', `/v1/exports/${exportId}`, { auth: alice.token });
     assert.equal(status.json.status, 'expired');

@@ -64,9 +64,11 @@ function creatorOf(principal: TenantPrincipal): string {
 }
 
 function viewOf(row: repo.ExportRow): ExportView {
+  // Past its time it is expired at once, whether or not the sweep has been by yet.
+  const due = (row.status === 'ready' || row.status === 'failed') && row.expires_at !== null && row.expires_at.getTime() <= Date.now();
   return {
     id: row.id,
-    status: row.status,
+    status: due ? 'expired' : row.status,
     files_total: row.files_total,
     files_done: row.files_done,
     bytes: row.bytes,

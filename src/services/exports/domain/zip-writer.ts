@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { type PassThrough, Readable, Transform } from 'node:stream';
 import { ZipFile } from 'yazl';
 import { AppError } from '../../../core/errors.ts';
-import type { FilesExportPort } from '../../../core/ports.ts';
+import type { FilesExportPort, FileVersionRecord } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
 import { EntryNamer } from './entry-names.ts';
@@ -106,7 +106,8 @@ export function writeZip(
         } else callback();
       },
     });
-    const readable = Readable.from(source, { objectMode: false });
+    // A store's stream is piped as it is; any other iterable of bytes is made one.
+    const readable = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
     readable.on('error', (error) => fail(error));
     checked.on('error', (error) => fail(error));
     active.add(checked);
@@ -136,35 +137,93 @@ export function writeZip(
     if (pending.length >= WINDOW) await pending.shift();
   };
 
-  const addFile = async (file: FileObject): Promise<boolean> => {
-    let entry: string | null = null;
+  /** What one file's entries are read from, opened ahead of their turn; null when the file was deleted meanwhile. */
+  type Opened = { versions: Array<{ record: FileVersionRecord; source: AsyncIterable<Uint8Array> }>; content: AsyncIterable<Uint8Array> | null };
+  const release = (opened: Opened | null) => {
+    for (const source of [...(opened?.versions.map((v) => v.source) ?? []), opened?.content]) (source as { destroy?: () => void } | null | undefined)?.destroy?.();
+  };
+  const openFile = async (file: FileObject): Promise<Opened | null> => {
+    const opened: Opened = { versions: [], content: null };
+    try {
+      if (plan.includeVersions) {
+        let recorded: FileVersionRecord[];
+        try {
+          recorded = await files.versions(plan.principal, file.id);
+        } catch (error) {
+          if (error instanceof AppError && error.code === 'not_found') return null;
+          throw error;
+        }
+        for (const record of recorded) {
+          const source = await open(file, record.sha256);
+          if (!source) {
+            release(opened);
+            return null;
+          }
+          opened.versions.push({ record, source });
+        }
+      }
+      if (plan.includeContent) {
+        opened.content = await open(file, file.sha256);
+        if (!opened.content) {
+          release(opened);
+          return null;
+        }
+      }
+      return opened;
+    } catch (error) {
+      release(opened);
+      throw error;
+    }
+  };
+
+  /** Hands a file's opened entries to the zip (all of them or, for a file gone meanwhile, none) and records it in the manifest. */
+  const addFile = async (file: FileObject, opened: Opened): Promise<void> => {
     const versions: ManifestVersion[] = [];
     if (plan.includeVersions) {
-      let recorded: Awaited<ReturnType<FilesExportPort['versions']>>;
-      try {
-        recorded = await files.versions(plan.principal, file.id);
-      } catch (error) {
-        if (error instanceof AppError && error.code === 'not_found') return false;
-        throw error;
-      }
       const folder = versionNames.folderFor(file.path, file.name);
-      for (const version of recorded) {
-        const source = await open(file, version.sha256);
-        if (!source) return false;
-        const name = `${folder}/v${version.version}`;
-        await throttle(addEntry(name, source, { sha256: version.sha256, size: version.size, mtime: new Date(version.created_at) }));
-        versions.push({ ...version, entry: name });
+      for (const { record, source } of opened.versions) {
+        const name = `${folder}/v${record.version}`;
+        await throttle(addEntry(name, source, { sha256: record.sha256, size: record.size, mtime: new Date(record.created_at) }));
+        versions.push({ ...record, entry: name });
       }
     }
-    if (plan.includeContent) {
-      const source = await open(file, file.sha256);
-      if (!source) return false;
+    let entry: string | null = null;
+    if (opened.content) {
       entry = fileNames.file(file.path, file.name);
-      await throttle(addEntry(entry, source, { sha256: file.sha256, size: file.size, mtime: new Date(file.updated_at) }));
+      await throttle(addEntry(entry, opened.content, { sha256: file.sha256, size: file.size, mtime: new Date(file.updated_at) }));
     }
     const { owner_id: _owner, ...described } = file;
     manifest.push(JSON.stringify({ ...described, entry, ...(plan.includeVersions ? { versions } : {}) }));
-    return true;
+  };
+
+  /** One page: each file opened up to WINDOW files ahead (their lookups overlap), then written in order. */
+  const addPage = async (page: FileObject[]): Promise<number> => {
+    const ahead: Array<Promise<Opened | null>> = [];
+    const openAt = (i: number) => {
+      const file = page[i];
+      if (!file) return;
+      const opening = openFile(file);
+      opening.catch(() => undefined);
+      ahead[i] = opening;
+    };
+    for (let i = 0; i < WINDOW; i++) openAt(i);
+    let added = 0;
+    let handed = -1;
+    try {
+      for (let i = 0; i < page.length; i++) {
+        if (failure) throw failure;
+        const opened = await ahead[i];
+        handed = i;
+        openAt(i + WINDOW);
+        if (!opened) continue;
+        await addFile(page[i] as FileObject, opened);
+        added++;
+      }
+    } finally {
+      // Opened ahead and never handed over (a failure): closed now rather than when collected.
+      for (let j = handed + 1; j < ahead.length; j++) void ahead[j]?.then(release, () => undefined);
+    }
+    return added;
   };
 
   const done = (async () => {
@@ -172,10 +231,7 @@ export function writeZip(
     let count = 0;
     for (;;) {
       const page = await files.scan(plan.principal, { after, limit: PAGE, pathPrefix: plan.path });
-      for (const file of page) {
-        if (failure) throw failure;
-        if (await addFile(file)) count++;
-      }
+      count += await addPage(page);
       await Promise.all(pending.splice(0));
       if (failure) throw failure;
       await onProgress({ files_done: count, bytes });
