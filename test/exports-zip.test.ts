@@ -273,6 +273,38 @@ describe('zip export requests', () => {
   });
 });
 
+describe('zip exports cut short too often', { skip: inProcessOnly('puts an interrupted run in the database') }, () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer();
+  });
+  after(async () => server?.close());
+
+  it('fail with the reason after their tries instead of running for ever, and the next one runs', async () => {
+    const key = server.keys.test.account_key;
+    await uploadRaw(server, key, 'content', { name: 'a.txt' });
+    const first = await server.request('POST', '/v1/exports', { auth: key, json: { email: 'ops@example.com' } });
+    assert.equal((await waitFinished(server, key, first.json.id)).status, 'ready');
+    const db = server.app.databases.environments.test;
+    const tenantId = (await sql<{ tenant_id: string }>`select tenant_id from exports.export where id = ${first.json.id}`.execute(db)).rows[0]?.tenant_id;
+    // As a worker killed during its third run leaves it, and one killed during its first.
+    await sql`insert into exports.export (id, tenant_id, creator, principal, include_content, include_versions, email, status, attempts)
+      select 'exp_tried_out', tenant_id, creator, principal, true, false, email, 'running', 3 from exports.export where id = ${first.json.id}`.execute(db);
+    await sql`insert into exports.export (id, tenant_id, creator, principal, include_content, include_versions, email, status, attempts)
+      select 'exp_once', tenant_id, creator, principal, true, false, email, 'running', 1 from exports.export where id = ${first.json.id}`.execute(db);
+    assert.ok(tenantId);
+    await server.app.exports.recover();
+    const triedOut = await server.request('GET', '/v1/exports/exp_tried_out', { auth: key });
+    assert.equal(triedOut.json.status, 'failed');
+    assert.match(triedOut.json.error, /interrupted 3 times .* request it again/);
+    const once = await waitFinished(server, key, 'exp_once');
+    assert.equal(once.status, 'ready', 'a run cut short once is run again');
+    const again = await server.request('POST', '/v1/exports', { auth: key, json: { email: 'ops@example.com' } });
+    assert.equal(again.status, 202);
+    assert.equal((await waitFinished(server, key, again.json.id)).status, 'ready');
+  });
+});
+
 describe('zip export of bytes that are not what the database records', { skip: inProcessOnly('alters a blob on disk') }, () => {
   let server: TestServer;
   before(async () => {
