@@ -66,7 +66,7 @@ export interface App {
   readonly backup: BackupService;
   readonly files: FilesService;
   readonly exports: ExportsService;
-  /** Whether this process leads that work now (`backup`, `nats-relay`, `files-sweep`, `outbox-prune`). */
+  /** Whether this process leads that work now (`backup`, `nats-relay`, `files-sweep`, `outbox-prune`, `exports`). */
   isLeading(name: string): boolean;
 }
 
