@@ -38,10 +38,10 @@ COPY docs/openapi.json ./docs/
 COPY scripts/container-healthcheck.mjs ./scripts/
 
 # Run as the image's unprivileged "node" user (the embedded PostgreSQL refuses root anyway).
-# blobs/ and backups/ exist here, owned by node, because an empty named volume mounted on
-# them (compose.yaml shares them between files and backup) copies this ownership; a folder
+# blobs/, backups/ and exports/ exist here, owned by node, because an empty named volume mounted on
+# them (compose.yaml shares them between files and backup; exports keeps its zips) copies this ownership; a folder
 # Docker creates for the mount would belong to root and be unwritable.
-RUN mkdir -p /var/lib/bantu/blobs /var/lib/bantu/backups && chown -R node:node /var/lib/bantu
+RUN mkdir -p /var/lib/bantu/blobs /var/lib/bantu/backups /var/lib/bantu/exports && chown -R node:node /var/lib/bantu
 USER node
 VOLUME ["/var/lib/bantu"]
 # 8443: the gateway's HTTPS (and `bantu start`); 8080: a service's plain HTTP for the gateway.

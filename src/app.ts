@@ -6,11 +6,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import { DiskBlobStore } from './adapters/blob/disk.ts';
 import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import type { Config } from './core/config.ts';
+import type { AuditPort, FilesExportPort, UserDirectoryPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
@@ -20,6 +22,8 @@ import { openPlatform, type Platform } from './platform/platform.ts';
 import { natsRelayModule } from './platform/relay.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, backupUsage, createBackupService } from './services/backup/plugin.ts';
+import type { ExportsService } from './services/exports/domain/exports.service.ts';
+import { createExportsService, exportsMigrations } from './services/exports/plugin.ts';
 import type { FilesDeps, FilesService } from './services/files/domain/files.service.ts';
 import { createFilesService, filesMigrations } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
@@ -35,7 +39,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(here, '..', 'package.json'), 'utf8')).version;
 
 /** Every module's migrations, in the order they run. */
-export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations];
+export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations, exportsMigrations];
 
 export interface StartedApp {
   /** Base URL of the HTTPS gateway, e.g. https://127.0.0.1:8443 */
@@ -61,7 +65,8 @@ export interface App {
   readonly identity: IdentityService;
   readonly backup: BackupService;
   readonly files: FilesService;
-  /** Whether this process leads that work now (`backup`, `nats-relay`, `files-sweep`, `outbox-prune`). */
+  readonly exports: ExportsService;
+  /** Whether this process leads that work now (`backup`, `nats-relay`, `files-sweep`, `outbox-prune`, `exports`). */
   isLeading(name: string): boolean;
 }
 
@@ -71,6 +76,7 @@ interface Running {
   identity: IdentityService;
   files: FilesService;
   backup: BackupService;
+  exports: ExportsService;
 }
 
 export function createApp(config: Config, logger: Logger): App {
@@ -122,6 +128,9 @@ export function createApp(config: Config, logger: Logger): App {
       metrics: p.metrics,
       logger: logger.child({ component: 'backup' }),
     });
+    const exports = createExportsService(
+      await exportsDeps(p, { files: files.exportSource, users: identity.userDirectory, audit: identity.auditPort }, () => config.publicUrl ?? gatewayUrl),
+    );
     const notifications = createNotificationsService({
       bus: p.bus,
       verifiers: identity.verifiers,
@@ -145,7 +154,7 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...identity.routes, ...files.routes, ...backup.routes],
+      routes: [...identity.routes, ...files.routes, ...backup.routes, ...exports.routes],
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);
@@ -168,13 +177,14 @@ export function createApp(config: Config, logger: Logger): App {
     // Sockets first: an open WebSocket would otherwise hold the HTTPS server's close.
     p.defer(() => notifications.close());
     lead('files-sweep', moduleWork(p.bus, files));
+    lead('exports', moduleWork(p.bus, exports));
     await Promise.all([...leaderships.values()].map((led) => led.decided));
     const port = (gateway.server.address() as AddressInfo).port;
     const httpPort = config.httpPort === undefined ? undefined : await listenHttpRejector(p, config.httpPort);
 
     const hostForUrl = config.host.includes(':') ? `[${config.host}]` : config.host;
     gatewayUrl = `https://${hostForUrl === '0.0.0.0' ? '127.0.0.1' : hostForUrl}:${port}`;
-    running = { platform: p, gateway, identity, files: files.service, backup: backup.service };
+    running = { platform: p, gateway, identity, files: files.service, backup: backup.service, exports: exports.service };
     return {
       url: gatewayUrl,
       port,
@@ -218,6 +228,9 @@ export function createApp(config: Config, logger: Logger): App {
     get files() {
       return get('files');
     },
+    get exports() {
+      return get('exports');
+    },
     isLeading: (name) => leaderships.get(name)?.leading ?? false,
   };
 }
@@ -231,6 +244,30 @@ export function filesDeps(platform: Platform): FilesDeps {
     bus: platform.bus,
     limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
     logger: platform.logger.child({ component: 'files' }),
+  };
+}
+
+/**
+ * What the exports module takes from the platform, in every process that mounts it, with the
+ * ports it reaches files and identity through. Its zips are kept under BANTU_EXPORT_DIR, a
+ * folder per environment.
+ */
+export async function exportsDeps(
+  platform: Platform,
+  ports: { files: FilesExportPort; users: UserDirectoryPort; audit: AuditPort },
+  publicUrl: () => string,
+) {
+  const { config } = platform;
+  const dir = config.exports.dir;
+  return {
+    ...ports,
+    databases: platform.databases,
+    store: { live: await DiskBlobStore.open(path.join(dir, 'live')), test: await DiskBlobStore.open(path.join(dir, 'test')) },
+    mailer: platform.mailer,
+    secretKey: platform.secretKey,
+    publicUrl,
+    limits: { maxRunning: config.exports.maxRunning, maxBytes: config.exports.maxBytes, keep: config.exports.keep, ttlHours: config.exports.ttlHours },
+    logger: platform.logger.child({ component: 'exports' }),
   };
 }
 

@@ -11,9 +11,9 @@ import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
-import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
+import { ALL_MIGRATIONS, ensureDefaultTenant, exportsDeps, filesDeps, VERSION } from './app.ts';
 import type { Config } from './core/config.ts';
-import type { FilesPort } from './core/ports.ts';
+import type { FilesExportPort, FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { ServiceProxy } from './gateway/proxy.ts';
 import { describeRoutes, type Route } from './gateway/routes.ts';
@@ -31,8 +31,11 @@ import { ServiceClient } from './platform/service-client.ts';
 import { createServiceServer } from './platform/service-server.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupUsage, createBackupService } from './services/backup/plugin.ts';
+import { createExportsService } from './services/exports/plugin.ts';
+import { HttpFilesExportPort } from './services/files/client/files-export-http-port.ts';
 import { HttpFilesPort } from './services/files/client/files-http-port.ts';
 import { createFilesService } from './services/files/plugin.ts';
+import { HttpAuditPort, HttpUserDirectory } from './services/identity/client/identity-http-ports.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
 import { createNotificationsService, type NotificationsService } from './services/notifications/plugin.ts';
@@ -144,6 +147,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     platform.defer(() => identity.close());
     createdDefaultTenant = await ensureDefaultTenant(identity, platform.secretsDir);
     routes = identity.routes;
+    internalRoutes = identity.internalRoutes;
   } else if (name === 'files') {
     const usage = backupUsage(platform.databases);
     const files = createFilesService({ ...filesDeps(platform), backupBytes: (principal) => usage.heldBytes(principal) });
@@ -161,16 +165,22 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     internalRoutes = files.internalRoutes;
   } else if (name === 'backup') {
     // What backup needs of files (listings, deletes, restores) goes to the files instances.
-    const registry = new ServiceRegistry(nats, { prefix: config.natsPrefix, tokens, services: ['files'], logger: logger.child({ component: 'registry' }) });
-    await registry.start();
-    platform.defer(() => registry.close());
-    const client = new ServiceClient(registry, tokens);
-    platform.defer(() => client.close());
+    const client = await serviceClient(platform, nats, tokens, ['files']);
     const backup = backupModule(platform, config.backupWorker, new HttpFilesPort(client));
     if (config.backupWorker) {
       leader = await runWorker(platform, backup);
     }
     routes = backup.routes;
+  } else if (name === 'exports') {
+    // What exports read of files (pages of metadata, versions, bytes) comes from the files
+    // instances; users' addresses and audit entries from identity.
+    const client = await serviceClient(platform, nats, tokens, ['files', 'identity']);
+    const ports = { files: new HttpFilesExportPort(client), users: new HttpUserDirectory(client), audit: new HttpAuditPort(client) };
+    const publicUrl = () => config.publicUrl ?? `https://${hostForUrl(config.host)}:${config.port}`;
+    const exports = createExportsService(await exportsDeps(platform, ports, publicUrl));
+    // However many exports instances run, one runs the queue and the sweep.
+    runLed(platform, 'exports', moduleWork(platform.bus, exports));
+    routes = exports.routes;
   } else if (name === 'notifications') {
     // Sockets authenticate with keys and user tokens themselves: identity's checks, in this process.
     const identity = identityModule(platform);
@@ -215,6 +225,16 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   });
   logger.info({ instance: announced.id, address }, 'registered in the registry');
   return { name, url: address, createdDefaultTenant, leader, secretsDir: platform.secretsDir, close: () => platform.close() };
+}
+
+/** A client of other services' instances found in the registry (distributed mode), closed with the platform. */
+async function serviceClient(platform: Platform, nats: NatsConnection, tokens: InternalTokens, services: ServiceName[]): Promise<ServiceClient> {
+  const registry = new ServiceRegistry(nats, { prefix: platform.config.natsPrefix, tokens, services, logger: platform.logger.child({ component: 'registry' }) });
+  await registry.start();
+  platform.defer(() => registry.close());
+  const client = new ServiceClient(registry, tokens);
+  platform.defer(() => client.close());
+  return client;
 }
 
 /** Refuses to join an installation whose running processes use another BANTU_SECRET_KEY. */
@@ -308,4 +328,16 @@ export async function openBackupProcess(config: Config, logger: Logger, options:
     await platform.close();
     throw error;
   }
+}
+
+/** The files' export reads alone, for `bantu export` (no HTTP, no registry, no worker). */
+export interface ExportProcess {
+  files: FilesExportPort;
+  maxBytes: number;
+  close(): Promise<void>;
+}
+
+export async function openExportProcess(config: Config, logger: Logger): Promise<ExportProcess> {
+  const platform = await openPlatform(config, logger, { name: 'exports', migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
+  return { files: createFilesService(filesDeps(platform)).exportSource, maxBytes: config.exports.maxBytes, close: () => platform.close() };
 }

@@ -15,7 +15,8 @@ import { AppError } from '../core/errors.ts';
 import { type Environment, isEnvironment, type TenantPrincipal } from '../core/principal.ts';
 import { TlsConfigError } from '../gateway/tls.ts';
 import { isServiceName, SERVICE_NAMES } from '../platform/catalogue.ts';
-import { type BackupProcess, InstallationKeyMismatchError, openBackupProcess, type ServedService, serveService } from '../serve.ts';
+import { type BackupProcess, InstallationKeyMismatchError, openBackupProcess, openExportProcess, type ServedService, serveService } from '../serve.ts';
+import { exportToFile } from '../services/exports/domain/export-to-file.ts';
 
 /**
  * The only place that reads process.env, listens to signals and decides exit codes.
@@ -370,6 +371,47 @@ backupCommand
       }
     } catch (error) {
       process.stderr.write(`bantu backup restore: ${error instanceof AppError ? `${error.code}: ${error.detail}` : (error as Error).message}\n`);
+      code = 1;
+    } finally {
+      await runtime.close();
+    }
+    process.exit(code);
+  });
+
+program
+  .command('export')
+  .description("write a zip of a tenant's files (manifest.json, files/, versions/ with --include-versions), as an account key sees them")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--env <environment>', 'live or test', environment)
+  .requiredOption('--out <file>', 'the zip to write (through <file>.part, renamed once complete)')
+  .option('--include-versions', 'every recorded version too')
+  .option('--path <folder>', 'only this folder and its subfolders')
+  .action(async (options: { tenant: string; env: Environment; out: string; includeVersions?: boolean; path?: string }) => {
+    const config = configOrExit();
+    const logger = toolLogger(config);
+    let runtime: Awaited<ReturnType<typeof openExportProcess>>;
+    try {
+      runtime = await openExportProcess(config, logger);
+    } catch (error) {
+      process.stderr.write(`bantu export: cannot open the database: ${(error as Error).message}\n(With a running server, point DATABASE_URL at its database instead.)\n`);
+      process.exit(1);
+    }
+    ownSignals(() => runtime.close().finally(() => process.exit(1)));
+    const principal: TenantPrincipal = { kind: 'account_key', keyId: 'cli_export', tenantId: options.tenant, environment: options.env };
+    const bar = progress('export');
+    let code = 0;
+    try {
+      const totals = await exportToFile(
+        runtime.files,
+        principal,
+        { out: options.out, includeVersions: options.includeVersions ?? false, path: options.path, maxBytes: runtime.maxBytes },
+        (done, total) => bar.step(done, total, 'files'),
+      );
+      bar.stop();
+      process.stdout.write(`wrote ${options.out}: ${totals.files} files, ${totals.bytes} bytes of content\n`);
+    } catch (error) {
+      bar.stop();
+      process.stderr.write(`bantu export: ${error instanceof AppError ? `${error.code}: ${error.detail}` : (error as Error).message}\n`);
       code = 1;
     } finally {
       await runtime.close();

@@ -92,6 +92,11 @@ export const EnvSchema = Type.Object({
   BANTU_SOCKET_AUTH_TIMEOUT_MS: positiveInt('A Socket.IO client that has not sent User_connect or Admin_connect by then is disconnected', 10_000),
   BANTU_SOCKET_RECHECK_MS: positiveInt('How often a live subscription re-checks its credential (revoked keys, deleted users and ended sessions end it)', 30_000),
   BANTU_EVENT_RETENTION_HOURS: positiveInt('How long file events stay replayable with `since` (at least 24 h in production)', 72),
+  BANTU_EXPORT_DIR: Type.Optional(Type.String({ minLength: 1, description: 'Where finished zip exports are kept (default <data dir>/exports); a folder every exports process must share' })),
+  BANTU_EXPORTS_MAX_RUNNING: positiveInt('Zip exports a tenant may have pending or running at once, per environment (more: 429 rate_limited)', 2),
+  BANTU_EXPORTS_MAX_BYTES: positiveInt('Largest zip export, in bytes of file content (a larger one ends failed)', 10 * 1024 ** 3),
+  BANTU_EXPORTS_KEEP: positiveInt('Finished zip exports kept per tenant and environment; a new export expires the oldest beyond it', 10),
+  BANTU_EXPORTS_TTL_HOURS: positiveInt('How long a finished zip export and its mailed link stay valid', 24),
   MAIL_FROM: Type.String({ default: 'Bantu <no-reply@bantu.local>', description: 'Sender of mails' }),
 });
 
@@ -130,6 +135,8 @@ export interface Config {
   socketAuthTimeoutMs: number;
   socketRecheckMs: number;
   eventRetentionHours: number;
+  /** Zip exports: where they are kept, and their limits. */
+  exports: { dir: string; maxRunning: number; maxBytes: number; keep: number; ttlHours: number };
   /** Files in S3 (S3_BUCKET); unset: folders under the data dir. */
   s3Blobs?: S3StoreConfig;
   /** Backups in S3 (S3_BACKUP_BUCKET); unset: BANTU_BACKUP_DIR. */
@@ -216,6 +223,13 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       socketAuthTimeoutMs: e.BANTU_SOCKET_AUTH_TIMEOUT_MS,
       socketRecheckMs: e.BANTU_SOCKET_RECHECK_MS,
       eventRetentionHours: e.BANTU_EVENT_RETENTION_HOURS,
+      exports: {
+        dir: e.BANTU_EXPORT_DIR ? path.resolve(cwd, e.BANTU_EXPORT_DIR) : path.join(dataDir, 'exports'),
+        maxRunning: e.BANTU_EXPORTS_MAX_RUNNING,
+        maxBytes: e.BANTU_EXPORTS_MAX_BYTES,
+        keep: e.BANTU_EXPORTS_KEEP,
+        ttlHours: e.BANTU_EXPORTS_TTL_HOURS,
+      },
       s3Blobs: e.S3_BUCKET ? s3Store(e, e.S3_ENDPOINT, e.S3_BUCKET) : undefined,
       s3Backups: e.S3_BACKUP_BUCKET ? s3Store(e, e.S3_BACKUP_ENDPOINT ?? e.S3_ENDPOINT, e.S3_BACKUP_BUCKET) : undefined,
     },

@@ -354,6 +354,46 @@ export interface FilesPort {
   ): Promise<FileObject>;
 }
 
+/** One recorded version of a file, as the files service keeps it (its bytes are the blob `sha256`). */
+export interface FileVersionRecord {
+  version: number;
+  name: string;
+  path: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+  created_at: string;
+}
+
+/**
+ * What the exports service reads of files. `scan` pages through the visible files in
+ * ascending id order (a keyset cursor: `after` is the last id of the previous page), so an
+ * export of any size holds one page at a time. Visibility is the files list's: a user's own
+ * files, every file of the tenant and environment for keys and admins.
+ */
+export interface FilesExportPort {
+  /**
+   * At most `limit` visible live files with id > `after`, ascending. `pathPrefix`: that folder
+   * and its subfolders only (normalised as paths are; an invalid one fails validation_failed).
+   */
+  scan(principal: TenantPrincipal, query: { after?: string; limit: number; pathPrefix?: string }): Promise<FileObject[]>;
+  /** Every recorded version of a visible live file, oldest first; 404 not_found otherwise. */
+  versions(principal: TenantPrincipal, fileId: string): Promise<FileVersionRecord[]>;
+  /** The bytes of a blob of the principal's environment that a visible file's version records. */
+  openBlob(principal: TenantPrincipal, fileId: string, sha256: string): Promise<AsyncIterable<Uint8Array>>;
+}
+
+/** What other services learn of a user from identity: where to mail them. */
+export interface UserDirectoryPort {
+  /** The calling user's email address. */
+  emailOf(principal: Extract<TenantPrincipal, { kind: 'user' }>): Promise<string>;
+}
+
+/** An entry of the tenant's audit trail (identity keeps it) from another service. */
+export interface AuditPort {
+  record(principal: TenantPrincipal, entry: { type: 'export_created' | 'export_downloaded'; ip: string | null; detail: Record<string, unknown> }): Promise<void>;
+}
+
 /** What the backup tells the files service for `GET /v1/usage`: the distinct bytes it holds for the principal's tenant and environment. */
 export interface BackupUsagePort {
   heldBytes(principal: TenantPrincipal): Promise<number>;

@@ -20,6 +20,11 @@ export interface RouteAuth {
   scope?: string;
   /** Application keys may call this route with no scope at all (register, login, ...). */
   publicForApplications?: boolean;
+  /**
+   * A request without an Authorization header passes with no principal: the handler then
+   * asks for another proof (a signed link's token). Credentials that are sent are checked as usual.
+   */
+  credentialsOptional?: boolean;
 }
 
 export type { CredentialVerifier } from '../core/ports.ts';
@@ -87,6 +92,7 @@ export function registerAuthentication(app: FastifyInstance, verifiers: Credenti
 
 function authenticator(verifiers: CredentialVerifier[], rule: RouteAuth & { auth: PrincipalKind[] }) {
   return async (request: FastifyRequest) => {
+    if (rule.credentialsOptional && request.headers.authorization === undefined) return;
     const principal = await verifyCredential(verifiers, request.headers.authorization);
     enforceRule(principal, rule);
     request.principal = principal;

@@ -76,7 +76,7 @@ export class ServiceProxy {
     }
     const target = found.store as Target;
     let principal: Principal | null = null;
-    if (target.route.auth) {
+    if (target.route.auth && !(target.route.credentialsOptional && request.headers.authorization === undefined)) {
       principal = await verifyCredential(this.options.verifiers, request.headers.authorization);
       enforceRule(principal, { ...target.route, auth: target.route.auth });
     }

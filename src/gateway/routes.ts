@@ -68,6 +68,7 @@ export interface RouteDescription {
   auth?: RouteAuth['auth'];
   scope?: string;
   publicForApplications?: boolean;
+  credentialsOptional?: boolean;
 }
 
 export function describeRoutes(routes: readonly Route[]): RouteDescription[] {
@@ -79,6 +80,7 @@ export function describeRoutes(routes: readonly Route[]): RouteDescription[] {
     ...(r.auth ? { auth: r.auth } : {}),
     ...(r.scope ? { scope: r.scope } : {}),
     ...(r.publicForApplications ? { publicForApplications: true } : {}),
+    ...(r.credentialsOptional ? { credentialsOptional: true } : {}),
   }));
 }
 
@@ -104,7 +106,7 @@ function toFastify(spec: Route) {
   return {
     method: spec.method,
     url: spec.url,
-    config: { auth: spec.auth, scope: spec.scope, publicForApplications: spec.publicForApplications },
+    config: { auth: spec.auth, scope: spec.scope, publicForApplications: spec.publicForApplications, credentialsOptional: spec.credentialsOptional },
     schema: { ...spec.schema, response: { ...errorResponses(spec), ...spec.schema.response } },
     ...(spec.absentBody === undefined ? {} : { preValidation: absentBodyDefault(spec.absentBody) }),
     handler: spec.handler as (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>,

@@ -9,6 +9,7 @@ import type { Platform } from './platform.ts';
  * process elected for it runs it (src/adapters/db/leader.ts). The names:
  * - `backup`: the backup worker (its consumer) and the backup sweep;
  * - `files-sweep`: the files sweep (expired idempotency answers, orphan blobs);
+ * - `exports`: the zip exports' queue (one export runs at a time) and their expiry sweep;
  * - `outbox-prune`: the pruning of the outbox's replayable history.
  * A process alone (`bantu start`) wins each at once. Every piece is safe to overlap for the
  * moment a deposed leader takes to notice (the consumers are at least once, the sweeps lock

@@ -56,7 +56,10 @@ export async function createServiceServer(options: ServiceServerOptions): Promis
     if (!rule?.auth) return;
     const auth = rule.auth;
     const check = async (request: FastifyRequest) => {
-      if (!request.principal) throw new AppError(Errors.unauthorized, 'This route needs credentials');
+      if (!request.principal) {
+        if (rule.credentialsOptional) return;
+        throw new AppError(Errors.unauthorized, 'This route needs credentials');
+      }
       enforceRule(request.principal, { ...rule, auth });
     };
     const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler];

@@ -21,7 +21,7 @@ export async function startDistributedServer(env: Record<string, string>, option
   const echo = process.env.BANTU_TEST_LOG_LEVEL !== undefined;
   const deployment = await startDeployment({
     env,
-    instances: { identity: 1, files: 2, notifications: 1, backup: env.BANTU_BACKUP_WORKER === 'off' ? 0 : 1 },
+    instances: { identity: 1, files: 2, notifications: 1, backup: env.BANTU_BACKUP_WORKER === 'off' ? 0 : 1, exports: 1 },
     output: (_service, line) => {
       // The log is the JSON lines; the rest is the banner (identity's prints the default tenant's keys once).
       const logged = line.startsWith('{');
@@ -52,6 +52,9 @@ export async function startDistributedServer(env: Record<string, string>, option
     },
     get backup(): never {
       throw unavailable('server.app.backup');
+    },
+    get exports(): never {
+      throw unavailable('server.app.exports');
     },
     isLeading(): never {
       throw unavailable('server.app.isLeading()');

@@ -1,8 +1,9 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { FilesPort } from '../../core/ports.ts';
+import type { FilesExportPort, FilesPort } from '../../core/ports.ts';
 import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
+import { FilesExportSource } from './domain/export-source.ts';
 import { type FilesDeps, FilesService } from './domain/files.service.ts';
 import { filesInternalRoutes } from './http/files.internal-routes.ts';
 import { filesRoutes } from './http/files.routes.ts';
@@ -21,12 +22,15 @@ export interface FilesModule extends ServiceModule {
   service: FilesService;
   /** What the backup reaches of files, in-process. */
   port: FilesPort;
+  /** What the exports read of files, in-process. */
+  exportSource: FilesExportPort;
   /** Reached by other services over HTTP when distributed (the backup's restore); never through the gateway. */
   internalRoutes: Route[];
 }
 
 export function createFilesService(deps: FilesDeps): FilesModule {
   const service = new FilesService(deps);
+  const exportSource = new FilesExportSource(deps);
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<unknown> = Promise.resolve();
   const sweep = () => {
@@ -36,8 +40,9 @@ export function createFilesService(deps: FilesDeps): FilesModule {
     name: 'files',
     service,
     port: service,
+    exportSource,
     routes: filesRoutes(service),
-    internalRoutes: filesInternalRoutes(service),
+    internalRoutes: filesInternalRoutes(service, exportSource),
     consumers: [],
     /** Starts the periodic sweep; the first one runs in the background right away. */
     start() {

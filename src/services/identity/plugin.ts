@@ -2,7 +2,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Databases } from '../../adapters/db/pg.ts';
-import type { CounterStore, Mailer, ReadThroughCache, RevocationList } from '../../core/ports.ts';
+import type { AuditPort, CounterStore, Mailer, ReadThroughCache, RevocationList, UserDirectoryPort } from '../../core/ports.ts';
+import { actorOf } from '../../core/principal.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
 import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
@@ -18,6 +19,7 @@ import { ACCESS_TOKEN_SECONDS, TokenService } from './domain/tokens.service.ts';
 import { UserCache } from './domain/user-cache.ts';
 import { UsersService } from './domain/users.service.ts';
 import type { UserPrincipal } from './domain/users.ts';
+import { auditInternalRoutes } from './http/audit.internal-routes.ts';
 import { authRoutes } from './http/auth.routes.ts';
 import { jwksRoutes, keysRoutes, signingKeysRoutes } from './http/keys.routes.ts';
 import { tenantsRoutes } from './http/tenants.routes.ts';
@@ -58,6 +60,11 @@ export interface IdentityService extends ServiceModule {
   verifiers: CredentialVerifier[];
   /** The route manifests: under /v1, and the JWKS at the root. */
   routes: Route[];
+  /** Reached by other services over HTTP when distributed (the exports' audit entries); never through the gateway. */
+  internalRoutes: Route[];
+  /** What other services learn of users, and write in the audit trail, in-process. */
+  userDirectory: UserDirectoryPort;
+  auditPort: AuditPort;
   /** Loads (or on first start makes) the signing keys; before the gateway serves. */
   start(): Promise<void>;
   /** Stops the background work (the key sets' periodic re-read, revocations waiting for Redis). */
@@ -120,6 +127,11 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     auth,
     audit,
     verifiers: [{ verify: (credential) => apiKeys.verify(credential) }, userTokens],
+    userDirectory: { emailOf: async (principal) => (await users.me(principal)).email },
+    auditPort: {
+      record: (principal, entry) => audit.recordAlone(principal.environment, principal.tenantId, { type: entry.type, actor: actorOf(principal), ip: entry.ip, detail: entry.detail }),
+    },
+    internalRoutes: auditInternalRoutes(audit),
     routes: [
       ...jwksRoutes(tokens),
       ...tenantsRoutes(tenants),

@@ -66,6 +66,16 @@ export function toFileObject(row: repo.FileRow): FileObject {
   };
 }
 
+/**
+ * Whose files a principal sees (null: every file of the tenant and environment). A user who is
+ * not an admin sees their own files only; keys and admins see the tenant's. That includes
+ * application keys (within their files:* scopes): they act for a client app, not for a user,
+ * so there is no user to narrow them to.
+ */
+export function ownerScope(principal: TenantPrincipal): string | null {
+  return principal.kind === 'user' && !isTenantAdmin(principal) ? principal.userId : null;
+}
+
 /** Thrown inside a transaction to roll it back when a committed twin already holds the Idempotency-Key. */
 class KeyTaken extends Error {}
 
@@ -91,13 +101,8 @@ export function etagMatches(header: string, sha256: string): boolean {
 export class FilesService {
   constructor(private readonly deps: FilesDeps) {}
 
-  /**
-   * A user who is not an admin sees their own files only; keys and admins see the tenant's.
-   * That includes application keys (within their files:* scopes): they act for a client app,
-   * not for a user, so there is no user to narrow them to.
-   */
   private ownerScope(principal: TenantPrincipal): string | null {
-    return principal.kind === 'user' && !isTenantAdmin(principal) ? principal.userId : null;
+    return ownerScope(principal);
   }
 
   private db(principal: TenantPrincipal) {

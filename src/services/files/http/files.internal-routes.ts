@@ -3,6 +3,7 @@ import { Value } from '@sinclair/typebox/value';
 import { AppError, Errors } from '../../../core/errors.ts';
 import { tenantPrincipalOf } from '../../../gateway/auth.ts';
 import { type Route, route } from '../../../gateway/routes.ts';
+import type { FilesExportSource } from '../domain/export-source.ts';
 import type { FilesService } from '../domain/files.service.ts';
 import { FileObject } from './files.schemas.ts';
 
@@ -26,8 +27,9 @@ const RestoredVersion = Type.Object({
 
 export const RESTORE_VERSION_HEADER = 'x-bantu-version';
 
-export function filesInternalRoutes(files: FilesService): Route[] {
+export function filesInternalRoutes(files: FilesService, exportSource: FilesExportSource): Route[] {
   return [
+    ...exportSourceRoutes(exportSource),
     route({
       method: 'POST',
       url: '/internal/files/:id/restore',
@@ -54,6 +56,68 @@ export function filesInternalRoutes(files: FilesService): Route[] {
           if (!withBytes) throw new AppError(Errors.contentMissing, `send the bytes of ${version.sha256}`);
           return request.raw;
         });
+      },
+    }),
+  ];
+}
+
+const READERS = ['account_key', 'application_key', 'user'] as const;
+
+const FileVersionRecord = Type.Object({
+  version: Type.Integer(),
+  name: Type.String(),
+  path: Type.String(),
+  size: Type.Integer(),
+  sha256: Type.String(),
+  content_type: Type.String(),
+  created_at: Type.String(),
+});
+
+/**
+ * The exports' reads (FilesExportPort) for an exports process (distributed mode): a keyset page
+ * of files, a file's versions, and the bytes a version records; with the caller's visibility.
+ */
+function exportSourceRoutes(source: FilesExportSource): Route[] {
+  return [
+    route({
+      method: 'GET',
+      url: '/internal/files/export/scan',
+      at: 'root',
+      auth: [...READERS],
+      scope: 'files:read',
+      schema: {
+        hide: true,
+        querystring: Type.Object({
+          limit: Type.Integer({ minimum: 1, maximum: 1000 }),
+          after: Type.Optional(Type.String({ maxLength: 100 })),
+          path_prefix: Type.Optional(Type.String({ maxLength: 2048 })),
+        }),
+        response: { 200: Type.Object({ data: Type.Array(FileObject) }) },
+      },
+      handler: async (request) => {
+        const { limit, after, path_prefix } = request.query;
+        return { data: await source.scan(tenantPrincipalOf(request), { limit, after, pathPrefix: path_prefix }) };
+      },
+    }),
+    route({
+      method: 'GET',
+      url: '/internal/files/:id/export/versions',
+      at: 'root',
+      auth: [...READERS],
+      scope: 'files:read',
+      schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 100 }) }), response: { 200: Type.Object({ data: Type.Array(FileVersionRecord) }) } },
+      handler: async (request) => ({ data: await source.versions(tenantPrincipalOf(request), request.params.id) }),
+    }),
+    route({
+      method: 'GET',
+      url: '/internal/files/:id/export/blobs/:sha256',
+      at: 'root',
+      auth: [...READERS],
+      scope: 'files:read',
+      schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 100 }), sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }) }) },
+      handler: async (request, reply) => {
+        const stream = await source.openBlob(tenantPrincipalOf(request), request.params.id, request.params.sha256);
+        return reply.header('content-type', 'application/octet-stream').send(stream);
       },
     }),
   ];

@@ -237,3 +237,50 @@ export async function restoreFile(
     where tenant_id = ${tenantId} and id = ${id}`).execute(trx);
   return result.rows[0] as FileRow;
 }
+
+/** `value` matched literally by LIKE (its `%`, `_` and `\` escaped). */
+const likeLiteral = (value: string) => value.replace(/[\\%_]/g, (c) => `\\${c}`);
+
+/**
+ * One page of an export: visible live files in ascending id order after `after` (a keyset
+ * cursor, one index range per page however far the export has gone). `pathPrefix`: that
+ * folder (normalised) and everything under it. A statement for tenantRead.
+ */
+export function filesScanSelect(tenantId: string, options: { owner: string | null; pathPrefix?: string; after?: string; limit: number }) {
+  const prefix = options.pathPrefix;
+  const inFolder =
+    prefix === undefined || prefix === '/' ? sql`true` : sql`(path = ${prefix} or path like ${`${likeLiteral(prefix)}/%`})`;
+  return sql<FileRow>`
+    select ${columns} from files.file
+    where tenant_id = ${tenantId} and deleted_at is null and ${ownerFilter(options.owner)}
+      and ${inFolder}
+      and ${options.after === undefined ? sql`true` : sql`id > ${options.after}`}
+    order by id asc limit ${options.limit}`;
+}
+
+export interface FileVersionRow {
+  version: number;
+  name: string;
+  path: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+  created_at: Date;
+}
+
+/** Every recorded version of a live file `owner` (null: anyone) may see, oldest first; a statement for tenantRead. */
+export function fileVersionsSelect(tenantId: string, id: string, owner: string | null) {
+  return sql<FileVersionRow>`
+    select v.version, v.name, v.path, v.size, v.sha256, v.content_type, v.created_at
+    from files.file_version v join files.file f on f.id = v.file_id
+    where f.tenant_id = ${tenantId} and f.id = ${id} and f.deleted_at is null and ${owner === null ? sql`true` : sql`f.user_id = ${owner}`}
+    order by v.version asc`;
+}
+
+/** A row when a version of that visible live file records the blob; a statement for tenantRead. */
+export function versionBlobSelect(tenantId: string, id: string, owner: string | null, sha256: string) {
+  return sql<{ found: 1 }>`
+    select 1 as found from files.file_version v join files.file f on f.id = v.file_id
+    where f.tenant_id = ${tenantId} and f.id = ${id} and f.deleted_at is null and ${owner === null ? sql`true` : sql`f.user_id = ${owner}`}
+      and v.sha256 = ${sha256} limit 1`;
+}

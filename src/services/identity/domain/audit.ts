@@ -22,7 +22,10 @@ export type AuditType =
   | 'password_reset'
   | 'refresh_token_reused'
   | 'key_created'
-  | 'key_revoked';
+  | 'key_revoked'
+  // Written for the exports service (AuditPort).
+  | 'export_created'
+  | 'export_downloaded';
 
 export interface AuditEntry {
   type: AuditType;

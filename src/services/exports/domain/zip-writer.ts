@@ -1,0 +1,249 @@
+import { createHash } from 'node:crypto';
+import { type PassThrough, Readable, Transform } from 'node:stream';
+import { ZipFile } from 'yazl';
+import { AppError } from '../../../core/errors.ts';
+import type { FilesExportPort, FileVersionRecord } from '../../../core/ports.ts';
+import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
+import type { FileObject } from '../../../core/schemas.ts';
+import { EntryNamer } from './entry-names.ts';
+
+/** What one zip export holds and for whom. */
+export interface ZipPlan {
+  exportId: string;
+  createdAt: string;
+  environment: Environment;
+  principal: TenantPrincipal;
+  includeContent: boolean;
+  includeVersions: boolean;
+  path?: string;
+  /** The most content bytes the zip may hold; past it the export fails. */
+  maxBytes: number;
+}
+
+/** The run was stopped with its process: the export stays queued for the next worker. */
+export class ExportStopped extends Error {
+  constructor() {
+    super('the exports worker stopped');
+    this.name = 'ExportStopped';
+  }
+}
+
+/** An export that cannot complete as asked; its message is the export's `error`. */
+export class ExportFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ExportFailure';
+  }
+}
+
+// Files per page, and per progress update.
+const PAGE = 50;
+/** Entries opened ahead of the one being written: a few file handles, not the whole export. */
+const WINDOW = 8;
+
+export interface ManifestVersion {
+  version: number;
+  name: string;
+  path: string;
+  size: number;
+  sha256: string;
+  content_type: string;
+  created_at: string;
+  entry: string;
+}
+
+/**
+ * Streams the zip of an export: each file at `files/<path>/<name>` (every version at
+ * `versions/<path>/<name>/v<N>` when asked), then `manifest.json`. Entries are stored as they
+ * are (documents are mostly compressed already; zip64 when large, by yazl) and each is hashed
+ * as it is written: bytes that are not their recorded sha256 fail the whole zip, which then
+ * never becomes an export. Files are read one page at a time; a few entries are opened ahead.
+ *
+ * `zip` is the archive's bytes; `done` resolves with the totals once the last entry has been
+ * written (and rejects, like `zip`, on any failure). A file deleted while the export runs is
+ * left out.
+ */
+export function writeZip(
+  files: FilesExportPort,
+  plan: ZipPlan,
+  onProgress: (progress: { files_done: number; bytes: number }) => Promise<void>,
+): { zip: Readable; done: Promise<{ files: number; bytes: number }>; abort: (reason: Error) => void } {
+  const zipFile = new ZipFile();
+  const output = zipFile.outputStream as PassThrough;
+  let failure: Error | undefined;
+  // Entries handed to yazl and not yet written: a failure ends them too, or their waiters would hang.
+  const active = new Set<Transform>();
+  const fail = (error: Error) => {
+    if (failure) return;
+    failure = error;
+    output.destroy(error);
+    for (const entry of active) entry.destroy(error);
+  };
+  zipFile.on('error', fail);
+
+  const fileNames = new EntryNamer('files');
+  const versionNames = new EntryNamer('versions');
+  const manifest: string[] = [];
+  const pending: Promise<void>[] = [];
+  let bytes = 0;
+
+  /** Adds one entry from an opened blob, checked against its sha256 and size as yazl reads it. */
+  const addEntry = (name: string, source: AsyncIterable<Uint8Array>, expected: { sha256: string; size: number; mtime: Date }) => {
+    bytes += expected.size;
+    if (bytes > plan.maxBytes) throw new ExportFailure(`the export holds more than ${plan.maxBytes} bytes, the limit of this installation; export a folder (path) at a time`);
+    const hash = createHash('sha256');
+    let seen = 0;
+    const checked = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        hash.update(chunk);
+        seen += chunk.length;
+        callback(null, chunk);
+      },
+      flush(callback) {
+        const sha256 = hash.digest('hex');
+        if (sha256 !== expected.sha256 || seen !== expected.size) {
+          callback(new ExportFailure(`${name}: the stored bytes (${seen} bytes, sha256 ${sha256}) are not the recorded ${expected.size} bytes ${expected.sha256}`));
+        } else callback();
+      },
+    });
+    // A store's stream is piped as it is; any other iterable of bytes is made one.
+    const readable = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
+    readable.on('error', (error) => fail(error));
+    checked.on('error', (error) => fail(error));
+    active.add(checked);
+    const written = new Promise<void>((resolve, reject) => {
+      checked.on('end', resolve);
+      checked.on('error', reject);
+    }).finally(() => active.delete(checked));
+    // Rejections are collected through `pending`; this one must not go unhandled meanwhile.
+    written.catch(() => undefined);
+    readable.pipe(checked);
+    zipFile.addReadStream(checked, name, { size: expected.size, mtime: expected.mtime, compress: false });
+    return written;
+  };
+
+  /** Opens a blob, or null when its file was deleted meanwhile (it is left out). */
+  const open = async (file: FileObject, sha256: string) => {
+    try {
+      return await files.openBlob(plan.principal, file.id, sha256);
+    } catch (error) {
+      if (error instanceof AppError && error.code === 'not_found') return null;
+      throw error;
+    }
+  };
+
+  const throttle = async (written: Promise<void>) => {
+    pending.push(written);
+    if (pending.length >= WINDOW) await pending.shift();
+  };
+
+  /** What one file's entries are read from, opened ahead of their turn; null when the file was deleted meanwhile. */
+  type Opened = { versions: Array<{ record: FileVersionRecord; source: AsyncIterable<Uint8Array> }>; content: AsyncIterable<Uint8Array> | null };
+  const release = (opened: Opened | null) => {
+    for (const source of [...(opened?.versions.map((v) => v.source) ?? []), opened?.content]) (source as { destroy?: () => void } | null | undefined)?.destroy?.();
+  };
+  const openFile = async (file: FileObject): Promise<Opened | null> => {
+    const opened: Opened = { versions: [], content: null };
+    try {
+      if (plan.includeVersions) {
+        let recorded: FileVersionRecord[];
+        try {
+          recorded = await files.versions(plan.principal, file.id);
+        } catch (error) {
+          if (error instanceof AppError && error.code === 'not_found') return null;
+          throw error;
+        }
+        for (const record of recorded) {
+          const source = await open(file, record.sha256);
+          if (!source) {
+            release(opened);
+            return null;
+          }
+          opened.versions.push({ record, source });
+        }
+      }
+      if (plan.includeContent) {
+        opened.content = await open(file, file.sha256);
+        if (!opened.content) {
+          release(opened);
+          return null;
+        }
+      }
+      return opened;
+    } catch (error) {
+      release(opened);
+      throw error;
+    }
+  };
+
+  /** Hands a file's opened entries to the zip (all of them or, for a file gone meanwhile, none) and records it in the manifest. */
+  const addFile = async (file: FileObject, opened: Opened): Promise<void> => {
+    const versions: ManifestVersion[] = [];
+    if (plan.includeVersions) {
+      const folder = versionNames.folderFor(file.path, file.name);
+      for (const { record, source } of opened.versions) {
+        const name = `${folder}/v${record.version}`;
+        await throttle(addEntry(name, source, { sha256: record.sha256, size: record.size, mtime: new Date(record.created_at) }));
+        versions.push({ ...record, entry: name });
+      }
+    }
+    let entry: string | null = null;
+    if (opened.content) {
+      entry = fileNames.file(file.path, file.name);
+      await throttle(addEntry(entry, opened.content, { sha256: file.sha256, size: file.size, mtime: new Date(file.updated_at) }));
+    }
+    const { owner_id: _owner, ...described } = file;
+    manifest.push(JSON.stringify({ ...described, entry, ...(plan.includeVersions ? { versions } : {}) }));
+  };
+
+  /** One page: each file opened up to WINDOW files ahead (their lookups overlap), then written in order. */
+  const addPage = async (page: FileObject[]): Promise<number> => {
+    const ahead: Array<Promise<Opened | null>> = [];
+    const openAt = (i: number) => {
+      const file = page[i];
+      if (!file) return;
+      const opening = openFile(file);
+      opening.catch(() => undefined);
+      ahead[i] = opening;
+    };
+    for (let i = 0; i < WINDOW; i++) openAt(i);
+    let added = 0;
+    let handed = -1;
+    try {
+      for (let i = 0; i < page.length; i++) {
+        if (failure) throw failure;
+        const opened = await ahead[i];
+        handed = i;
+        openAt(i + WINDOW);
+        if (!opened) continue;
+        await addFile(page[i] as FileObject, opened);
+        added++;
+      }
+    } finally {
+      // Opened ahead and never handed over (a failure): closed now rather than when collected.
+      for (let j = handed + 1; j < ahead.length; j++) void ahead[j]?.then(release, () => undefined);
+    }
+    return added;
+  };
+
+  const done = (async () => {
+    let after: string | undefined;
+    let count = 0;
+    for (;;) {
+      const page = await files.scan(plan.principal, { after, limit: PAGE, pathPrefix: plan.path });
+      count += await addPage(page);
+      await Promise.all(pending.splice(0));
+      if (failure) throw failure;
+      await onProgress({ files_done: count, bytes });
+      const last = page[page.length - 1];
+      if (page.length < PAGE || !last) break;
+      after = last.id;
+    }
+    const head = JSON.stringify({ export_id: plan.exportId, created_at: plan.createdAt, environment: plan.environment });
+    zipFile.addBuffer(Buffer.from(`${head.slice(0, -1)},"files":[\n${manifest.join(',\n')}\n]}\n`), 'manifest.json', { mtime: new Date(plan.createdAt) });
+    zipFile.end();
+    return { files: count, bytes };
+  })();
+  done.catch((error) => fail(error instanceof Error ? error : new Error(String(error))));
+  return { zip: output, done, abort: fail };
+}
