@@ -38,6 +38,12 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
   const { consumer, environment, db, nc, streams, durable, log, retries } = loop;
   const signal = retries.signal;
   const stream = streamName(streams.prefix, environment);
+  let troubled = false;
+  // A lost connection may have lost messages in transit (see below).
+  const statuses = nc.status() as AsyncIterable<{ type: string }> & { stop(): void };
+  (async () => {
+    for await (const status of statuses) if (status.type === 'disconnect') troubled = true;
+  })().catch(() => undefined);
   try {
     const jsm = await retries.persistently(log, 'reaching JetStream', () => jetstreamManager(nc));
     await retries.persistently(log, 'setting up the durable consumer', async () => {
@@ -50,6 +56,12 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
     await retries.persistently(log, 'waiting for the messages of the previous holder', () => waitForHandover(jsm, stream, consumer.name, durable.ackWaitMs, signal));
     const js = jetstream(nc);
     while (!signal.aborted) {
+      if (troubled) {
+        // What the server sent as NATS went away may never have arrived here: it comes back
+        // once its ack wait has passed, and must come before anything newer.
+        await retries.persistently(log, 'waiting for the messages lost in transit', () => waitForHandover(jsm, stream, consumer.name, durable.ackWaitMs, signal));
+        troubled = false;
+      }
       let messages: ConsumerMessages;
       try {
         const pull = await js.consumers.get(stream, durableName(consumer.name));
@@ -57,6 +69,7 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
       } catch (error) {
         if (signal.aborted) break;
         log.warn({ err: error }, 'JetStream fetch failed; retrying');
+        troubled = true;
         // The stream or consumer may be gone with the NATS store: made again before the next fetch.
         await ensureStreams(jsm, streams)
           .then(() => ensureDurable(jsm, stream, streams.prefix, environment, consumer.name, durable))
@@ -80,6 +93,7 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
       } catch (error) {
         if (signal.aborted) break;
         log.warn({ err: error }, 'JetStream fetch ended on an error; fetching again');
+        troubled = true;
         await sleep(RETRY_FETCH_MS, signal);
       } finally {
         signal.removeEventListener('abort', stop);
@@ -87,6 +101,8 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
     }
   } catch (error) {
     if (!signal.aborted) log.error({ err: error }, 'consumer stopped on an unexpected error');
+  } finally {
+    statuses.stop();
   }
 }
 

@@ -17,7 +17,8 @@ import { sleep } from './outbox-retries.ts';
  * crashed, or was stopped with events in hand, which it naks). Those come back first (the
  * server serves redeliveries before new messages) once their ack wait has passed, so a
  * starting consumer that finds unacknowledged messages waits out the ack wait before its
- * first fetch. A redelivered run is handed over one event at a time, and `max_deliver` bounds
+ * first fetch, and so does a running one after its connection dropped (what was in transit
+ * then is lost, and redelivered). A redelivered run is handed over one event at a time, and `max_deliver` bounds
  * the redeliveries: before its last try an event is recorded as a dead letter (in
  * PostgreSQL, so an event that takes every process down is set aside, never lost), taken
  * back if that try passes.
