@@ -14,6 +14,7 @@ import { outboxIdOf } from './outbox-row.ts';
 /** The minimum JetStream takes: a fetch waits this long for its batch to fill, then ends with what it got. */
 const FETCH_EXPIRES_MS = 1_000;
 const RETRY_FETCH_MS = 1_000;
+const MIRROR_EVERY_MS = 100;
 
 /** What one work consumer's loop in one environment works with. */
 export interface JetStreamLoop {
@@ -55,6 +56,7 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
     await setFailing(db, consumer.name, null);
     await retries.persistently(log, 'waiting for the messages of the previous holder', () => waitForHandover(jsm, stream, consumer.name, durable.ackWaitMs, signal));
     const js = jetstream(nc);
+    const mirror = cursorMirror(loop);
     while (!signal.aborted) {
       if (troubled) {
         // What the server sent as NATS went away may never have arrived here: it comes back
@@ -85,10 +87,11 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
           batch.push(message);
           // What already arrived goes over together; the fetch goes on for the rest.
           if (messages.getPending() > 0 && batch.length < FETCH_BATCH) continue;
-          await handOver(loop, batch.splice(0));
+          mirror.reached(await handOver(loop, batch.splice(0)));
+          await mirror.save(false);
           if (signal.aborted) break;
         }
-        if (batch.length > 0 && !signal.aborted) await handOver(loop, batch);
+        if (batch.length > 0 && !signal.aborted) mirror.reached(await handOver(loop, batch));
         else for (const message of batch) message.nak();
       } catch (error) {
         if (signal.aborted) break;
@@ -97,6 +100,9 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
         await sleep(RETRY_FETCH_MS, signal);
       } finally {
         signal.removeEventListener('abort', stop);
+        // The acks on their way before the mirror says they are done, and before a next holder starts.
+        await nc.flush().catch(() => undefined);
+        await mirror.save(true);
       }
     }
   } catch (error) {
@@ -110,8 +116,9 @@ export async function runJetStreamConsumer(loop: JetStreamLoop): Promise<void> {
  * Hands one fetched run of messages over, in order, and acknowledges each once handled (or
  * set aside). Stopped midway, it naks what it did not hand over: redelivered first to
  * whoever goes on. Says it is still working on the rest while a handler takes its time.
+ * Returns the outbox id of the last event done.
  */
-async function handOver(loop: JetStreamLoop, messages: JsMsg[]): Promise<void> {
+async function handOver(loop: JetStreamLoop, messages: JsMsg[]): Promise<number | undefined> {
   const { consumer, db, log, retries, durable } = loop;
   const signal = retries.signal;
   const open = new Set(messages);
@@ -160,15 +167,31 @@ async function handOver(loop: JetStreamLoop, messages: JsMsg[]): Promise<void> {
   } finally {
     clearInterval(heartbeat);
     for (const message of open) message.nak();
-    // The acks reach the server before the cursor mirror says they are done.
-    await loop.nc.flush().catch(() => undefined);
   }
-  const through = lastDone;
-  if (through !== undefined) {
-    await retries.persistently(log, 'saving the cursor', () => advanceCursor(db, consumer.name, through)).catch((error) => {
-      if (!signal.aborted) throw error;
-    });
-  }
+  return lastDone;
+}
+
+/**
+ * The consumer's position mirrored into its PostgreSQL cursor (status, prune): at most every
+ * MIRROR_EVERY_MS while events flow, and whenever a fetch ends, so status is at most about a
+ * fetch behind. Only the mirror: JetStream's acks are what delivery goes by.
+ */
+function cursorMirror(loop: JetStreamLoop) {
+  let through: number | undefined;
+  let savedAt = 0;
+  return {
+    reached(outboxId: number | undefined) {
+      if (outboxId !== undefined) through = outboxId;
+    },
+    async save(force: boolean) {
+      const to = through;
+      if (to === undefined || (!force && performance.now() - savedAt < MIRROR_EVERY_MS)) return;
+      through = undefined;
+      savedAt = performance.now();
+      if (loop.retries.signal.aborted) await advanceCursor(loop.db, loop.consumer.name, to).catch(() => undefined);
+      else await loop.retries.persistently(loop.log, 'saving the cursor', () => advanceCursor(loop.db, loop.consumer.name, to)).catch(() => undefined);
+    },
+  };
 }
 
 async function setAsideBeforeLastTry(loop: JetStreamLoop, message: JsMsg, event: BusEvent, outboxId: number): Promise<void> {
