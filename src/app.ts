@@ -7,7 +7,6 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { DiskBlobStore } from './adapters/blob/disk.ts';
-import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
@@ -18,8 +17,8 @@ import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
-import { openPlatform, type Platform } from './platform/platform.ts';
-import { natsRelayModule } from './platform/relay.ts';
+import { openPlatform, type Platform, type PlatformBus } from './platform/platform.ts';
+import { natsRelayWork } from './platform/relay.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupMigrations, backupUsage, createBackupService } from './services/backup/plugin.ts';
 import type { ExportsService } from './services/exports/domain/exports.service.ts';
@@ -61,7 +60,7 @@ export interface App {
   /** Available after start; for tests and the CLI. */
   readonly gateway: FastifyInstance;
   readonly databases: Databases;
-  readonly bus: OutboxBus;
+  readonly bus: PlatformBus;
   readonly identity: IdentityService;
   readonly backup: BackupService;
   readonly files: FilesService;
@@ -91,6 +90,7 @@ export function createApp(config: Config, logger: Logger): App {
       name: 'bantu',
       migrations: ALL_MIGRATIONS,
       exclusiveDataDir: true,
+      relay: true,
       // Before anything starts (but after the lock has made the data dir, 0755, which the
       // embedded PostgreSQL must be able to enter): an unusable certificate fails at once.
       preflight: async () => {
@@ -160,8 +160,7 @@ export function createApp(config: Config, logger: Logger): App {
     notifications.attach(gateway.server as https.Server);
     registerConsumers(p.bus, [identity, notifications]);
     // Work consumers: one process of the installation runs them (each notifications instance relays to its own sockets).
-    const relay = natsRelayModule(p);
-    registerConsumers(p.bus, [files, backup, ...(relay ? [relay] : [])], { led: true });
+    registerConsumers(p.bus, [files, backup], { led: true });
     await p.bus.start();
     // Once per installation, however many processes run; alone, this one wins each at once.
     // Deferred before the gateway's close, so the work consumers stop after it has drained.
@@ -170,7 +169,8 @@ export function createApp(config: Config, logger: Logger): App {
     lead('outbox-prune', periodicWork(3600_000, () => p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'))));
     if (config.backupWorker) lead('backup', moduleWork(p.bus, backup));
     // With NATS_URL: committed events go on to JetStream too.
-    if (relay) lead('nats-relay', moduleWork(p.bus, relay));
+    const relay = natsRelayWork(p);
+    if (relay) lead('nats-relay', relay);
 
     await gateway.listen({ host: config.host, port: config.port });
     p.defer(() => gateway.close());

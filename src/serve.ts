@@ -7,7 +7,6 @@ import { fileURLToPath } from 'node:url';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
@@ -24,9 +23,9 @@ import { SERVICE_NAMES, type ServiceName } from './platform/catalogue.ts';
 import { INTERNAL_HEADER, InternalTokens } from './platform/internal-token.ts';
 import { moduleWork, periodicWork, runLed } from './platform/led.ts';
 import { registerConsumers } from './platform/module.ts';
-import { openPlatform, type Platform } from './platform/platform.ts';
+import { openPlatform, type Platform, type PlatformBus } from './platform/platform.ts';
 import { announce, discover, ServiceRegistry } from './platform/registry.ts';
-import { natsRelayModule } from './platform/relay.ts';
+import { natsRelayWork } from './platform/relay.ts';
 import { ServiceClient } from './platform/service-client.ts';
 import { createServiceServer } from './platform/service-server.ts';
 import type { BackupService } from './services/backup/domain/backup.service.ts';
@@ -79,7 +78,14 @@ export async function serveService(config: Config, logger: Logger, name: Service
   const loadGatewayTls = async () => {
     tls = await loadTls({ dataDir: config.dataDir, certFile: config.tls?.certFile, keyFile: config.tls?.keyFile, host: config.host });
   };
-  const platform = await openPlatform(config, logger, { name, migrations: ALL_MIGRATIONS, exclusiveDataDir: false, preflight: name === 'gateway' ? loadGatewayTls : undefined });
+  const platform = await openPlatform(config, logger, {
+    name,
+    migrations: ALL_MIGRATIONS,
+    exclusiveDataDir: false,
+    preflight: name === 'gateway' ? loadGatewayTls : undefined,
+    // Next to the writers, and next to the work consumers that read what it relays.
+    relay: name === 'files' || name === 'backup',
+  });
   try {
     const nats = platform.nats;
     if (!nats) throw new Error('NATS_URL is required'); // checked by the CLI before
@@ -155,11 +161,10 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     runLed(platform, 'files-sweep', moduleWork(platform.bus, files));
     runLed(platform, 'outbox-prune', pruneWork(platform));
     // Next to the writer: one files process of the installation relays the outbox to JetStream.
-    const relay = natsRelayModule(platform);
+    const relay = natsRelayWork(platform);
     if (relay) {
-      registerConsumers(platform.bus, [relay], { led: true });
       await platform.bus.start();
-      runLed(platform, 'nats-relay', moduleWork(platform.bus, relay));
+      runLed(platform, 'nats-relay', relay);
     }
     routes = files.routes;
     internalRoutes = files.internalRoutes;
@@ -297,6 +302,9 @@ function randomToken(): string {
 async function runWorker(platform: Platform, backup: ReturnType<typeof backupModule>): Promise<Leadership> {
   registerConsumers(platform.bus, [backup], { led: true });
   await platform.bus.start();
+  // With NATS the worker reads what the relay publishes: a backup process may relay too.
+  const relay = natsRelayWork(platform);
+  if (relay) runLed(platform, 'nats-relay', relay);
   const leader = runLed(platform, 'backup', moduleWork(platform.bus, backup));
   await leader.decided;
   return leader;
@@ -311,7 +319,7 @@ function pruneWork(platform: Platform) {
 /** The backup module alone, for the `bantu backup` tools (no HTTP, no registry). */
 export interface BackupProcess {
   databases: Databases;
-  bus: OutboxBus;
+  bus: PlatformBus;
   backup: BackupService;
   /** With the worker: whether this process leads `backup` (runs the worker and its sweep) or stands by. */
   leader?: Leadership;
@@ -319,7 +327,7 @@ export interface BackupProcess {
 }
 
 export async function openBackupProcess(config: Config, logger: Logger, options: { worker: boolean }): Promise<BackupProcess> {
-  const platform = await openPlatform(config, logger, { name: 'backup', migrations: ALL_MIGRATIONS, exclusiveDataDir: false });
+  const platform = await openPlatform(config, logger, { name: 'backup', migrations: ALL_MIGRATIONS, exclusiveDataDir: false, relay: options.worker });
   try {
     const backup = backupModule(platform, options.worker, createFilesService(filesDeps(platform)).port);
     const leader = options.worker ? await runWorker(platform, backup) : undefined;

@@ -60,6 +60,20 @@ export const EnvSchema = Type.Object({
   BANTU_NATS_REPLICAS: Type.Integer({ minimum: 1, maximum: 5, default: 1, description: 'Replicas of each JetStream events stream (a clustered NATS: 3 survives the loss of one server)' }),
   BANTU_NATS_STORAGE: Type.Union([Type.Literal('file'), Type.Literal('memory')], { default: 'file', description: 'Where JetStream keeps the events streams: file (survives a NATS restart) or memory' }),
   BANTU_NATS_MAX_AGE_HOURS: Type.Optional(positiveInt('How long the JetStream events streams keep an event (default BANTU_EVENT_RETENTION_HOURS)')),
+  BANTU_NATS_MAX_DELIVER: Type.Integer({
+    minimum: 2,
+    maximum: 1000,
+    default: 20,
+    description:
+      'JetStream deliveries of one event to a work consumer (backup) before it is set aside as a dead letter: a redelivery happens only when the process handling it stopped or died',
+  }),
+  BANTU_NATS_ACK_WAIT_SECONDS: Type.Integer({
+    minimum: 1,
+    maximum: 3600,
+    default: 30,
+    description:
+      'How long JetStream waits for a work consumer to acknowledge an event before redelivering it (a live consumer keeps extending it); also the pause of a consumer taking over from one that died',
+  }),
   BANTU_SERVICE_HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address a service (every one but the gateway, distributed mode) listens on for the gateway' }),
   BANTU_SERVICE_PORT: port('Port a service listens on for the gateway (0 picks a free one)', 0),
   BANTU_SERVICE_DRAIN_MS: Type.Integer({
@@ -126,6 +140,8 @@ export interface Config {
   natsPrefix: string;
   /** The JetStream events streams (one per environment) the outbox is relayed to. */
   natsStreams: { replicas: number; storage: 'file' | 'memory'; maxAgeHours: number };
+  /** The JetStream durable consumers of the work consumers (backup). */
+  natsDurable: { maxDeliver: number; ackWaitMs: number };
   /** Where a service alone (distributed mode) listens for the gateway, and the host it announces. */
   service: { host: string; port: number; advertiseHost: string; drainMs: number };
   redisUrl?: string;
@@ -215,6 +231,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       natsUrl: e.NATS_URL,
       natsPrefix: e.BANTU_NATS_PREFIX,
       natsStreams: { replicas: e.BANTU_NATS_REPLICAS, storage: e.BANTU_NATS_STORAGE, maxAgeHours: e.BANTU_NATS_MAX_AGE_HOURS ?? e.BANTU_EVENT_RETENTION_HOURS },
+      natsDurable: { maxDeliver: e.BANTU_NATS_MAX_DELIVER, ackWaitMs: e.BANTU_NATS_ACK_WAIT_SECONDS * 1000 },
       service: { host: e.BANTU_SERVICE_HOST, port: e.BANTU_SERVICE_PORT, advertiseHost: e.BANTU_SERVICE_ADVERTISE_HOST ?? e.BANTU_SERVICE_HOST, drainMs: e.BANTU_SERVICE_DRAIN_MS },
       redisUrl: e.REDIS_URL,
       redisPrefix: e.BANTU_REDIS_PREFIX,

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { DiskBlobStore } from '../adapters/blob/disk.ts';
 import { openS3Stores, type S3Stores } from '../adapters/blob/s3.ts';
+import { NatsBus } from '../adapters/bus/nats-bus.ts';
 import { OutboxBus } from '../adapters/bus/outbox.ts';
 import { MemoryCounterStore } from '../adapters/cache/memory.ts';
 import { MemoryReadThroughCache } from '../adapters/cache/memory-cache.ts';
@@ -21,7 +22,7 @@ import { FileMailer } from '../adapters/mail/files.ts';
 import { SmtpMailer } from '../adapters/mail/smtp.ts';
 import { connectNats, pingNats } from '../adapters/nats/connection.ts';
 import type { Config } from '../core/config.ts';
-import type { BlobStore, CounterStore, Mailer, ReadThroughCache, RevocationList } from '../core/ports.ts';
+import type { BlobStore, CounterStore, EventBus, Mailer, ReadThroughCache, RevocationList } from '../core/ports.ts';
 import type { Environment } from '../core/principal.ts';
 import type { ReadinessCheck } from '../gateway/operations.ts';
 import type { ServiceMigrations } from './module.ts';
@@ -35,12 +36,21 @@ import type { ServiceMigrations } from './module.ts';
  * The platform owns the close order: everything opened here, or handed to `defer` by the
  * modules built on it, closes in reverse order of opening.
  */
+/** The process's bus: the port, and the pruning of the outbox's replayable history (led work). */
+export interface PlatformBus extends EventBus {
+  prune(retentionHours: number): Promise<number>;
+}
+
 export interface Platform {
   readonly config: Config;
   readonly logger: Logger;
   readonly databases: Databases;
-  readonly bus: OutboxBus;
-  /** NATS (NATS_URL): the registry of distributed mode. */
+  /**
+   * The outbox alone, or with NATS_URL the NATS driver: the same outbox, relayed to JetStream,
+   * its work consumers on JetStream durable consumers (src/adapters/bus/nats-bus.ts).
+   */
+  readonly bus: PlatformBus;
+  /** NATS (NATS_URL): the registry of distributed mode, and the bus's transport. */
   readonly nats?: NatsConnection;
   /** The files' content, one root (folder, or S3 bucket with S3_BUCKET) per environment: live and test never share storage. */
   readonly blobs: Record<Environment, BlobStore>;
@@ -81,6 +91,12 @@ export interface PlatformOptions {
    * right after the data dir lock has made the data dir: the gateway's TLS material.
    */
   preflight?: () => Promise<void>;
+  /**
+   * With NATS: this process may relay the outbox to JetStream, under the `nats-relay`
+   * leadership (`bantu start`, every `bantu serve files`): the bus registers the relay
+   * stopped, and src/platform/relay.ts starts it while leading.
+   */
+  relay?: boolean;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -173,7 +189,14 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       if (stores) for (const env of ENVIRONMENTS) checks.set(`s3_${name}_${env}`, () => stores[env].ping());
     }
 
-    const bus = new OutboxBus(databases, logger.child({ component: 'bus' }));
+    const busLogger = logger.child({ component: 'bus' });
+    const bus = nats
+      ? new NatsBus(databases, nats, busLogger, {
+          streams: { prefix: config.natsPrefix, ...config.natsStreams },
+          durable: config.natsDurable,
+          relay: options.relay ? 'led' : 'none',
+        })
+      : new OutboxBus(databases, busLogger);
     // Started by the process once every module has registered its consumers; closed before the databases.
     closers.push(() => bus.close());
 

@@ -1,16 +1,18 @@
-import { natsRelay } from '../adapters/bus/nats-relay.ts';
-import type { ServiceModule } from './module.ts';
+import { RELAY_CONSUMER } from '../adapters/bus/nats-relay.ts';
+import type { LedWork } from './led.ts';
 import type { Platform } from './platform.ts';
 
 /**
- * The outbox's relay to NATS JetStream as a module of one led consumer, for the processes
- * that run it (`bantu start` with NATS_URL, every `bantu serve files`): register it with
- * `registerConsumers(bus, [relay], { led: true })` and run it under the `nats-relay`
- * leadership, so one process of the installation relays. Undefined without NATS.
+ * The outbox's relay to NATS JetStream as led work, for the processes that may run it
+ * (`bantu start` with NATS_URL, every `bantu serve files`: opened with `relay: true`, so
+ * their bus registers the relay stopped). Run it under the `nats-relay` leadership, after
+ * the bus has started, so that one process of the installation relays. Undefined without NATS.
  */
-export function natsRelayModule(platform: Platform): Pick<ServiceModule, 'consumers' | 'start' | 'close'> | undefined {
-  const { nats, config, logger } = platform;
-  if (!nats) return undefined;
-  const relay = natsRelay(nats, { prefix: config.natsPrefix, ...config.natsStreams }, logger.child({ component: 'nats-relay' }));
-  return { consumers: [relay], start: () => undefined, close: () => undefined };
+export function natsRelayWork(platform: Platform): LedWork | undefined {
+  if (!platform.nats) return undefined;
+  const { bus } = platform;
+  return {
+    start: () => bus.startConsumer(RELAY_CONSUMER),
+    stop: () => bus.stopConsumer(RELAY_CONSUMER),
+  };
 }

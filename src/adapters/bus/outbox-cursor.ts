@@ -54,3 +54,16 @@ export async function setFailing(db: Db, name: string, failing: { attempts: numb
               where consumer = ${name} and failing_since is not null`;
   await update.execute(db).catch(() => undefined);
 }
+
+/**
+ * Moves the cursor up to the outbox row of event `outboxId`, never back: the mirror of a
+ * consumer whose progress lives elsewhere (a JetStream durable consumer), so that status and
+ * the prune see how far it got. A redelivered older event leaves it where it is. Unflushed,
+ * like `saveCursor`: a lost move only makes status count a few events pending again.
+ */
+export async function advanceCursor(db: Db, name: string, outboxId: number): Promise<void> {
+  await sql`with unflushed as (select set_config('synchronous_commit', 'off', true))
+              update bus.consumer_cursor c set xid = o.xid, id = o.id, last_delivered_at = now()
+              from bus.outbox o, unflushed
+              where c.consumer = ${name} and o.id = ${outboxId} and (c.xid, c.id) <= (o.xid, o.id)`.execute(db);
+}

@@ -1,5 +1,6 @@
 import { sql } from 'kysely';
 import type { Logger } from 'pino';
+import type { BusEvent } from '../../core/events.ts';
 import { type DeadLetter, type EventHandler, PoisonEventError } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
 import { type Databases, type Db, ENVIRONMENTS } from '../db/pg.ts';
@@ -74,7 +75,11 @@ export class Retries {
  * not count is retried for as long as it lasts, later events waiting behind it.
  */
 export async function deliver(retries: Retries, consumer: Consumer, db: Db, row: OutboxRow, environment: Environment, log: Logger): Promise<void> {
-  const event = toEvent(row, environment);
+  await deliverEvent(retries, consumer, db, toEvent(row, environment), row.id, log);
+}
+
+/** `deliver` for an event as any transport carried it; `outboxId` is its row in the environment's outbox (what a dead letter names). */
+export async function deliverEvent(retries: Retries, consumer: Consumer, db: Db, event: BusEvent, outboxId: number, log: Logger): Promise<void> {
   let tries = 0;
   let counted = 0;
   let lastError: unknown;
@@ -104,14 +109,19 @@ export async function deliver(retries: Retries, consumer: Consumer, db: Db, row:
     }
   }
   log.error({ event_id: event.event_id, attempts: tries, err: lastError }, 'event set aside as a dead letter');
-  await retries.persistently(log, 'setting aside a dead letter', () => setAside(db, consumer.name, row.id, tries, messageOf(lastError)));
+  await retries.persistently(log, 'setting aside a dead letter', () => setAside(db, consumer.name, outboxId, tries, messageOf(lastError)));
   await setFailing(db, consumer.name, null);
 }
 
-async function setAside(db: Db, consumer: string, eventId: number, attempts: number, error: string): Promise<void> {
+export async function setAside(db: Db, consumer: string, eventId: number, attempts: number, error: string): Promise<void> {
   await sql`insert into bus.dead_letter (consumer, event_id, attempts, error)
           values (${consumer}, ${eventId}, ${attempts}, ${error})
           on conflict do nothing`.execute(db);
+}
+
+/** Takes an event back from the dead letters: it passed after all. */
+export async function takeBack(db: Db, consumer: string, eventId: number): Promise<void> {
+  await sql`delete from bus.dead_letter where consumer = ${consumer} and event_id = ${eventId}`.execute(db);
 }
 
 /** `EventBus.redeliverDeadLetters`: every environment, each in delivery order. */
@@ -146,7 +156,7 @@ export async function redeliverDeadLetters(
         remaining.push(letter);
         continue;
       }
-      await sql`delete from bus.dead_letter where consumer = ${name} and event_id = ${row.id}`.execute(db);
+      await takeBack(db, name, row.id);
       delivered.push(letter);
     }
   }
