@@ -173,7 +173,7 @@ describe('live export of 10,000 files', { skip: inProcessOnly('inserts rows and 
       await withTenant(db, tenantId, async (trx) => {
         for (let i = 0; i < 1000; i++) {
           const n = batch * 1000 + i;
-          await insertFile(trx, {
+          await insertFile({
             id: `file_${String(n).padStart(8, '0')}`,
             tenant_id: tenantId,
             user_id: null,
@@ -183,7 +183,9 @@ describe('live export of 10,000 files', { skip: inProcessOnly('inserts rows and 
             content_type: 'text/plain',
             sha256: sha256(String(n)),
             version: 1,
-          });
+            created_at: new Date(),
+            updated_at: new Date(),
+          }).execute(trx);
         }
       });
     }

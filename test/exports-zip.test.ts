@@ -392,7 +392,7 @@ describe('zip export over SMTP, and hostile names', () => {
     await withTenant(db, tenantId, async (trx) => {
       for (const [i, [folder, name]] of hostile.entries()) {
         const seed = stored[i % seeds.length] as { size: number; sha256: string };
-        await insertFile(trx, {
+        await insertFile({
           id: `file_hostile_${String(i).padStart(3, '0')}`,
           tenant_id: tenantId,
           user_id: `usr_${i}`,
@@ -402,7 +402,9 @@ describe('zip export over SMTP, and hostile names', () => {
           content_type: 'application/octet-stream',
           sha256: seed.sha256,
           version: 1,
-        });
+          created_at: new Date(),
+          updated_at: new Date(),
+        }).execute(trx);
       }
     });
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { sql } from 'kysely';
+import pg from 'pg';
 import { backedUp, blobCount, eventsOf, sha256, streamUpload, tempFiles, until, uploadRaw, writeChunks } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 import { inProcessOnly } from './helpers/shape.ts';
@@ -138,6 +139,50 @@ describe('upload limits, disconnects and idempotency', () => {
     assert.equal(new Set(responses.map((r) => r.json.id)).size, 1);
     const rows = await sql`select id from files.file where name = 'twins.bin'`.execute(server.app.databases.environments.test);
     assert.equal(rows.rows.length, 1);
+  });
+
+  it('replays the answer of a twin that commits its Idempotency-Key while the create waits on it, keeping no row, event or usage of its own', async () => {
+    // The twin is a transaction of this test: it holds the key uncommitted, so the create
+    // finds no recorded answer, uploads, and its write transaction waits on the key.
+    const content = randomBytes(2_000);
+    const first = await uploadRaw(server, key, content, { name: 'held.bin', headers: { 'idempotency-key': 'held-source' } });
+    assert.equal(first.status, 201, first.text);
+    const db = server.app.databases.environments.test;
+    const source = await sql<{ tenant_id: string; principal: string; fingerprint: string }>`
+      select tenant_id, principal, fingerprint from files.idempotency where key = 'held-source'`.execute(db);
+    const recorded = source.rows[0];
+    assert.ok(recorded);
+    const counts = async () => {
+      const result = await sql<{ files: number; events: number; bytes: number }>`
+        select (select count(*)::int from files.file) as files, (select count(*)::int from bus.outbox) as events,
+               (select coalesce(sum(bytes), 0)::bigint from files.usage) as bytes`.execute(db);
+      return result.rows[0];
+    };
+    const before = await counts();
+    const twin = new pg.Client({ connectionString: server.app.databases.environmentUrls.test });
+    await twin.connect();
+    try {
+      await twin.query('begin');
+      await twin.query(
+        `insert into files.idempotency (tenant_id, principal, key, fingerprint, status, response, expires_at)
+         values ($1, $2, 'held-1', $3, 201, $4, now() + interval '1 hour')`,
+        [recorded.tenant_id, recorded.principal, recorded.fingerprint, JSON.stringify(first.json)],
+      );
+      const pending = uploadRaw(server, key, content, { name: 'held.bin', headers: { 'idempotency-key': 'held-1' } });
+      // Asked outside the twin's transaction, which sees pg_stat_activity as of its first look.
+      await until(async () => {
+        const waiting = await sql`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%files.idempotency%'`.execute(db);
+        return waiting.rows.length > 0;
+      }, 'the create to wait on the key');
+      await twin.query('commit');
+      const response = await pending;
+      assert.equal(response.status, 201, response.text);
+      assert.equal(response.headers['idempotent-replayed'], 'true');
+      assert.deepEqual(response.json, first.json);
+    } finally {
+      await twin.end();
+    }
+    assert.deepEqual(await counts(), before);
   });
 
   it('replays a retried replace with the same Idempotency-Key: one new version, not two', async () => {
@@ -300,5 +345,12 @@ describe('tenant storage quota', () => {
     for (const r of responses) if (r.status !== 201) assert.equal(r.json.code, 'quota_exceeded');
     const usage = await server.request('GET', '/v1/usage', { auth: tenantKey });
     assert.equal(usage.json.bytes, 90_000);
+    // A refused create keeps no row and no event.
+    const acceptedId = responses.find((r) => r.status === 201)?.json.id;
+    const kept = await sql<{ files: number; events: number }>`
+      with tenant as (select tenant_id from files.file where id = ${acceptedId})
+      select (select count(*)::int from files.file where tenant_id = (select tenant_id from tenant)) as files,
+             (select count(*)::int from bus.outbox where tenant_id = (select tenant_id from tenant)) as events`.execute(server.app.databases.environments.test);
+    assert.deepEqual(kept.rows[0], { files: 3, events: 3 });
   });
 });

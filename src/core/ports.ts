@@ -1,4 +1,4 @@
-import { type QueryExecutorProvider, sql } from 'kysely';
+import { type QueryExecutorProvider, type RawBuilder, sql } from 'kysely';
 import type { BusEvent, NewEvent } from './events.ts';
 import type { Environment, Principal, TenantPrincipal } from './principal.ts';
 import type { FileObject } from './schemas.ts';
@@ -118,6 +118,12 @@ export interface EventBus {
    * commit order if each writer called `lockSubject` first; others have no order between them.
    */
   append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent>;
+  /**
+   * The write of `append` as one statement, for a caller that sends its transaction's
+   * statements together (tenantBatch) instead of awaiting each: the event is published when,
+   * and only when, the transaction of `environment`'s database that runs it commits.
+   */
+  appendStatement(environment: Environment, event: NewEvent): RawBuilder<unknown>;
   consume(name: string, handler: EventHandler, options?: ConsumerOptions): void;
   /**
    * Like `consume`, with the events of one read handed over together. When a batch fails,

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { describe, it } from 'node:test';
+import type { QueryExecutorProvider } from 'kysely';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import { type EventBus, lockSubject, PoisonEventError, type TransactionHandle } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
@@ -140,6 +141,37 @@ export function busContract(driver: string, harness: BusHarness): void {
         await sleep(200);
         assert.deepEqual(firsts(seen).map((event) => event.data.n), [1, 3], 'the rolled back event never arrives');
         assert.deepEqual((await fixture.bus.readSince('test', null, 10))?.map((event) => event.data.n), [1, 3]);
+      });
+    });
+
+    it('appends with appendStatement as with append: the same event to a consumer, reading or from the notification, and none after a rollback', async () => {
+      await withBus(async (fixture) => {
+        const read: BusEvent[] = [];
+        const ahead: BusEvent[] = [];
+        fixture.bus.consume('statement-read', async (event) => void read.push(event));
+        fixture.bus.consume('statement-ahead', async (event) => void ahead.push(event), { lowLatency: true });
+        await fixture.bus.start();
+        const run = (trx: TransactionHandle, n: number) =>
+          fixture.bus.appendStatement('test', newEvent('Statement', { n }, TENANT, 'usr_statement')).execute(trx as QueryExecutorProvider);
+        await fixture.write('test', (trx) => run(trx, 1));
+        await assert.rejects(
+          fixture.write('test', async (trx) => {
+            await run(trx, 2);
+            throw new Error('roll back');
+          }),
+          /roll back/,
+        );
+        const last = await append(fixture, 'test', newEvent('Statement', { n: 3 }, TENANT, 'usr_statement'));
+        await until(() => [read, ahead].every((got) => got.some((event) => event.event_id === last.event_id)), 'the appended events');
+        for (const got of [read, ahead]) {
+          assert.deepEqual(firsts(got).map((event) => event.data.n), [1, 3], 'the rolled back one never arrives');
+          const [first] = firsts(got);
+          assert.equal(first?.type, 'Statement');
+          assert.equal(first?.owner_id, 'usr_statement');
+          assert.equal(first?.environment, 'test');
+        }
+        assert.deepEqual(firsts(ahead)[0], firsts(read)[0], 'the same event, to the character, whichever way it came');
+        assert.deepEqual((await fixture.bus.readSince('test', null, 10))?.[0], firsts(read)[0]);
       });
     });
 

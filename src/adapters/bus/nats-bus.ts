@@ -1,4 +1,5 @@
 import type { NatsConnection } from '@nats-io/transport-node';
+import type { RawBuilder } from 'kysely';
 import type { Logger } from 'pino';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type {
@@ -75,6 +76,10 @@ export class NatsBus implements EventBus {
 
   async append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent> {
     return this.outbox.append(trx, environment, event);
+  }
+
+  appendStatement(environment: Environment, event: NewEvent): RawBuilder<unknown> {
+    return this.outbox.appendStatement(environment, event);
   }
 
   consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {

@@ -27,13 +27,17 @@ export class ShuttingDown extends Error {
 
 export const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
+/** Waits `ms`, or until `signal` aborts. Leaves no listener on the signal: consumer loops sleep on theirs many times. */
 export const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
       resolve();
-    });
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
   });
 
 /**

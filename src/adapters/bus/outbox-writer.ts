@@ -1,4 +1,4 @@
-import { sql } from 'kysely';
+import { type RawBuilder, sql } from 'kysely';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
 import type { Tx } from '../db/pg.ts';
@@ -12,13 +12,13 @@ const NOTIFY_PAYLOAD_MAX = 7900;
 const PAYLOAD_FRAME_MAX = 160;
 
 /**
- * Writes the event into the caller's transaction, and a NOTIFY of it, in one statement. The
+ * The event's row and a NOTIFY of it, as one statement for the caller's transaction. The
  * NOTIFY carries the row's position and type, and the event itself when it may be delivered
  * from the notification (see NotificationTap). The event's time is set here, so that the
  * event in the notification (made here, around the row's id) and the event read back from
- * the row are the same to the character.
+ * the row are the same to the character. `eventOf` gives the event, from the id the statement returns.
  */
-export async function appendEvent(tx: Tx, environment: Environment, event: NewEvent): Promise<BusEvent> {
+export function appendStatement(environment: Environment, event: NewEvent): { statement: RawBuilder<{ id: number }>; eventOf(id: number): BusEvent } {
   const occurredAt = new Date();
   // The event as toEvent makes it from the row, but for its first member (the id, known once inserted).
   const rest = {
@@ -34,7 +34,7 @@ export async function appendEvent(tx: Tx, environment: Environment, event: NewEv
   const rides = Buffer.byteLength(restJson) + PAYLOAD_FRAME_MAX <= NOTIFY_PAYLOAD_MAX;
   // The event rides along only if no older transaction is running now: none can start later
   // (xids only grow), so nothing can come before it that has not committed first.
-  const result = await sql<{ id: number }>`
+  const statement = sql<{ id: number }>`
     with appended as (
       insert into bus.outbox (type, tenant_id, owner_id, actor, data, occurred_at)
       values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb, ${occurredAt})
@@ -45,7 +45,13 @@ export async function appendEvent(tx: Tx, environment: Environment, event: NewEv
       case when ${rides} and pg_snapshot_xmin(pg_current_snapshot()) >= pg_current_xact_id()
            then ',"event":{"event_id":"evt_' || lpad(appended.id::text, greatest(12, length(appended.id::text)), '0') || '",' || ${restJson.slice(1)}::text || '}'
            else '}' end)
-    from appended`.execute(tx);
-  const id = (result.rows[0] as { id: number }).id;
-  return { event_id: eventIdOf(id), ...rest };
+    from appended`;
+  return { statement, eventOf: (id) => ({ event_id: eventIdOf(id), ...rest }) };
+}
+
+/** Writes the event into the caller's transaction (see appendStatement). */
+export async function appendEvent(tx: Tx, environment: Environment, event: NewEvent): Promise<BusEvent> {
+  const { statement, eventOf } = appendStatement(environment, event);
+  const result = await statement.execute(tx);
+  return eventOf((result.rows[0] as { id: number }).id);
 }

@@ -1,3 +1,4 @@
+import type { RawBuilder } from 'kysely';
 import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
@@ -19,7 +20,7 @@ import { prune, status } from './outbox-maintenance.ts';
 import type { NotificationTap } from './outbox-notification-tap.ts';
 import { readSince } from './outbox-reader.ts';
 import { Retries, redeliverDeadLetters } from './outbox-retries.ts';
-import { appendEvent } from './outbox-writer.ts';
+import { appendEvent, appendStatement } from './outbox-writer.ts';
 
 export { eventIdOf, outboxIdOf } from './outbox-row.ts';
 
@@ -70,6 +71,10 @@ export class OutboxBus implements EventBus {
 
   async append(trx: TransactionHandle, environment: Environment, event: NewEvent): Promise<BusEvent> {
     return appendEvent(trx as Tx, environment, event);
+  }
+
+  appendStatement(environment: Environment, event: NewEvent): RawBuilder<unknown> {
+    return appendStatement(environment, event).statement;
   }
 
   consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {

@@ -260,6 +260,27 @@ export async function tenantBatch<const T extends readonly RawBuilder<unknown>[]
   }
 }
 
+/** SQLSTATE of `public.bantu_refuse` (platform migration 0002). */
+const REFUSED = 'BN001';
+
+/**
+ * `changed` (a data-modifying statement with `returning`) as a statement that refuses its whole
+ * transaction with `reason` when it returned no row: a conditional write that did not happen
+ * (a key already claimed, a quota reached) then aborts a tenantBatch, which cannot look at a
+ * row before sending the COMMIT. Check for it with `isRefusal`.
+ */
+export function refuseIfNone(changed: RawBuilder<unknown>, reason: string): RawBuilder<{ done: number }> {
+  return sql<{ done: number }>`
+    with changed as (${changed})
+    select case when exists (select 1 from changed) then 1 else public.bantu_refuse(${reason}) end as done`;
+}
+
+/** Whether `error` is the refusal `refuseIfNone` made with this reason. */
+export function isRefusal(error: unknown, reason: string): boolean {
+  const pgError = error as { code?: string; message?: string };
+  return pgError?.code === REFUSED && pgError.message === reason;
+}
+
 /**
  * One tenant-bound read in one round trip (a tenantBatch of one statement): the same RLS
  * binding as withTenant, without its four round trips, and the statement prepared once per

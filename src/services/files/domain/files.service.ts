@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import type { RawBuilder } from 'kysely';
 import type { Logger } from 'pino';
-import { type Databases, ENVIRONMENTS, type Tx, tenantRead, withTenant } from '../../../adapters/db/pg.ts';
+import { type Databases, ENVIRONMENTS, isRefusal, type Tx, tenantBatch, tenantRead, withTenant } from '../../../adapters/db/pg.ts';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
-import type { FileEventType, FileObject } from '../../../core/events.ts';
+import type { FileEventType, FileObject, NewEvent } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
 import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type RestorableVersion, type StagedBlob, type StoredBlob } from '../../../core/ports.ts';
@@ -76,8 +76,7 @@ export function ownerScope(principal: TenantPrincipal): string | null {
   return principal.kind === 'user' && !isTenantAdmin(principal) ? principal.userId : null;
 }
 
-/** Thrown inside a transaction to roll it back when a committed twin already holds the Idempotency-Key. */
-class KeyTaken extends Error {}
+const QUOTA_REFUSAL = 'This upload would take the tenant over its storage quota; nothing was kept';
 
 const notFound = (id: string) => new AppError(Errors.notFound, `No file ${id}`);
 
@@ -211,26 +210,37 @@ export class FilesService {
     principal: TenantPrincipal,
     input: { name: string; path: string; owner: string | null; contentType?: string; blob: StoredBlob; idempotency?: Idempotency },
   ): Promise<WriteAnswer> {
-    return this.recordWrite(principal, input.idempotency, 201, null, async (trx) => {
-      let row: repo.FileRow;
-      try {
-        row = await repo.insertFile(trx, {
-          id: newId('file'),
-          tenant_id: principal.tenantId,
-          user_id: input.owner,
-          name: input.name,
-          path: input.path,
-          size: input.blob.size,
-          content_type: normalizeContentType(input.contentType),
-          sha256: input.blob.sha256,
-          version: 1,
-        });
-      } catch (error) {
-        if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
-        throw error;
-      }
-      return { row, type: 'File_create', usage: { files: 1, bytes: row.size, versions: 1 } };
-    });
+    const now = new Date();
+    const row: repo.FileRow = {
+      id: newId('file'),
+      tenant_id: principal.tenantId,
+      user_id: input.owner,
+      name: input.name,
+      path: input.path,
+      size: input.blob.size,
+      content_type: normalizeContentType(input.contentType),
+      sha256: input.blob.sha256,
+      version: 1,
+      created_at: now,
+      updated_at: now,
+    };
+    const file = toFileObject(row);
+    const { idempotency } = input;
+    // recordWrite's transaction, in its order, but nothing in it waits on a row it wrote, so it
+    // goes as one tenantBatch: one round trip. Its checks refuse the batch (see refuseIfNone).
+    const statements = [
+      ...(idempotency ? [repo.claimIdempotency({ ...this.idempotencyScope(principal, idempotency), answer: { status: 201, response: file } })] : []),
+      repo.insertFile(row),
+      this.deps.bus.appendStatement(principal.environment, this.fileEvent(principal, 'File_create', file)),
+      repo.addUsage(principal.tenantId, { files: 1, bytes: row.size, versions: 1 }, this.deps.limits.tenantQuotaBytes),
+    ];
+    try {
+      await tenantBatch(this.db(principal), principal.tenantId, statements);
+    } catch (error) {
+      if (repo.isUniqueViolation(error, 'file_name_unique')) fail(Errors.fileExists, `${input.path === '/' ? '' : input.path}/${input.name} already exists`);
+      return this.afterRefusal(principal, idempotency, error);
+    }
+    return { status: 201, file, replayed: false };
   }
 
   async replace(
@@ -323,13 +333,7 @@ export class FilesService {
         throw error;
       }
       const file = toFileObject(row);
-      await this.deps.bus.append(trx, principal.environment, {
-        type: current.deleted ? 'File_create' : 'File_update',
-        tenant_id: principal.tenantId,
-        actor: actorOf(principal),
-        owner_id: row.user_id,
-        data: { file },
-      });
+      await this.deps.bus.append(trx, principal.environment, this.fileEvent(principal, current.deleted ? 'File_create' : 'File_update', file));
       // Last, as in recordWrite: the usage row is every write's.
       await this.addUsage(trx, principal, { files: current.deleted ? 1 : 0, bytes: row.size, versions: 1 });
       return file;
@@ -398,9 +402,39 @@ export class FilesService {
   }
 
   private async addUsage(trx: Tx, principal: TenantPrincipal, delta: UsageDelta): Promise<void> {
-    if (!(await repo.addUsage(trx, principal.tenantId, delta, this.deps.limits.tenantQuotaBytes))) {
-      fail(Errors.quotaExceeded, 'This upload would take the tenant over its storage quota; nothing was kept');
+    try {
+      await repo.addUsage(principal.tenantId, delta, this.deps.limits.tenantQuotaBytes).execute(trx);
+    } catch (error) {
+      if (isRefusal(error, repo.QUOTA_REFUSED)) fail(Errors.quotaExceeded, QUOTA_REFUSAL);
+      throw error;
     }
+  }
+
+  /** The File_* event of a change to `file`. */
+  private fileEvent(principal: TenantPrincipal, type: FileEventType, file: FileObject): NewEvent {
+    return { type, tenant_id: principal.tenantId, actor: actorOf(principal), owner_id: file.owner_id, data: { file } };
+  }
+
+  private idempotencyScope(principal: TenantPrincipal, idempotency: Idempotency) {
+    return {
+      tenant_id: principal.tenantId,
+      principal: principalKey(principal),
+      key: idempotency.key,
+      fingerprint: idempotency.fingerprint,
+      ttlSeconds: IDEMPOTENCY_TTL_SECONDS,
+    };
+  }
+
+  /**
+   * What a write refused by its own transaction answers: over the quota, 413; its
+   * Idempotency-Key held by a twin that committed first, the twin's answer replayed.
+   */
+  private async afterRefusal(principal: TenantPrincipal, idempotency: Idempotency | undefined, error: unknown): Promise<WriteAnswer> {
+    if (isRefusal(error, repo.QUOTA_REFUSED)) fail(Errors.quotaExceeded, QUOTA_REFUSAL);
+    if (!idempotency || !isRefusal(error, repo.KEY_TAKEN)) throw error;
+    const recorded = await this.recordedAnswer(principal, idempotency.key);
+    if (!recorded) throw error;
+    return replayOf(recorded, idempotency.fingerprint);
   }
 
   /**
@@ -418,37 +452,22 @@ export class FilesService {
     lockId: string | null,
     change: (trx: Tx, locked: repo.FileRow) => Promise<{ row: repo.FileRow; type: FileEventType | null; usage?: UsageDelta }>,
   ): Promise<WriteAnswer> {
-    const scope = { tenant_id: principal.tenantId, principal: principalKey(principal) };
     try {
       return await this.inTenant(principal, async (trx) => {
         const locked = lockId === null ? undefined : await this.lockVisible(trx, principal, lockId);
-        if (idempotency) {
-          const claimed = await repo.claimIdempotency(trx, { ...scope, key: idempotency.key, fingerprint: idempotency.fingerprint, ttlSeconds: IDEMPOTENCY_TTL_SECONDS });
-          if (!claimed) throw new KeyTaken();
-        }
+        const scope = idempotency && this.idempotencyScope(principal, idempotency);
+        if (scope) await repo.claimIdempotency(scope).execute(trx);
         const { row, type, usage } = await change(trx, locked as repo.FileRow);
         const file = toFileObject(row);
-        if (idempotency) await repo.completeIdempotency(trx, { ...scope, key: idempotency.key, status, response: file });
-        if (type) {
-          await this.deps.bus.append(trx, principal.environment, {
-            type,
-            tenant_id: principal.tenantId,
-            actor: actorOf(principal),
-            owner_id: row.user_id,
-            data: { file },
-          });
-        }
+        if (scope) await repo.completeIdempotency({ ...scope, status, response: file }).execute(trx);
+        if (type) await this.deps.bus.append(trx, principal.environment, this.fileEvent(principal, type, file));
         // Last before the commit: every write of the tenant updates this one row, so its lock
         // is held from here to the end of the commit, and writes wait on each other for that only.
         if (usage) await this.addUsage(trx, principal, usage);
         return { status, file, replayed: false };
       });
     } catch (error) {
-      if (!(error instanceof KeyTaken) || !idempotency) throw error;
-      // A twin request with the same key committed first.
-      const recorded = await this.recordedAnswer(principal, idempotency.key);
-      if (!recorded) throw error;
-      return replayOf(recorded, idempotency.fingerprint);
+      return this.afterRefusal(principal, idempotency, error);
     }
   }
 }

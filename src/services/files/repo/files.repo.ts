@@ -1,5 +1,5 @@
 import { type RawBuilder, sql } from 'kysely';
-import type { Db, Tx } from '../../../adapters/db/pg.ts';
+import { type Db, refuseIfNone, type Tx } from '../../../adapters/db/pg.ts';
 import { lockSubject } from '../../../core/ports.ts';
 
 /**
@@ -89,12 +89,15 @@ const withVersion = (changed: RawBuilder<unknown>) => sql<FileRow>`
     )
     select ${columns} from changed`;
 
-/** A new file and its first version. */
-export async function insertFile(trx: Tx, file: Omit<FileRow, 'created_at' | 'updated_at'>): Promise<FileRow> {
-  const result = await withVersion(sql`
-    insert into files.file (id, tenant_id, user_id, name, path, size, content_type, sha256, version)
-    values (${file.id}, ${file.tenant_id}, ${file.user_id}, ${file.name}, ${file.path}, ${file.size}, ${file.content_type}, ${file.sha256}, ${file.version})`).execute(trx);
-  return result.rows[0] as FileRow;
+/**
+ * A new file and its first version, as a statement. Its times are the writer's (as an event's
+ * `occurred_at` is), so that the File object is known before the statement runs.
+ */
+export function insertFile(file: FileRow) {
+  return withVersion(sql`
+    insert into files.file (id, tenant_id, user_id, name, path, size, content_type, sha256, version, created_at, updated_at)
+    values (${file.id}, ${file.tenant_id}, ${file.user_id}, ${file.name}, ${file.path}, ${file.size}, ${file.content_type}, ${file.sha256}, ${file.version},
+            ${file.created_at}, ${file.updated_at})`);
 }
 
 /** The file's next version: its row changed, and the version recorded. */
@@ -121,37 +124,39 @@ export async function markDeleted(trx: Tx, tenantId: string, id: string): Promis
  */
 export const USAGE_SHARDS = 64;
 
+/** The refusal (see refuseIfNone) of a write that would take the tenant over its quota. */
+export const QUOTA_REFUSED = 'files.quota_exceeded';
+/** The refusal of a claim on an Idempotency-Key that a live record holds. */
+export const KEY_TAKEN = 'files.idempotency_key_taken';
+
 /**
- * Adds to the tenant's usage; false when a quota is set and growing by `delta.bytes` would
- * exceed it (nothing is added then). Without a quota the delta goes to a random shard.
+ * Adds to the tenant's usage, as a statement; with a quota, one that refuses its transaction
+ * (QUOTA_REFUSED, nothing added) when growing by `delta.bytes` would exceed it. Without a
+ * quota the delta goes to a random shard.
  */
-export async function addUsage(
-  trx: Tx,
-  tenantId: string,
-  delta: { files: number; bytes: number; versions: number },
-  quota: number | null,
-): Promise<boolean> {
+export function addUsage(tenantId: string, delta: { files: number; bytes: number; versions: number }, quota: number | null): RawBuilder<unknown> {
   if (quota === null) {
     const shard = Math.floor(Math.random() * USAGE_SHARDS);
-    await sql`
+    return sql`
       insert into files.usage as u (tenant_id, shard, files, bytes, versions)
       values (${tenantId}, ${shard}, ${delta.files}, ${delta.bytes}, ${delta.versions})
       on conflict (tenant_id, shard) do update
-        set files = u.files + excluded.files, bytes = u.bytes + excluded.bytes, versions = u.versions + excluded.versions`.execute(trx);
-    return true;
+        set files = u.files + excluded.files, bytes = u.bytes + excluded.bytes, versions = u.versions + excluded.versions`;
   }
   // Every write locks shard 0, so the other shards' sum cannot change under the check; the
   // insert (a tenant's first write) is checked against it too.
   const others = sql`(select coalesce(sum(o.bytes), 0) from files.usage o where o.tenant_id = ${tenantId} and o.shard <> 0)`;
-  const result = await sql`
+  return refuseIfNone(
+    sql`
     insert into files.usage as u (tenant_id, shard, files, bytes, versions)
     select ${tenantId}, 0, ${delta.files}::bigint, ${delta.bytes}::bigint, ${delta.versions}::bigint
     where ${delta.bytes}::bigint <= 0 or ${delta.bytes}::bigint + ${others} <= ${quota}::bigint
     on conflict (tenant_id, shard) do update
       set files = u.files + excluded.files, bytes = u.bytes + excluded.bytes, versions = u.versions + excluded.versions
       where excluded.bytes <= 0 or u.bytes + excluded.bytes + ${others} <= ${quota}::bigint
-    returning 1`.execute(trx);
-  return result.rows.length > 0;
+    returning 1`,
+    QUOTA_REFUSED,
+  );
 }
 
 /** The tenant's usage, the sum of its shards (a row of zeros before its first file); a statement for tenantRead. */
@@ -169,33 +174,40 @@ export function idempotencySelect(tenantId: string, principal: string, key: stri
 }
 
 /**
- * Claims a key for this transaction (an expired record of it is replaced). Returns false when
- * a live record holds it. A concurrent claim of the same key waits on the primary key until
- * this transaction ends, then sees the committed record (or claims the key after a rollback).
+ * Claims a key for this transaction (an expired record of it is replaced), as a statement that
+ * refuses its transaction (KEY_TAKEN) when a live record holds it. A concurrent claim of the
+ * same key waits on the primary key until this transaction ends, then sees the committed
+ * record (or claims the key after a rollback). The answer is recorded with the claim when it
+ * is already known (status 0 and `{}`: completeIdempotency records it later in the transaction).
  */
-export async function claimIdempotency(
-  trx: Tx,
-  claim: { tenant_id: string; principal: string; key: string; fingerprint: string; ttlSeconds: number },
-): Promise<boolean> {
-  const result = await sql`
+export function claimIdempotency(claim: {
+  tenant_id: string;
+  principal: string;
+  key: string;
+  fingerprint: string;
+  ttlSeconds: number;
+  answer?: { status: number; response: unknown };
+}) {
+  const status = claim.answer?.status ?? 0;
+  const response = JSON.stringify(claim.answer?.response ?? {});
+  return refuseIfNone(
+    sql`
     insert into files.idempotency as i (tenant_id, principal, key, fingerprint, status, response, expires_at)
-    values (${claim.tenant_id}, ${claim.principal}, ${claim.key}, ${claim.fingerprint}, 0, '{}'::jsonb,
+    values (${claim.tenant_id}, ${claim.principal}, ${claim.key}, ${claim.fingerprint}, ${status}, ${response}::jsonb,
             now() + make_interval(secs => ${claim.ttlSeconds}))
     on conflict (tenant_id, principal, key) do update
-      set fingerprint = excluded.fingerprint, status = 0, response = '{}'::jsonb, created_at = now(), expires_at = excluded.expires_at
+      set fingerprint = excluded.fingerprint, status = excluded.status, response = excluded.response, created_at = now(), expires_at = excluded.expires_at
       where i.expires_at <= now()
-    returning 1`.execute(trx);
-  return result.rows.length > 0;
+    returning 1`,
+    KEY_TAKEN,
+  );
 }
 
 /** Stores the answer of a claimed key, in the transaction that claimed it. */
-export async function completeIdempotency(
-  trx: Tx,
-  answer: { tenant_id: string; principal: string; key: string; status: number; response: unknown },
-): Promise<void> {
-  await sql`
+export function completeIdempotency(answer: { tenant_id: string; principal: string; key: string; status: number; response: unknown }) {
+  return sql`
     update files.idempotency set status = ${answer.status}, response = ${JSON.stringify(answer.response)}::jsonb
-    where tenant_id = ${answer.tenant_id} and principal = ${answer.principal} and key = ${answer.key}`.execute(trx);
+    where tenant_id = ${answer.tenant_id} and principal = ${answer.principal} and key = ${answer.key}`;
 }
 
 /** Across tenants (the sweeper's connection is not tenant-bound). */
