@@ -161,6 +161,7 @@ export function createApp(config: Config, logger: Logger): App {
     registerConsumers(p.bus, [identity, notifications]);
     // Work consumers: one process of the installation runs them (each notifications instance relays to its own sockets).
     registerConsumers(p.bus, [files, backup], { led: true });
+    for (const consumer of [...files.consumers, ...backup.consumers]) p.busMetrics.watch(consumer.name);
     await p.bus.start();
     // Once per installation, however many processes run; alone, this one wins each at once.
     // Deferred before the gateway's close, so the work consumers stop after it has drained.

@@ -301,6 +301,7 @@ function randomToken(): string {
 /** However many backup processes run, one runs the worker (consumer and sweep); the others stand by to take over. */
 async function runWorker(platform: Platform, backup: ReturnType<typeof backupModule>): Promise<Leadership> {
   registerConsumers(platform.bus, [backup], { led: true });
+  for (const consumer of backup.consumers) platform.busMetrics.watch(consumer.name);
   await platform.bus.start();
   // With NATS the worker reads what the relay publishes: a backup process may relay too.
   const relay = natsRelayWork(platform);

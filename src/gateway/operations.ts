@@ -1,6 +1,7 @@
+import { X509Certificate } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import { Histogram, type Registry } from 'prom-client';
+import { Gauge, Histogram, type Registry } from 'prom-client';
 
 /**
  * Health, readiness and metrics: no credentials. Readiness asks every registered
@@ -13,6 +14,76 @@ export interface OperationsDeps {
   checks: Map<string, ReadinessCheck>;
   /** Distributed gateway: the live instance count of every service (informative: a service down leaves the others reachable). */
   services?: () => Record<string, number>;
+  /** The gateway's TLS certificate (PEM): its expiry is exported, for the alert before it lapses. */
+  certificate?: string;
+}
+
+type DependencyState = { status: 'ok' | 'down'; detail?: string };
+
+/** Runs every check at once; one that fails or takes over 2 s is down. `onDown` gets the cause (for the log, never the client). */
+async function runChecks(checks: Map<string, ReadinessCheck>, onDown: (name: string, error: unknown) => void): Promise<Record<string, DependencyState>> {
+  const dependencies: Record<string, DependencyState> = {};
+  await Promise.all(
+    [...checks].map(async ([name, check]) => {
+      let timedOut = false;
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await Promise.race([
+          check(),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => {
+              timedOut = true;
+              reject(new Error('timed out'));
+            }, 2000).unref();
+          }),
+        ]);
+        dependencies[name] = { status: 'ok' };
+      } catch (error) {
+        onDown(name, error);
+        dependencies[name] = { status: 'down', detail: timedOut ? 'no answer within 2 s' : 'not answering' };
+      } finally {
+        clearTimeout(timer);
+      }
+    }),
+  );
+  return dependencies;
+}
+
+/** What /readyz says, as gauges (read at scrape time), and the gateway's view of its services and certificate. */
+function registerOperationsGauges(app: FastifyInstance, deps: OperationsDeps): void {
+  new Gauge({
+    name: 'bantu_readiness_dependency_up',
+    help: 'Whether this process reaches each dependency /readyz checks (1) or not (0)',
+    labelNames: ['dependency'],
+    registers: [deps.metrics],
+    async collect() {
+      const states = await runChecks(deps.checks, (dependency, error) => app.log.warn({ err: error, dependency }, 'readiness check failed'));
+      for (const [dependency, state] of Object.entries(states)) this.set({ dependency }, state.status === 'ok' ? 1 : 0);
+    },
+  });
+  const services = deps.services;
+  if (services) {
+    new Gauge({
+      name: 'bantu_gateway_service_instances',
+      help: 'Live instances of each service the gateway routes to (from the registry)',
+      labelNames: ['upstream'],
+      registers: [deps.metrics],
+      collect() {
+        for (const [upstream, instances] of Object.entries(services())) this.set({ upstream }, instances);
+      },
+    });
+  }
+  if (deps.certificate) {
+    const expiry = Date.parse(new X509Certificate(deps.certificate).validTo) / 1000;
+    new Gauge({
+      name: 'bantu_tls_certificate_expiry_timestamp_seconds',
+      help: 'When the TLS certificate the gateway serves expires (Unix time)',
+      registers: [deps.metrics],
+      collect() {
+        this.set(expiry);
+      },
+    });
+  }
 }
 
 export function registerOperations(app: FastifyInstance, deps: OperationsDeps): void {
@@ -30,6 +101,7 @@ export function registerOperations(app: FastifyInstance, deps: OperationsDeps): 
     );
     done();
   });
+  registerOperationsGauges(app, deps);
 
   app.get(
     '/healthz',
@@ -47,28 +119,8 @@ export function registerOperations(app: FastifyInstance, deps: OperationsDeps): 
     '/readyz',
     { schema: { tags: ['operations'], summary: 'Readiness, with the state of each dependency', response: { 200: Readiness, 503: Readiness } } },
     async (request, reply) => {
-      const dependencies: Record<string, { status: 'ok' | 'down'; detail?: string }> = {};
-      await Promise.all(
-        [...deps.checks].map(async ([name, check]) => {
-          let timedOut = false;
-          try {
-            await Promise.race([
-              check(),
-              new Promise((_, reject) =>
-                setTimeout(() => {
-                  timedOut = true;
-                  reject(new Error('timed out'));
-                }, 2000).unref(),
-              ),
-            ]);
-            dependencies[name] = { status: 'ok' };
-          } catch (error) {
-            // The cause (addresses, driver messages) goes to the log, never to the client.
-            request.log.warn({ err: error, dependency: name }, 'readiness check failed');
-            dependencies[name] = { status: 'down', detail: timedOut ? 'no answer within 2 s' : 'not answering' };
-          }
-        }),
-      );
+      // The cause (addresses, driver messages) goes to the log, never to the client.
+      const dependencies = await runChecks(deps.checks, (dependency, error) => request.log.warn({ err: error, dependency }, 'readiness check failed'));
       const ready = Object.values(dependencies).every((d) => d.status === 'ok');
       const services = deps.services && Object.fromEntries(Object.entries(deps.services()).map(([name, instances]) => [name, { instances }]));
       return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'unavailable', dependencies, ...(services ? { services } : {}) });

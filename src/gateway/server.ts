@@ -111,7 +111,7 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true } });
 
   registerAuthentication(app, options.verifiers);
-  registerOperations(app, { metrics: options.metrics, checks: options.checks, services: options.services });
+  registerOperations(app, { metrics: options.metrics, checks: options.checks, services: options.services, certificate: options.tls?.cert });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   await mountApiRoutes(app, options.routes);

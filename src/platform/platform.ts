@@ -26,6 +26,7 @@ import type { BlobStore, CounterStore, EventBus, Mailer, ReadThroughCache, Revoc
 import type { Environment } from '../core/principal.ts';
 import type { ReadinessCheck } from '../gateway/operations.ts';
 import type { ServiceMigrations } from './module.ts';
+import { type BusMetrics, registerBusMetrics, registerPoolMetrics } from './platform-metrics.ts';
 
 /**
  * What every Bantu process stands on, built once whatever it mounts: the data dir lock, the
@@ -67,6 +68,8 @@ export interface Platform {
   readonly revocations: RevocationList;
   readonly cache: ReadThroughCache;
   readonly metrics: Registry;
+  /** The bus consumers whose lag this process reports (bantu_bus_* metrics). */
+  readonly busMetrics: BusMetrics;
   readonly checks: Map<string, ReadinessCheck>;
   readonly secretsDir: string;
   /** Seals the JWT signing keys in the databases (BANTU_SECRET_KEY, or secrets/secret-key). */
@@ -178,6 +181,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     const metrics = new Registry();
     metrics.setDefaultLabels({ service: options.name });
     collectDefaultMetrics({ register: metrics });
+    registerPoolMetrics(metrics, databases);
     const checks = new Map<string, ReadinessCheck>([
       ['database', async () => void (await sql`select 1`.execute(databases.control))],
       ['database_live', async () => void (await sql`select 1`.execute(databases.environments.live))],
@@ -199,6 +203,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       : new OutboxBus(databases, busLogger);
     // Started by the process once every module has registered its consumers; closed before the databases.
     closers.push(() => bus.close());
+    const busMetrics = registerBusMetrics(metrics, bus);
 
     return {
       config,
@@ -213,6 +218,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       revocations: redis ? new RedisRevocationList(redis) : new MemoryRevocationList(),
       cache: redis ? new RedisReadThroughCache(redis) : new MemoryReadThroughCache(),
       metrics,
+      busMetrics,
       checks,
       secretsDir,
       secretKey,

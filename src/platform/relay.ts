@@ -11,6 +11,7 @@ import type { Platform } from './platform.ts';
 export function natsRelayWork(platform: Platform): LedWork | undefined {
   if (!platform.nats) return undefined;
   const { bus } = platform;
+  platform.busMetrics.watch(RELAY_CONSUMER);
   return {
     start: () => bus.startConsumer(RELAY_CONSUMER),
     stop: () => bus.stopConsumer(RELAY_CONSUMER),

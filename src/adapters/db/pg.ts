@@ -67,6 +67,12 @@ function connect(url: string, max = 10): Db {
   return db;
 }
 
+/** Connections of a Db's pool right now, for the metrics: open, idle, and requests waiting for one. */
+export function poolUse(db: Db): { total: number; idle: number; waiting: number; max: number } | undefined {
+  const pool = pools.get(db);
+  return pool && { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: pool.options.max ?? 10 };
+}
+
 /** Creates the control and environment databases when missing (needs CREATEDB). */
 async function ensureDatabases(url: string, names: string[]): Promise<void> {
   const admin = new pg.Client({ connectionString: withDatabase(url, 'postgres') });
