@@ -1,10 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { io, type Socket } from 'socket.io-client';
 import { Agent, request } from 'undici';
 import { runCli } from '../test/helpers/cli.ts';
+import { type PrivateNats, startPrivateNats } from '../test/helpers/nats.ts';
 import { makeTempDir } from '../test/helpers/server.ts';
 import { type BenchPair, definePair } from './harness.ts';
 
@@ -14,6 +16,8 @@ import { type BenchPair, definePair } from './harness.ts';
  * each of the owner's 10 sockets. Bantu (a real `bantu start` child process: outbox, NOTIFY,
  * durable consumer, rooms) against a bare Socket.IO server that answers the HTTP request and
  * then emits to the room. Both servers run as child processes on the same certificate.
+ * `latency-p99-nats`: the same with NATS_URL set (a nats-server of its own), so events go
+ * from the outbox through the relay and JetStream to the instance's ordered consumer.
  */
 const here = path.dirname(fileURLToPath(import.meta.url));
 const USERS = 100;
@@ -62,9 +66,9 @@ async function connectAll(origin: string, ca: string, handshakes: Array<Record<s
   return sockets;
 }
 
-async function startBantu(users: number): Promise<Side & { ca: string; dataDir: string }> {
+async function startBantu(users: number, env: Record<string, string> = {}): Promise<Side & { ca: string; dataDir: string }> {
   const dataDir = await makeTempDir('bantu-bench-');
-  const cli = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0', BANTU_LOG_LEVEL: 'error' });
+  const cli = runCli(['start'], { BANTU_DATA_DIR: dataDir, BANTU_PORT: '0', BANTU_LOG_LEVEL: 'error', ...env });
   const origin = await cli.ready(120_000);
   const ca = fs.readFileSync(path.join(dataDir, 'tls', 'cert.pem'), 'utf8');
   const keys = JSON.parse(fs.readFileSync(path.join(dataDir, 'secrets', 'default-tenant.json'), 'utf8')).keys;
@@ -171,10 +175,14 @@ async function measureLatencies(side: Side, label: string): Promise<number[]> {
 interface Ctx {
   bantu: Awaited<ReturnType<typeof startBantu>>;
   bare: Side;
+  /** The nats-server of the NATS variant (events through the relay and JetStream). */
+  nats?: PrivateNats;
 }
 
-async function setupBoth(): Promise<Ctx> {
-  const bantu = await startBantu(USERS);
+async function setupBoth(withNats = false): Promise<Ctx> {
+  const nats = withNats ? await startPrivateNats() : undefined;
+  const env: Record<string, string> = nats ? { NATS_URL: nats.url, BANTU_NATS_PREFIX: `bench${randomBytes(3).toString('hex')}` } : {};
+  const bantu = await startBantu(USERS, env);
   const bare = await startBare(bantu.ca, bantu.dataDir, USERS);
   const perUser = (n: number) => Array.from({ length: n * SOCKETS_PER_USER }, (_, i) => i % n);
   bantu.sockets = await connectAll(bantu.origin, bantu.ca, perUser(USERS).map(() => ({})), async (socket, i) => {
@@ -183,7 +191,7 @@ async function setupBoth(): Promise<Ctx> {
     if (!ack.ok) throw new Error(`User_connect refused: ${JSON.stringify(ack)}`);
   });
   bare.sockets = await connectAll(bare.origin, bantu.ca, perUser(USERS).map((u) => ({ room: String(u) })));
-  return { bantu, bare };
+  return { bantu, bare, nats };
 }
 
 async function teardownBoth(ctx: Ctx): Promise<void> {
@@ -194,21 +202,23 @@ async function teardownBoth(ctx: Ctx): Promise<void> {
   const exited = new Promise((resolve) => ctx.bantu.child.once('exit', resolve));
   ctx.bantu.child.kill('SIGTERM');
   await exited;
+  await ctx.nats?.close();
   await fs.promises.rm(ctx.bantu.dataDir, { recursive: true, force: true });
 }
 
-function latencyPair(name: string, p: number, targetMs: number): BenchPair<Ctx> {
+/** `nats`: `bantu start` with NATS_URL (a nats-server of its own): events go outbox, relay, JetStream, the instance's ordered consumer. */
+function latencyPair(name: string, p: number, targetMs: number, nats = false): BenchPair<Ctx> {
   return definePair<Ctx>({
     name,
-    description: `p${p} ms from the update's HTTP response to receipt, ${USERS * SOCKETS_PER_USER} sockets, ${RATE} updates/s (target: p${p} under ${targetMs} ms)`,
-    labels: { a: 'bantu (outbox + durable consumer)', b: 'bare socket.io answer-then-emit' },
+    description: `p${p} ms from the update's HTTP response to receipt, ${USERS * SOCKETS_PER_USER} sockets, ${RATE} updates/s${nats ? ', events through the relay and NATS JetStream' : ''} (target: p${p} under ${targetMs} ms)`,
+    labels: { a: nats ? 'bantu (outbox + relay + JetStream ordered consumer)' : 'bantu (outbox + durable consumer)', b: 'bare socket.io answer-then-emit' },
     unit: 'ms',
     higherIsBetter: false,
     // Absolute (issue 5): Bantu's own p50 / p99 on this machine; the bare server is the context, not the bound.
     target: { max: targetMs, description: `delivery latency p${p} under ${targetMs} ms with 1,000 sockets and ${RATE} updates/s` },
     rounds: 4,
     warmup: 1,
-    setup: setupBoth,
+    setup: () => setupBoth(nats),
     a: async (ctx) => percentile(await measureLatencies(ctx.bantu, 'bantu'), p),
     b: async (ctx) => percentile(await measureLatencies(ctx.bare, 'bare'), p),
     teardown: teardownBoth,
@@ -248,6 +258,7 @@ async function memoryPerSocket(kind: 'bantu' | 'bare', shared: { ca: string; dat
 export const pairs: BenchPair[] = [
   latencyPair('notifications/latency-p50', 50, 5),
   latencyPair('notifications/latency-p99', 99, 10),
+  latencyPair('notifications/latency-p99-nats', 99, 25, true),
   definePair({
     name: 'notifications/memory-per-socket',
     description: 'server RSS growth per subscribed socket (KiB), 1,000 sockets, fresh server processes each round',

@@ -417,6 +417,50 @@ describe('notifications over Socket.IO', () => {
     assert.deepEqual(await emitWithAck(handshake.socket, 'User_connect', { token: alice.access_token }), { ok: true, user_id: alice.user.id });
   });
 
+  it('a live event the bus hands over twice (at least once) reaches a socket once', { skip: inProcessOnly('builds a second notifications endpoint on app.identity.verifiers in-process') }, async () => {
+    // A second endpoint whose live feed is this test: it hands the same events over again,
+    // as a relay republishing outside JetStream's duplicate window, or a redelivery, would.
+    const bus = server.app.bus;
+    const tls = { cert: await fs.readFile(path.join(server.dataDir, 'tls', 'cert.pem')), key: await fs.readFile(path.join(server.dataDir, 'tls', 'key.pem')) };
+    const httpsServer = https.createServer(tls);
+    const endpoint = createNotificationsService({
+      bus: { readSince: bus.readSince.bind(bus) } as unknown as EventBus,
+      verifiers: server.app.identity.verifiers,
+      logger: pino({ level: 'silent' }),
+      metrics: new Registry(),
+      corsOrigins: [],
+      authTimeoutMs: 10_000,
+    });
+    const feed = endpoint.consumers[0];
+    assert.ok(feed && !feed.batch);
+    endpoint.attach(httpsServer);
+    await new Promise<void>((resolve) => httpsServer.listen(0, '127.0.0.1', resolve));
+    const target = { ...server, url: `https://127.0.0.1:${(httpsServer.address() as AddressInfo).port}` };
+    try {
+      const erin = await register('erin@example.com');
+      const since = (await bus.readSince('test', null, 100_000))?.at(-1)?.event_id ?? null;
+      for (const name of ['dup-0.txt', 'dup-1.txt']) await upload(erin.access_token, name);
+      // readSince shows what is safely visible: a transaction elsewhere on a shared server may hold that back a moment.
+      let events: BusEvent[] = [];
+      await until(async () => {
+        events = (await bus.readSince('test', since, 100))?.filter((event) => event.owner_id === erin.user.id) ?? [];
+        return events.length >= 2;
+      }, "erin's two events");
+      assert.equal(events.length, 2);
+      const inbox = track(connect(target));
+      await connected(inbox.socket);
+      assert.deepEqual(await emitWithAck(inbox.socket, 'User_connect', { token: erin.access_token }), { ok: true, user_id: erin.user.id });
+      const [first, second] = events as [BusEvent, BusEvent];
+      for (const event of [first, first, second, first, second]) await feed.handle(event);
+      await inbox.waitFor((e) => e.payload.file.name === 'dup-1.txt', 'the second event');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.deepEqual(inbox.events.map((e) => e.payload.event_id), [first.event_id, second.event_id], 'each event once, in order');
+    } finally {
+      await endpoint.close();
+      await new Promise((resolve) => httpsServer.close(resolve));
+    }
+  });
+
   it('refuses a since whose backlog exceeds the replay cap before sending anything, and replays a backlog at the cap in full', { skip: inProcessOnly('builds a second notifications endpoint on app.identity.verifiers in-process') }, async () => {
     // A second notifications endpoint with a cap of 3 events, on an HTTPS server of its own,
     // replaying from this server's outbox. It has no live feed: consumers are registered

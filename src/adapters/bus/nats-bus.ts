@@ -17,6 +17,7 @@ import { type Databases, ENVIRONMENTS } from '../db/pg.ts';
 import { runJetStreamConsumer } from './nats-consumer.ts';
 import type { DurableSettings } from './nats-durable.ts';
 import { natsRelay, RELAY_CONSUMER, type StreamSettings } from './nats-relay.ts';
+import { JetStreamTail } from './nats-tail.ts';
 import { OutboxBus } from './outbox.ts';
 import type { Consumer } from './outbox-consumer.ts';
 import { Retries } from './outbox-retries.ts';
@@ -48,14 +49,18 @@ export interface NatsBusOptions {
  * dead letters; each also mirrors its position into the outbox's cursor table, so that
  * `status` (per environment, per tenant) and the prune see it the same as on the outbox.
  *
- * Ephemeral consumers (each notifications instance) stay on the outbox's LISTEN/NOTIFY
- * delivery: every process LISTENs on each environment database, so every instance gets
- * every committed event, in commit order, with the latency of one NOTIFY rather than a
- * relay read plus a JetStream hop, and live notifications go on while NATS is down.
+ * Ephemeral consumers (each notifications instance) read the live tail of each
+ * environment's stream through an ordered consumer of their own (nats-tail.ts): every
+ * instance gets every event relayed from its start on, in the relay's commit order. NATS
+ * down: live events pause (the sockets stay connected) and resume from the last stream
+ * sequence handed over once it is back, so whatever the relay publishes then arrives once,
+ * in order. History (`since`) is read from PostgreSQL whatever carried the live events.
  */
 export class NatsBus implements EventBus {
   readonly outbox: OutboxBus;
   private readonly consumers: Consumer[] = [];
+  private readonly ephemerals: Consumer[] = [];
+  private readonly tails: JetStreamTail[] = [];
   private readonly running = new Map<string, { stop: AbortController; loops: Promise<void>[] }>();
   private readonly loops = new Set<Promise<void>>();
   private readonly abort = new AbortController();
@@ -83,13 +88,11 @@ export class NatsBus implements EventBus {
   }
 
   consume(name: string, handler: EventHandler, options: ConsumerOptions = {}): void {
-    if (options.ephemeral) this.outbox.consume(name, handler, options);
-    else this.register({ name, handler, ...this.consumerOptions(options) });
+    this.register({ name, handler, ...this.consumerOptions(options) });
   }
 
   consumeBatch(name: string, batchHandler: BatchEventHandler, options: ConsumerOptions = {}): void {
-    if (options.ephemeral) this.outbox.consumeBatch(name, batchHandler, options);
-    else this.register({ name, handler: (event) => batchHandler([event]), batchHandler, ...this.consumerOptions(options) });
+    this.register({ name, handler: (event) => batchHandler([event]), batchHandler, ...this.consumerOptions(options) });
   }
 
   private consumerOptions(options: ConsumerOptions) {
@@ -98,19 +101,38 @@ export class NatsBus implements EventBus {
       maxAttempts: options.maxAttempts ?? 5,
       deadLetter: options.deadLetter ?? 'any-failure',
       autoStart: options.autoStart ?? true,
-      // No faster path than the next fetch: `lowLatency` is ignored (the port allows it).
+      // The live tail and the fetch hand events over as they arrive: `lowLatency` adds nothing (the port allows it).
       fromNotification: false,
-      ephemeral: false,
-    } as const;
+      ephemeral: options.ephemeral ?? false,
+    };
   }
 
   private register(consumer: Consumer): void {
     if (this.started) throw new Error('consumers are registered before the bus starts');
-    if (consumer.name === RELAY_CONSUMER || this.consumers.some((c) => c.name === consumer.name)) throw new Error(`consumer registered twice: ${consumer.name}`);
-    this.consumers.push(consumer);
+    const taken = [...this.consumers, ...this.ephemerals].some((c) => c.name === consumer.name);
+    if (consumer.name === RELAY_CONSUMER || taken) throw new Error(`consumer registered twice: ${consumer.name}`);
+    if (consumer.ephemeral) this.ephemerals.push(consumer);
+    else this.consumers.push(consumer);
   }
 
   async start(): Promise<void> {
+    // The tails fix where they start before the relay of this process runs (nats-tail.ts).
+    const retries = new Retries(this.options, this.abort.signal);
+    for (const consumer of this.ephemerals) {
+      for (const environment of ENVIRONMENTS) {
+        const tail = new JetStreamTail({
+          consumer,
+          environment,
+          db: this.databases.environments[environment],
+          nc: this.nc,
+          streams: this.options.streams,
+          log: this.logger.child({ consumer: consumer.name, environment }),
+          retries,
+        });
+        await tail.start();
+        this.tails.push(tail);
+      }
+    }
     await this.outbox.start();
     this.started = true;
     for (const consumer of this.consumers) if (consumer.autoStart) this.startConsumer(consumer.name);
@@ -154,7 +176,7 @@ export class NatsBus implements EventBus {
 
   async close(): Promise<void> {
     this.abort.abort();
-    await Promise.allSettled([...this.loops]);
+    await Promise.allSettled([...this.loops, ...this.tails.map((tail) => tail.close())]);
     this.running.clear();
     await this.outbox.close();
   }

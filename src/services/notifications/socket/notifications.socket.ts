@@ -121,7 +121,7 @@ export interface BehindGateway {
 export class NotificationsHub {
   private io: Server | undefined;
   private readonly catchingUp = new Set<CatchingUp>();
-  /** Ids of the latest events the live consumer has emitted, oldest first. */
+  /** The latest events the live consumer has emitted (`liveKey`), oldest first: joins go by it, and a repeat is not emitted again. */
   private readonly recent: string[] = [];
   private readonly recentSet = new Set<string>();
   private readonly sockets: Gauge;
@@ -376,7 +376,7 @@ export class NotificationsHub {
     entry.buffer = null;
     for (const event of buffered) this.sendOne(entry, event);
     const lastSent = entry.lastSent;
-    if (lastSent === null || this.recentSet.has(lastSent)) this.join(entry);
+    if (lastSent === null || this.recentSet.has(liveKey(subscription.environment, lastSent))) this.join(entry);
     else entry.joinAfter = lastSent;
   }
 
@@ -401,9 +401,15 @@ export class NotificationsHub {
     this.deliveries.inc();
   }
 
-  /** The bus consumer: one emission per event to every room allowed to see it. */
+  /**
+   * The bus consumer: one emission per event to every room allowed to see it. Delivery is at
+   * least once (a relay that republished outside JetStream's duplicate window, a redelivery
+   * after a crash): an event among the latest emitted is not emitted again.
+   */
   private deliver(event: BusEvent): void {
     if (!isFileEvent(event.type)) return;
+    const key = liveKey(event.environment, event.event_id);
+    if (this.recentSet.has(key)) return;
     this.latency.observe(Math.max(0, Date.now() - Date.parse(event.occurred_at)) / 1000);
     const io = this.io;
     if (io) {
@@ -428,13 +434,17 @@ export class NotificationsHub {
       this.sendOne(entry, event);
       if (isNew || entry.joinAfter === event.event_id) this.join(entry);
     }
-    this.remember(event.event_id);
+    this.remember(key);
   }
 
-  private remember(eventId: string): void {
-    this.recent.push(eventId);
-    this.recentSet.add(eventId);
+  private remember(key: string): void {
+    this.recent.push(key);
+    this.recentSet.add(key);
     if (this.recent.length > RECENT_MAX) this.recentSet.delete(this.recent.shift() as string);
   }
 }
 
+/** Event ids are per environment: a live event is known by both. */
+function liveKey(environment: string, eventId: string): string {
+  return `${environment}/${eventId}`;
+}
