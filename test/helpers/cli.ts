@@ -55,7 +55,8 @@ export function runCli(args: string[], env: Record<string, string | undefined>, 
     stdout: () => out,
     stderr: () => err,
     exited,
-    async ready(limitMs = 60_000) {
+    // A hang guard, not a speed check: a start on a loaded 2-core machine (tsx compiling) can take a minute.
+    async ready(limitMs = 180_000) {
       const deadline = Date.now() + limitMs;
       while (Date.now() < deadline) {
         const match = /is running at (https:\/\/\S+)/.exec(out);
