@@ -25,6 +25,7 @@ import { createFilesService, filesMigrations } from './services/files/plugin.ts'
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
 import { createNotificationsService } from './services/notifications/plugin.ts';
+import { createWebhooksService, type WebhooksOptions, webhooksMigrations } from './services/webhooks/plugin.ts';
 
 /**
  * The composition root of `bantu start`: the platform, then every service module on it with
@@ -35,7 +36,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(here, '..', 'package.json'), 'utf8')).version;
 
 /** Every module's migrations, in the order they run. */
-export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations];
+export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations, webhooksMigrations];
 
 export interface StartedApp {
   /** Base URL of the HTTPS gateway, e.g. https://127.0.0.1:8443 */
@@ -122,6 +123,8 @@ export function createApp(config: Config, logger: Logger): App {
       metrics: p.metrics,
       logger: logger.child({ component: 'backup' }),
     });
+    const webhooks = createWebhooksService(webhooksDeps(p, true));
+    p.defer(() => webhooks.dispose());
     const notifications = createNotificationsService({
       bus: p.bus,
       verifiers: identity.verifiers,
@@ -145,14 +148,14 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...identity.routes, ...files.routes, ...backup.routes],
+      routes: [...identity.routes, ...files.routes, ...backup.routes, ...webhooks.routes],
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);
     registerConsumers(p.bus, [identity, notifications]);
     // Work consumers: one process of the installation runs them (each notifications instance relays to its own sockets).
     const relay = natsRelayModule(p);
-    registerConsumers(p.bus, [files, backup, ...(relay ? [relay] : [])], { led: true });
+    registerConsumers(p.bus, [files, backup, webhooks, ...(relay ? [relay] : [])], { led: true });
     await p.bus.start();
     // Once per installation, however many processes run; alone, this one wins each at once.
     // Deferred before the gateway's close, so the work consumers stop after it has drained.
@@ -160,6 +163,7 @@ export function createApp(config: Config, logger: Logger): App {
     // Replayable history is kept for the retention, then pruned once every consumer has passed it.
     lead('outbox-prune', periodicWork(3600_000, () => p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'))));
     if (config.backupWorker) lead('backup', moduleWork(p.bus, backup));
+    lead('webhooks', moduleWork(p.bus, webhooks));
     // With NATS_URL: committed events go on to JetStream too.
     if (relay) lead('nats-relay', moduleWork(p.bus, relay));
 
@@ -231,6 +235,18 @@ export function filesDeps(platform: Platform): FilesDeps {
     bus: platform.bus,
     limits: { maxUploadBytes: config.maxUploadBytes, tenantQuotaBytes: config.tenantQuotaBytes ?? null },
     logger: platform.logger.child({ component: 'files' }),
+  };
+}
+
+/** The webhooks module on a platform: where `worker`, its consumer and delivery worker run here (led: one process of the installation). */
+export function webhooksDeps(platform: Platform, worker: boolean): WebhooksOptions {
+  return {
+    databases: platform.databases,
+    secretKey: platform.secretKey,
+    config: platform.config.webhooks,
+    worker,
+    metrics: platform.metrics,
+    logger: platform.logger.child({ component: 'webhooks' }),
   };
 }
 

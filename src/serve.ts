@@ -11,7 +11,7 @@ import type { OutboxBus } from './adapters/bus/outbox.ts';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
-import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION } from './app.ts';
+import { ALL_MIGRATIONS, ensureDefaultTenant, filesDeps, VERSION, webhooksDeps } from './app.ts';
 import type { Config } from './core/config.ts';
 import type { FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
@@ -36,6 +36,7 @@ import { createFilesService } from './services/files/plugin.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
 import { createNotificationsService, type NotificationsService } from './services/notifications/plugin.ts';
+import { createWebhooksService } from './services/webhooks/plugin.ts';
 
 /**
  * The composition roots of one service alone: `bantu serve <name>` (distributed mode), and the
@@ -187,6 +188,14 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     });
     registerConsumers(platform.bus, [notifications]);
     await platform.bus.start();
+  } else if (name === 'webhooks') {
+    // Every instance serves the routes; one of the installation consumes and delivers.
+    const webhooks = createWebhooksService(webhooksDeps(platform, true));
+    platform.defer(() => webhooks.dispose());
+    registerConsumers(platform.bus, [webhooks], { led: true });
+    await platform.bus.start();
+    leader = runLed(platform, 'webhooks', moduleWork(platform.bus, webhooks));
+    routes = webhooks.routes;
   } else {
     throw new Error(`bantu serve ${name}: not a service behind the gateway`);
   }

@@ -1,8 +1,8 @@
 /**
  * The services `bantu serve <name>` can run, one per process (distributed mode). `bantu start`
- * mounts all of them in one process. Exports and webhooks join the list when they exist.
+ * mounts all of them in one process. Exports joins the list when it exists.
  */
-export const SERVICE_NAMES = ['gateway', 'identity', 'files', 'notifications', 'backup'] as const;
+export const SERVICE_NAMES = ['gateway', 'identity', 'files', 'notifications', 'backup', 'webhooks'] as const;
 
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 
