@@ -11,6 +11,7 @@ import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import type { Config } from './core/config.ts';
+import type { AdminNoticePort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
@@ -123,7 +124,7 @@ export function createApp(config: Config, logger: Logger): App {
       metrics: p.metrics,
       logger: logger.child({ component: 'backup' }),
     });
-    const webhooks = createWebhooksService(webhooksDeps(p, true));
+    const webhooks = createWebhooksService(webhooksDeps(p, true, identity.notices));
     p.defer(() => webhooks.dispose());
     const notifications = createNotificationsService({
       bus: p.bus,
@@ -239,8 +240,9 @@ export function filesDeps(platform: Platform): FilesDeps {
 }
 
 /** The webhooks module on a platform: where `worker`, its consumer and delivery worker run here (led: one process of the installation). */
-export function webhooksDeps(platform: Platform, worker: boolean): WebhooksOptions {
+export function webhooksDeps(platform: Platform, worker: boolean, notices: AdminNoticePort): WebhooksOptions {
   return {
+    notices,
     databases: platform.databases,
     secretKey: platform.secretKey,
     config: platform.config.webhooks,

@@ -33,6 +33,8 @@ import type { BackupService } from './services/backup/domain/backup.service.ts';
 import { backupUsage, createBackupService } from './services/backup/plugin.ts';
 import { HttpFilesPort } from './services/files/client/files-http-port.ts';
 import { createFilesService } from './services/files/plugin.ts';
+import { AdminNotices } from './services/identity/domain/admin-notices.ts';
+import { AuditLog } from './services/identity/domain/audit.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
 import { createNotificationsService, type NotificationsService } from './services/notifications/plugin.ts';
@@ -190,7 +192,9 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     await platform.bus.start();
   } else if (name === 'webhooks') {
     // Every instance serves the routes; one of the installation consumes and delivers.
-    const webhooks = createWebhooksService(webhooksDeps(platform, true));
+    // Disabled endpoints are reported in identity's audit trail and to its admins: identity's domain, in this process.
+    const notices = new AdminNotices(platform.databases, new AuditLog(platform.databases), platform.mailer);
+    const webhooks = createWebhooksService(webhooksDeps(platform, true, notices));
     platform.defer(() => webhooks.dispose());
     registerConsumers(platform.bus, [webhooks], { led: true });
     await platform.bus.start();

@@ -50,7 +50,7 @@ export const EnvSchema = Type.Object({
   }),
   BANTU_WEBHOOK_TIMEOUT_MS: positiveInt('How long a webhook delivery attempt may take before it counts as failed', 15_000),
   BANTU_WEBHOOK_RETRY_BASE_MS: positiveInt('Delay before the first retry of a failed webhook delivery; each next one is about 3 times longer (capped at 6 h), with jitter', 5_000),
-  BANTU_WEBHOOK_RETRY_HOURS: positiveInt('How long a failing webhook delivery is retried before its endpoint is disabled', 72),
+  BANTU_WEBHOOK_RETRY_WINDOW_SECONDS: positiveInt('How long a failing webhook delivery is retried (from its first failure) before its endpoint is disabled; 3 days', 259_200),
   BANTU_WEBHOOK_CONCURRENCY: positiveInt('Attempts in flight at once to one webhook endpoint (per process running the deliveries)', 4),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one. Through PgBouncer in transaction mode, set its `max_prepared_statements` (hot paths use prepared statements)')),
@@ -123,7 +123,7 @@ export interface Config {
   backupWorker: boolean;
   backupMaxAttempts: number;
   backupSweepMinutes: number;
-  webhooks: { allowedNetworks: string; timeoutMs: number; retryBaseMs: number; retryHours: number; concurrency: number };
+  webhooks: { allowedNetworks: string; timeoutMs: number; retryBaseMs: number; retryWindowSeconds: number; concurrency: number };
   publicUrl?: string;
   databaseUrl?: string;
   databasePoolSize: number;
@@ -219,7 +219,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
         allowedNetworks: e.BANTU_WEBHOOK_ALLOWED_NETWORKS,
         timeoutMs: e.BANTU_WEBHOOK_TIMEOUT_MS,
         retryBaseMs: e.BANTU_WEBHOOK_RETRY_BASE_MS,
-        retryHours: e.BANTU_WEBHOOK_RETRY_HOURS,
+        retryWindowSeconds: e.BANTU_WEBHOOK_RETRY_WINDOW_SECONDS,
         concurrency: e.BANTU_WEBHOOK_CONCURRENCY,
       },
       publicUrl: e.BANTU_PUBLIC_URL,

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Databases } from '../../adapters/db/pg.ts';
+import type { AdminNotice, AdminNoticePort } from '../../core/ports.ts';
 import type { Environment } from '../../core/principal.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { SecretBox } from '../identity/domain/secret-box.ts';
@@ -28,13 +29,13 @@ export interface WebhooksOptions {
   databases: Databases;
   /** The installation's secret (BANTU_SECRET_KEY): seals the endpoints' signing secrets. */
   secretKey: string;
-  config: { allowedNetworks: string; timeoutMs: number; retryBaseMs: number; retryHours: number; concurrency: number };
+  config: { allowedNetworks: string; timeoutMs: number; retryBaseMs: number; retryWindowSeconds: number; concurrency: number };
   /** Run the consumer and the delivery worker in this process (where it leads `webhooks`). */
   worker: boolean;
   metrics?: Registry;
   logger: Logger;
   /** Tells the tenant's administrators that an endpoint was disabled (audit entry, mail). */
-  onDisabled?: (environment: Environment, endpoint: { tenant_id: string; id: string; url: string }, lastError: string | null) => Promise<void>;
+  notices?: AdminNoticePort;
   /** Name resolution, for registration and delivery alike (tests: a resolver that changes its answer). */
   lookup?: LookupFunction;
   resolve?: Resolver;
@@ -58,7 +59,7 @@ export function createWebhooksService(options: WebhooksOptions): WebhooksModule 
     sender,
     perEndpoint: config.concurrency,
     retryBaseMs: config.retryBaseMs,
-    retryWindowMs: config.retryHours * 3600_000,
+    retryWindowMs: config.retryWindowSeconds * 1000,
     timeoutMs: config.timeoutMs,
     logger,
     observe: (result, outcome) => {
@@ -67,7 +68,7 @@ export function createWebhooksService(options: WebhooksOptions): WebhooksModule 
     },
     onDisabled: async (environment: Environment, endpoint: EndpointRow, lastError) => {
       metrics?.disabled.inc({ environment });
-      await options.onDisabled?.(environment, endpoint, lastError).catch((error) => logger.warn({ err: error, webhook: endpoint.id }, 'the disabled webhook could not be reported'));
+      await options.notices?.notify(environment, endpoint.tenant_id, disabledNotice(endpoint, lastError, config.retryWindowSeconds)).catch((error) => logger.warn({ err: error, webhook: endpoint.id }, 'the disabled webhook could not be reported'));
     },
   });
   const wake = () => worker.wake();
@@ -84,6 +85,19 @@ export function createWebhooksService(options: WebhooksOptions): WebhooksModule 
       await worker.stop();
     },
     dispose: () => sender.close(),
+  };
+}
+
+function disabledNotice(endpoint: EndpointRow, lastError: string | null, windowSeconds: number): AdminNotice {
+  return {
+    type: 'webhook_disabled',
+    detail: { webhook_id: endpoint.id, url: endpoint.url, last_error: lastError },
+    subject: 'A webhook endpoint was disabled',
+    text:
+      `Deliveries to the webhook ${endpoint.id} (${endpoint.url}) failed for the whole retry window (${windowSeconds >= 3600 ? `${Math.round(windowSeconds / 3600)} hours` : `${windowSeconds} seconds`}), so it was disabled.\n` +
+      `Last error: ${lastError ?? 'unknown'}.\n\n` +
+      'While disabled it gets no events. Once it answers again, enable it (PATCH /v1/webhooks/{id} with {"status": "enabled"}); ' +
+      'failed deliveries can be sent again one by one (POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry).\n',
   };
 }
 

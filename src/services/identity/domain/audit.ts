@@ -22,7 +22,8 @@ export type AuditType =
   | 'password_reset'
   | 'refresh_token_reused'
   | 'key_created'
-  | 'key_revoked';
+  | 'key_revoked'
+  | 'webhook_disabled';
 
 export interface AuditEntry {
   type: AuditType;

@@ -73,7 +73,7 @@ export function webhooksRoutes(webhooks: WebhooksService): Route[] {
       schema: {
         tags,
         summary: 'Change a webhook endpoint',
-        description: 'A new `url` is checked as at creation. `status: "enabled"` resumes deliveries of an endpoint disabled by hand or after 3 days of failures.',
+        description: 'A new `url` is checked as at creation. A disabled endpoint (by hand, or after 3 days of failures) gets no new events; `status: "enabled"` resumes them, and its deliveries still pending. Failed ones can be retried one by one.',
         params: WebhookParams,
         body: UpdateWebhook,
         response: { 200: Webhook },
