@@ -15,8 +15,6 @@ export interface ReceivedRequest {
 export interface Receiver {
   url: string;
   received: ReceivedRequest[];
-  /** The most requests open at once (a hung one stays open until the sender gives up). */
-  maxOpen: number;
   /** Decides the answer to the n-th request (0-based). */
   answer: (n: number, request: ReceivedRequest) => number | 'hang';
   /** The bodies verified with the standardwebhooks library against `secret`; throws on a bad signature. */
@@ -30,7 +28,6 @@ export async function startReceiver(answer: Receiver['answer'] = () => 200): Pro
   const receiver: Receiver = {
     url: '',
     received,
-    maxOpen: 0,
     answer,
     verified(secret) {
       const verifier = new Webhook(secret);
@@ -42,13 +39,7 @@ export async function startReceiver(answer: Receiver['answer'] = () => 200): Pro
       await new Promise((resolve) => server.close(resolve));
     },
   };
-  let open = 0;
   const server = http.createServer((request, response) => {
-    open += 1;
-    receiver.maxOpen = Math.max(receiver.maxOpen, open);
-    response.on('close', () => {
-      open -= 1;
-    });
     const chunks: Buffer[] = [];
     request.on('data', (chunk) => chunks.push(chunk));
     request.on('end', () => {
