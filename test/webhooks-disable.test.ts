@@ -79,4 +79,27 @@ describe('webhooks: an endpoint failing for the whole retry window', () => {
     assert.equal(sample('webhook_delivery_duration_seconds_count', 'outcome="failure"'), delivery.attempt);
     assert.equal(sample('webhook_deliveries_pending', 'environment="test"'), 0);
   });
+
+  it('a hanging endpoint holds at most BANTU_WEBHOOK_CONCURRENCY (4) attempts at once, and a healthy one gets every event meanwhile', async () => {
+    // Attempts here last up to 15 s (the default timeout): the hung ones stay open for the whole test.
+    const key = server.keys.live.account_key;
+    const hung = await startReceiver(() => 'hang');
+    const healthy = await startReceiver(() => 200);
+    try {
+      const register = async (url: string) => (await server.request('POST', '/v1/webhooks', { auth: key, json: { url, events: ['File_create'] } })).json;
+      const [hungHook, healthyHook] = [await register(hung.url), await register(healthy.url)];
+      for (let i = 0; i < 12; i++) assert.equal((await uploadRaw(server, key, Buffer.from(`c${i}`), { name: `c${i}.txt` })).status, 201);
+      await until(() => healthy.received.length === 12, 'every event at the healthy endpoint');
+      assert.equal(healthy.verified(healthyHook.secret).length, 12);
+      await until(() => hung.received.length === 4, 'four attempts at the hung endpoint');
+      assert.equal(hung.received.length, 4);
+      const waiting = (await server.request('GET', `/v1/webhooks/${hungHook.id}/deliveries`, { auth: key })).json.data;
+      assert.equal(waiting.length, 12);
+      assert.ok(waiting.every((d: { status: string; attempt: number }) => d.status === 'pending' && d.attempt === 0));
+      assert.equal((await server.request('DELETE', `/v1/webhooks/${hungHook.id}`, { auth: key })).status, 204);
+    } finally {
+      await hung.close();
+      await healthy.close();
+    }
+  });
 });
