@@ -56,11 +56,11 @@ export async function requeueDelivery(trx: Tx, tenantId: string, endpointId: str
 }
 
 /**
- * Claims up to `perEndpoint[endpoint]` due deliveries of each endpoint with room (and at most
- * `limit` in all) of enabled endpoints, oldest due first, by moving them `leaseMs` ahead.
+ * Claims up to `perEndpoint` due deliveries of each enabled endpoint but those in `exclude`
+ * (and at most `limit` in all), oldest due first, by moving them `leaseMs` ahead.
  */
-export async function claimDue(db: Db, options: { limit: number; perEndpoint: number; busy: Map<string, number>; leaseMs: number }): Promise<DeliveryRow[]> {
-  const full = [...options.busy].filter(([, n]) => n >= options.perEndpoint).map(([id]) => id);
+export async function claimDue(db: Db, options: { limit: number; perEndpoint: number; exclude: string[]; leaseMs: number }): Promise<DeliveryRow[]> {
+  const full = options.exclude;
   const result = await sql<DeliveryRow>`
     with due as (
       select d.id, d.endpoint_id, row_number() over (partition by d.endpoint_id order by d.next_attempt_at, d.id) as rank
@@ -86,11 +86,23 @@ export interface AttemptOutcome {
   firstFailedAt: Date | null;
 }
 
-export async function recordAttempt(db: Db, id: string, outcome: AttemptOutcome): Promise<void> {
+/** Makes claimed deliveries that were not sent due again now (a worker stopping). */
+export async function releaseClaims(db: Db, ids: string[]): Promise<void> {
+  await sql`update webhooks.delivery set next_attempt_at = clock_timestamp() where id = any(${ids}::text[]) and status = 'pending'`.execute(db);
+}
+
+/** Records the outcomes of several attempts in one statement (the worker batches those that end together). */
+export async function recordAttempts(db: Db, attempts: Array<{ id: string; outcome: AttemptOutcome }>): Promise<void> {
+  if (attempts.length === 0) return;
+  const column = <T>(pick: (o: AttemptOutcome) => T) => attempts.map((a) => pick(a.outcome));
   await sql`
-    update webhooks.delivery set attempt = attempt + 1, status = ${outcome.status}, response_status = ${outcome.responseStatus},
-      error = ${outcome.error}, duration_ms = ${outcome.durationMs}, next_attempt_at = ${outcome.nextAttemptAt}, first_failed_at = ${outcome.firstFailedAt}
-    where id = ${id}`.execute(db);
+    update webhooks.delivery d set attempt = d.attempt + 1, status = o.status, response_status = o.response_status, error = o.error,
+      duration_ms = o.duration_ms, next_attempt_at = o.next_attempt_at, first_failed_at = o.first_failed_at
+    from unnest(${attempts.map((a) => a.id)}::text[], ${column((o) => o.status)}::text[], ${column((o) => o.responseStatus)}::int[],
+                ${column((o) => o.error)}::text[], ${column((o) => o.durationMs)}::int[], ${column((o) => o.nextAttemptAt)}::timestamptz[],
+                ${column((o) => o.firstFailedAt)}::timestamptz[])
+      as o(id, status, response_status, error, duration_ms, next_attempt_at, first_failed_at)
+    where d.id = o.id`.execute(db);
 }
 
 /** Counts by status, for the metrics. */
