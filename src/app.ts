@@ -11,7 +11,7 @@ import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import type { Config } from './core/config.ts';
-import type { AuditPort, FilesExportPort, UserDirectoryPort } from './core/ports.ts';
+import type { AdminNoticePort, AuditPort, FilesExportPort, UserDirectoryPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
@@ -28,6 +28,7 @@ import { createFilesService, filesMigrations } from './services/files/plugin.ts'
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService, identityMigrations } from './services/identity/plugin.ts';
 import { createNotificationsService } from './services/notifications/plugin.ts';
+import { createWebhooksService, type WebhooksOptions, webhooksMigrations } from './services/webhooks/plugin.ts';
 
 /**
  * The composition root of `bantu start`: the platform, then every service module on it with
@@ -38,7 +39,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const VERSION: string = JSON.parse(fs.readFileSync(path.join(here, '..', 'package.json'), 'utf8')).version;
 
 /** Every module's migrations, in the order they run. */
-export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations, exportsMigrations];
+export const ALL_MIGRATIONS = [identityMigrations, filesMigrations, backupMigrations, exportsMigrations, webhooksMigrations];
 
 export interface StartedApp {
   /** Base URL of the HTTPS gateway, e.g. https://127.0.0.1:8443 */
@@ -131,6 +132,8 @@ export function createApp(config: Config, logger: Logger): App {
     const exports = createExportsService(
       await exportsDeps(p, { files: files.exportSource, users: identity.userDirectory, audit: identity.auditPort }, () => config.publicUrl ?? gatewayUrl),
     );
+    const webhooks = createWebhooksService(webhooksDeps(p, true, identity.notices));
+    p.defer(() => webhooks.dispose());
     const notifications = createNotificationsService({
       bus: p.bus,
       verifiers: identity.verifiers,
@@ -154,14 +157,14 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...identity.routes, ...files.routes, ...backup.routes, ...exports.routes],
+      routes: [...identity.routes, ...files.routes, ...backup.routes, ...exports.routes, ...webhooks.routes],
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);
     registerConsumers(p.bus, [identity, notifications]);
     // Work consumers: one process of the installation runs them (each notifications instance relays to its own sockets).
-    registerConsumers(p.bus, [files, backup], { led: true });
-    for (const consumer of [...files.consumers, ...backup.consumers]) p.busMetrics.watch(consumer.name);
+    registerConsumers(p.bus, [files, backup, webhooks], { led: true });
+    for (const consumer of [...files.consumers, ...backup.consumers, ...webhooks.consumers]) p.busMetrics.watch(consumer.name);
     await p.bus.start();
     // Once per installation, however many processes run; alone, this one wins each at once.
     // Deferred before the gateway's close, so the work consumers stop after it has drained.
@@ -169,6 +172,7 @@ export function createApp(config: Config, logger: Logger): App {
     // Replayable history is kept for the retention, then pruned once every consumer has passed it.
     lead('outbox-prune', periodicWork(3600_000, () => p.bus.prune(config.eventRetentionHours).catch((error) => logger.warn({ err: error }, 'outbox prune failed'))));
     if (config.backupWorker) lead('backup', moduleWork(p.bus, backup));
+    lead('webhooks', moduleWork(p.bus, webhooks));
     // With NATS_URL: committed events go on to JetStream too.
     const relay = natsRelayWork(p);
     if (relay) lead('nats-relay', relay);
@@ -269,6 +273,19 @@ export async function exportsDeps(
     publicUrl,
     limits: { maxRunning: config.exports.maxRunning, maxBytes: config.exports.maxBytes, keep: config.exports.keep, ttlHours: config.exports.ttlHours },
     logger: platform.logger.child({ component: 'exports' }),
+  };
+}
+
+/** The webhooks module on a platform: where `worker`, its consumer and delivery worker run here (led: one process of the installation). */
+export function webhooksDeps(platform: Platform, worker: boolean, notices: AdminNoticePort): WebhooksOptions {
+  return {
+    notices,
+    databases: platform.databases,
+    secretKey: platform.secretKey,
+    config: platform.config.webhooks,
+    worker,
+    metrics: platform.metrics,
+    logger: platform.logger.child({ component: 'webhooks' }),
   };
 }
 

@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
-import { ALL_MIGRATIONS, ensureDefaultTenant, exportsDeps, filesDeps, VERSION } from './app.ts';
+import { ALL_MIGRATIONS, ensureDefaultTenant, exportsDeps, filesDeps, VERSION, webhooksDeps } from './app.ts';
 import type { Config } from './core/config.ts';
 import type { FilesExportPort, FilesPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
@@ -35,9 +35,12 @@ import { HttpFilesExportPort } from './services/files/client/files-export-http-p
 import { HttpFilesPort } from './services/files/client/files-http-port.ts';
 import { createFilesService } from './services/files/plugin.ts';
 import { HttpAuditPort, HttpUserDirectory } from './services/identity/client/identity-http-ports.ts';
+import { AdminNotices } from './services/identity/domain/admin-notices.ts';
+import { AuditLog } from './services/identity/domain/audit.ts';
 import type { CreatedTenant } from './services/identity/domain/tenants.service.ts';
 import { createIdentityService, type IdentityService } from './services/identity/plugin.ts';
 import { createNotificationsService, type NotificationsService } from './services/notifications/plugin.ts';
+import { createWebhooksService } from './services/webhooks/plugin.ts';
 
 /**
  * The composition roots of one service alone: `bantu serve <name>` (distributed mode), and the
@@ -202,6 +205,16 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     });
     registerConsumers(platform.bus, [notifications]);
     await platform.bus.start();
+  } else if (name === 'webhooks') {
+    // Every instance serves the routes; one of the installation consumes and delivers.
+    // Disabled endpoints are reported in identity's audit trail and to its admins: identity's domain, in this process.
+    const notices = new AdminNotices(platform.databases, new AuditLog(platform.databases), platform.mailer);
+    const webhooks = createWebhooksService(webhooksDeps(platform, true, notices));
+    platform.defer(() => webhooks.dispose());
+    registerConsumers(platform.bus, [webhooks], { led: true });
+    await platform.bus.start();
+    leader = runLed(platform, 'webhooks', moduleWork(platform.bus, webhooks));
+    routes = webhooks.routes;
   } else {
     throw new Error(`bantu serve ${name}: not a service behind the gateway`);
   }

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
@@ -43,6 +44,14 @@ export const EnvSchema = Type.Object({
   }),
   BANTU_BACKUP_MAX_ATTEMPTS: positiveInt('Tries of a file event that can never be copied (bytes missing or not matching their checksum) before the backup sets it aside as a dead letter; store and database failures are retried until they pass', 5),
   BANTU_BACKUP_SWEEP_MINUTES: positiveInt('How often the backup enforces retention and removes unreferenced backup blobs', 60),
+  BANTU_WEBHOOK_ALLOWED_NETWORKS: Type.String({
+    default: '',
+    description: 'Comma-separated CIDRs webhook URLs may reach although not public (loopback, private), plain http included: for tests and private installations',
+  }),
+  BANTU_WEBHOOK_TIMEOUT_MS: positiveInt('How long a webhook delivery attempt may take before it counts as failed', 15_000),
+  BANTU_WEBHOOK_RETRY_BASE_MS: positiveInt('Delay before the first retry of a failed webhook delivery; each next one is about 3 times longer (capped at 6 h), with jitter', 5_000),
+  BANTU_WEBHOOK_RETRY_WINDOW_SECONDS: positiveInt('How long a failing webhook delivery is retried (from its first failure) before its endpoint is disabled; 3 days', 259_200),
+  BANTU_WEBHOOK_CONCURRENCY: positiveInt('Attempts in flight at once to one webhook endpoint (per process running the deliveries)', 4),
   BANTU_PUBLIC_URL: Type.Optional(url('Public base URL used in mailed links (default https://BANTU_HOST:BANTU_PORT)')),
   DATABASE_URL: Type.Optional(url('External PostgreSQL; replaces the embedded one. Through PgBouncer in transaction mode, set its `max_prepared_statements` (hot paths use prepared statements)')),
   BANTU_DATABASE_POOL_SIZE: Type.Integer({
@@ -133,6 +142,7 @@ export interface Config {
   backupWorker: boolean;
   backupMaxAttempts: number;
   backupSweepMinutes: number;
+  webhooks: { allowedNetworks: string; timeoutMs: number; retryBaseMs: number; retryWindowSeconds: number; concurrency: number };
   publicUrl?: string;
   databaseUrl?: string;
   databasePoolSize: number;
@@ -195,6 +205,9 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
   if (has('BANTU_TLS_CERT') !== has('BANTU_TLS_KEY')) {
     problems.push({ variable: has('BANTU_TLS_CERT') ? 'BANTU_TLS_KEY' : 'BANTU_TLS_CERT', message: 'BANTU_TLS_CERT and BANTU_TLS_KEY go together' });
   }
+  for (const cidr of String(raw.BANTU_WEBHOOK_ALLOWED_NETWORKS ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+    if (!isCidr(cidr)) problems.push({ variable: 'BANTU_WEBHOOK_ALLOWED_NETWORKS', message: `not a CIDR (address/prefix): ${cidr}` });
+  }
   const corsOrigins = String(raw.BANTU_CORS_ORIGINS ?? '').split(',').map((origin) => origin.trim()).filter(Boolean);
   for (const origin of corsOrigins) {
     if (origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin)) {
@@ -225,6 +238,13 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       backupWorker: e.BANTU_BACKUP_WORKER === 'on',
       backupMaxAttempts: e.BANTU_BACKUP_MAX_ATTEMPTS,
       backupSweepMinutes: e.BANTU_BACKUP_SWEEP_MINUTES,
+      webhooks: {
+        allowedNetworks: e.BANTU_WEBHOOK_ALLOWED_NETWORKS,
+        timeoutMs: e.BANTU_WEBHOOK_TIMEOUT_MS,
+        retryBaseMs: e.BANTU_WEBHOOK_RETRY_BASE_MS,
+        retryWindowSeconds: e.BANTU_WEBHOOK_RETRY_WINDOW_SECONDS,
+        concurrency: e.BANTU_WEBHOOK_CONCURRENCY,
+      },
       publicUrl: e.BANTU_PUBLIC_URL,
       databaseUrl: e.DATABASE_URL,
       databasePoolSize: e.BANTU_DATABASE_POOL_SIZE,
@@ -294,4 +314,11 @@ export function configTable(): Array<{ variable: string; default: string; descri
     default: 'default' in schema && schema.default !== undefined ? String(schema.default) : '',
     description: String(schema.description ?? ''),
   }));
+}
+
+function isCidr(text: string): boolean {
+  const [address = '', prefix, extra] = text.split('/');
+  const family = isIP(address);
+  if (family === 0 || extra !== undefined) return false;
+  return prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128));
 }

@@ -413,3 +413,20 @@ export interface BackupUsagePort {
 export interface CredentialVerifier {
   verify(credential: string): Promise<Principal | null>;
 }
+
+/**
+ * What a service tells the administrators of a tenant and environment about something that
+ * needs them (a webhook endpoint disabled): an audit entry, and a mail to each admin user, if
+ * any. Identity implements it (audit trail and users are its own).
+ */
+export interface AdminNoticePort {
+  notify(environment: Environment, tenantId: string, notice: AdminNotice): Promise<void>;
+}
+
+export interface AdminNotice {
+  /** The audit entry's type, e.g. `webhook_disabled`. */
+  type: string;
+  detail: Record<string, unknown>;
+  subject: string;
+  text: string;
+}

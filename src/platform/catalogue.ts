@@ -1,8 +1,8 @@
 /**
  * The services `bantu serve <name>` can run, one per process (distributed mode). `bantu start`
- * mounts all of them in one process. Webhooks joins the list when it exists.
+ * mounts all of them in one process.
  */
-export const SERVICE_NAMES = ['gateway', 'identity', 'files', 'notifications', 'backup', 'exports'] as const;
+export const SERVICE_NAMES = ['gateway', 'identity', 'files', 'notifications', 'backup', 'exports', 'webhooks'] as const;
 
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 

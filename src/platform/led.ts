@@ -8,6 +8,7 @@ import type { Platform } from './platform.ts';
  * the outbox, a sweep, the outbox prune): each piece has a leadership name, and only the
  * process elected for it runs it (src/adapters/db/leader.ts). The names:
  * - `backup`: the backup worker (its consumer) and the backup sweep;
+ * - `webhooks`: the webhooks consumer and its delivery worker;
  * - `files-sweep`: the files sweep (expired idempotency answers, orphan blobs);
  * - `exports`: the zip exports' queue (one export runs at a time) and their expiry sweep;
  * - `outbox-prune`: the pruning of the outbox's replayable history.

@@ -7,7 +7,7 @@ import type { StartOptions, TestServer } from './server.ts';
 
 /**
  * `startServer` in the distributed shape (BANTU_TEST_SHAPE=distributed): a deployment of
- * `bantu serve` processes (gateway, identity, two files, notifications, backup) on the machine's
+ * `bantu serve` processes (gateway, identity, two files, notifications, backup, webhooks) on the machine's
  * PostgreSQL, NATS and Redis, each given the test's env, behind the TestServer the suites know.
  *
  * What a test may have without the in-process objects: `app.databases` (a connection of its own
@@ -21,7 +21,7 @@ export async function startDistributedServer(env: Record<string, string>, option
   const echo = process.env.BANTU_TEST_LOG_LEVEL !== undefined;
   const deployment = await startDeployment({
     env,
-    instances: { identity: 1, files: 2, notifications: 1, backup: env.BANTU_BACKUP_WORKER === 'off' ? 0 : 1, exports: 1 },
+    instances: { identity: 1, files: 2, notifications: 1, backup: env.BANTU_BACKUP_WORKER === 'off' ? 0 : 1, exports: 1, webhooks: 1 },
     output: (_service, line) => {
       // The log is the JSON lines; the rest is the banner (identity's prints the default tenant's keys once).
       const logged = line.startsWith('{');

@@ -44,7 +44,7 @@ export interface DeploymentOptions {
   output?: (service: ServiceName, line: string) => void;
 }
 
-const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, notifications: 2, backup: 1, exports: 1 };
+const DEFAULT_INSTANCES: Partial<Record<ServiceName, number>> = { identity: 1, files: 2, notifications: 2, backup: 1, exports: 1, webhooks: 1 };
 
 export async function freePort(): Promise<number> {
   const server = net.createServer();

@@ -171,7 +171,7 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
   it('/readyz of the gateway lists every service with its live instance count', async () => {
     const ready = await deployment.request('GET', '/readyz');
     assert.equal(ready.status, 200);
-    assert.deepEqual(ready.json.services, { identity: { instances: 1 }, files: { instances: 2 }, notifications: { instances: 2 }, backup: { instances: 1 }, exports: { instances: 1 } });
+    assert.deepEqual(ready.json.services, { identity: { instances: 1 }, files: { instances: 2 }, notifications: { instances: 2 }, backup: { instances: 1 }, exports: { instances: 1 }, webhooks: { instances: 1 } });
     assert.equal(ready.json.dependencies.nats.status, 'ok');
   });
 
@@ -317,7 +317,7 @@ describe('distributed mode: bantu serve <service> behind the gateway', () => {
 describe('bantu serve refuses to start without what it needs: one plain line, exit 2', () => {
   const base = { NATS_URL: process.env.NATS_URL ?? 'nats://127.0.0.1:4222', BANTU_NATS_PREFIX: `t${randomBytes(4).toString('hex')}` };
   const cases: Array<[string, string[], Record<string, string>, RegExp]> = [
-    ['an unknown service', ['serve', 'mailroom'], {}, /^bantu serve: unknown service "mailroom"; choose one of gateway, identity, files, notifications, backup, exports\n$/],
+    ['an unknown service', ['serve', 'mailroom'], {}, /^bantu serve: unknown service "mailroom"; choose one of gateway, identity, files, notifications, backup, exports, webhooks\n$/],
     ['no DATABASE_URL', ['serve', 'files'], base, /^bantu serve files: DATABASE_URL is required \(the PostgreSQL every process of the installation shares\)\n$/],
     ['no NATS_URL', ['serve', 'gateway'], { DATABASE_URL: machineDatabaseUrl() }, /^bantu serve gateway: NATS_URL is required \(the registry where services find each other\)\n$/],
     [

@@ -2,11 +2,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Databases } from '../../adapters/db/pg.ts';
-import type { AuditPort, CounterStore, Mailer, ReadThroughCache, RevocationList, UserDirectoryPort } from '../../core/ports.ts';
+import type { AdminNoticePort, AuditPort, CounterStore, Mailer, ReadThroughCache, RevocationList, UserDirectoryPort } from '../../core/ports.ts';
 import { actorOf } from '../../core/principal.ts';
 import type { CredentialVerifier } from '../../gateway/auth.ts';
 import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
+import { AdminNotices } from './domain/admin-notices.ts';
 import { ApiKeysService } from './domain/api-keys.service.ts';
 import { AuditLog } from './domain/audit.ts';
 import { AuthService } from './domain/auth.service.ts';
@@ -57,6 +58,8 @@ export interface IdentityService extends ServiceModule {
   users: UsersService;
   auth: AuthService;
   audit: AuditLog;
+  /** Audit entries and mails to the tenant's admins, for other services (webhooks). */
+  notices: AdminNoticePort;
   verifiers: CredentialVerifier[];
   /** The route manifests: under /v1, and the JWKS at the root. */
   routes: Route[];
@@ -126,6 +129,7 @@ export function createIdentityService(deps: IdentityDeps): IdentityService {
     users,
     auth,
     audit,
+    notices: new AdminNotices(deps.databases, audit, deps.mailer),
     verifiers: [{ verify: (credential) => apiKeys.verify(credential) }, userTokens],
     userDirectory: { emailOf: async (principal) => (await users.me(principal)).email },
     auditPort: {

@@ -25,7 +25,8 @@ export type AuditType =
   | 'key_revoked'
   // Written for the exports service (AuditPort).
   | 'export_created'
-  | 'export_downloaded';
+  | 'export_downloaded'
+  | 'webhook_disabled';
 
 export interface AuditEntry {
   type: AuditType;

@@ -1,0 +1,220 @@
+import type { Logger } from 'pino';
+import type { Databases } from '../../adapters/db/pg.ts';
+import { ENVIRONMENTS, type Environment } from '../../core/principal.ts';
+import type { SecretBox } from '../identity/domain/secret-box.ts';
+import { signedHeaders } from './domain/signing.ts';
+import { secretPurpose } from './domain/webhooks.service.ts';
+import { type AttemptOutcome, claimDue, type DeliveryRow, recordAttempts, releaseClaims } from './repo/deliveries.repo.ts';
+import { disableEndpoint, type EndpointRow, endpointsByIds } from './repo/endpoints.repo.ts';
+import type { AttemptResult, WebhookSender } from './sender.ts';
+
+/**
+ * The delivery worker: claims due deliveries (a lease, so one killed mid-send is sent again
+ * once it ends), sends each on its own (never one after another: a slow endpoint holds only
+ * its own slots, at most `perEndpoint` at once), and records the outcome. Failures are retried
+ * with exponential backoff and jitter until `retryWindowMs` after the first failure; then the
+ * endpoint is disabled and `onDisabled` told; its other deliveries stay pending, for when it is enabled again.
+ */
+export interface WorkerOptions {
+  databases: Databases;
+  box: SecretBox;
+  sender: WebhookSender;
+  perEndpoint: number;
+  retryBaseMs: number;
+  retryWindowMs: number;
+  timeoutMs: number;
+  logger: Logger;
+  observe?: (result: AttemptResult, outcome: 'succeeded' | 'retrying' | 'failed') => void;
+  onDisabled?: (environment: Environment, endpoint: EndpointRow, lastError: string | null) => Promise<void>;
+}
+
+/** Attempts in flight at most in this process, whatever the endpoints. */
+const MAX_IN_FLIGHT = 256;
+/** How often due retries are looked for when nothing wakes the worker. */
+const POLL_MS = 500;
+const MAX_BACKOFF_MS = 6 * 3600_000;
+/** Deliveries claimed per endpoint at once, in rounds of its concurrency: one claim feeds many attempts. */
+const PREFETCH = 8;
+
+/** The delay before attempt `attempt + 1` after `attempt` failures: base·3^(n-1), capped, between half and all of it (jitter). */
+export function backoffMs(attempt: number, baseMs: number, random = Math.random): number {
+  const full = Math.min(MAX_BACKOFF_MS, baseMs * 3 ** Math.max(0, attempt - 1));
+  return Math.round(full / 2 + (random() * full) / 2);
+}
+
+interface Held {
+  environment: Environment;
+  endpoint: EndpointRow;
+  queue: DeliveryRow[];
+  busy: number;
+}
+
+export class DeliveryWorker {
+  private running = false;
+  private loop: Promise<void> = Promise.resolve();
+  private wakeUp: (() => void) | undefined;
+  private woken = false;
+  /** Per endpoint: the deliveries claimed and not yet started, and the attempts in flight. */
+  private readonly held = new Map<string, Held>();
+  private readonly inFlight = new Set<Promise<void>>();
+  /** Outcomes waiting to be written, per environment: those that end while a write runs go in the next one. */
+  private readonly outcomes = new Map<Environment, Array<{ id: string; outcome: AttemptOutcome; done: (error?: unknown) => void }>>();
+  private readonly writing = new Set<Environment>();
+
+  constructor(private readonly options: WorkerOptions) {}
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  /** Something may be due now (a new delivery, a freed slot). */
+  wake(): void {
+    this.woken = true;
+    this.wakeUp?.();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wake();
+    await this.loop;
+    await Promise.all([...this.inFlight]);
+    // Claimed but not started: due again at once, for whichever process leads next.
+    for (const environment of ENVIRONMENTS) {
+      const ids = [...this.held.values()].filter((h) => h.environment === environment).flatMap((h) => h.queue.map((row) => row.id));
+      if (ids.length > 0) await releaseClaims(this.options.databases.environments[environment], ids).catch(() => undefined);
+    }
+    this.held.clear();
+  }
+
+  private async run(): Promise<void> {
+    while (this.running) {
+      this.woken = false;
+      try {
+        for (const environment of ENVIRONMENTS) await this.claim(environment);
+      } catch (error) {
+        this.options.logger.warn({ err: error }, 'webhook deliveries could not be claimed; trying again');
+      }
+      if (!this.running) break;
+      if (this.woken) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, POLL_MS);
+        this.wakeUp = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wakeUp = undefined;
+    }
+  }
+
+  private async claim(environment: Environment): Promise<void> {
+    const room = MAX_IN_FLIGHT - this.inFlight.size;
+    if (room <= 0) return;
+    const db = this.options.databases.environments[environment];
+    // An endpoint with deliveries queued here, or no free slot, gets none more until then.
+    const held = [...this.held.values()].filter((h) => h.queue.length > 0 || h.busy >= this.options.perEndpoint).map((h) => h.endpoint.id);
+    const rows = await claimDue(db, { limit: room * PREFETCH, perEndpoint: this.options.perEndpoint * PREFETCH, exclude: held, leaseMs: this.leaseMs() });
+    if (rows.length === 0) return;
+    const endpoints = new Map((await endpointsByIds(db, [...new Set(rows.map((r) => r.endpoint_id))])).map((e) => [e.id, e]));
+    for (const row of rows) {
+      const endpoint = endpoints.get(row.endpoint_id);
+      if (!endpoint) continue; // deleted since: its deliveries went with it
+      const hold = this.held.get(endpoint.id) ?? { environment, endpoint, queue: [], busy: 0 };
+      // The newest read of the endpoint (a changed URL, a rotated secret) serves what starts from now on.
+      hold.endpoint = endpoint;
+      hold.queue.push(row);
+      this.held.set(endpoint.id, hold);
+    }
+    for (const hold of this.held.values()) this.pump(hold);
+  }
+
+  /**
+   * The lease of a claimed delivery: long enough for every delivery claimed with it to be sent
+   * (PREFETCH rounds of attempts of at most timeoutMs each), so none is claimed twice meanwhile.
+   */
+  private leaseMs(): number {
+    return this.options.timeoutMs * (PREFETCH + 1) + 5000;
+  }
+
+  /** Starts the endpoint's queued deliveries while it has free slots. */
+  private pump(hold: Held): void {
+    while (this.running && hold.busy < this.options.perEndpoint && hold.queue.length > 0) {
+      const row = hold.queue.shift() as DeliveryRow;
+      hold.busy += 1;
+      const attempt = this.attempt(hold.environment, hold.endpoint, row)
+        .catch((error) => this.options.logger.warn({ err: error, delivery: row.id }, 'webhook attempt not recorded; it is sent again when its lease ends'))
+        .finally(() => {
+          hold.busy -= 1;
+          this.inFlight.delete(attempt);
+          this.pump(hold);
+          if (hold.queue.length === 0) {
+            if (hold.busy === 0) this.held.delete(hold.endpoint.id);
+            // A free slot and nothing queued: more may be due in the database.
+            this.wake();
+          }
+        });
+      this.inFlight.add(attempt);
+    }
+  }
+
+  /** Resolves once the outcome is written; outcomes arriving while a write runs are written together next. */
+  private record(environment: Environment, id: string, outcome: AttemptOutcome): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const queue = this.outcomes.get(environment) ?? [];
+      queue.push({ id, outcome, done: (error) => (error ? reject(error) : resolve()) });
+      this.outcomes.set(environment, queue);
+      if (!this.writing.has(environment)) void this.write(environment);
+    });
+  }
+
+  private async write(environment: Environment): Promise<void> {
+    this.writing.add(environment);
+    try {
+      for (let batch = this.outcomes.get(environment); batch?.length; batch = this.outcomes.get(environment)) {
+        this.outcomes.set(environment, []);
+        try {
+          await recordAttempts(this.options.databases.environments[environment], batch);
+          for (const entry of batch) entry.done();
+        } catch (error) {
+          for (const entry of batch) entry.done(error);
+        }
+      }
+    } finally {
+      this.writing.delete(environment);
+    }
+  }
+
+  private async attempt(environment: Environment, endpoint: EndpointRow, row: DeliveryRow): Promise<void> {
+    const { box } = this.options;
+    const purpose = secretPurpose(endpoint.id);
+    const secrets = [box.open(endpoint.secret, purpose).toString('utf8')];
+    if (endpoint.previous_secret && endpoint.previous_expires_at && endpoint.previous_expires_at.getTime() > Date.now()) {
+      secrets.push(box.open(endpoint.previous_secret, purpose).toString('utf8'));
+    }
+    const headers = signedHeaders(secrets, row.event_id, Math.floor(Date.now() / 1000), row.payload);
+    const result = await this.options.sender.send(endpoint.url, headers, row.payload);
+    const db = this.options.databases.environments[environment];
+    const base = { responseStatus: result.status, error: result.error, durationMs: result.durationMs };
+    if (result.ok) {
+      await this.record(environment, row.id, { ...base, status: 'succeeded', nextAttemptAt: null, firstFailedAt: row.first_failed_at });
+      this.options.observe?.(result, 'succeeded');
+      return;
+    }
+    const now = Date.now();
+    const firstFailedAt = row.first_failed_at ?? new Date(now);
+    if (now - firstFailedAt.getTime() < this.options.retryWindowMs) {
+      const next = new Date(now + backoffMs(row.attempt + 1, this.options.retryBaseMs));
+      await this.record(environment, row.id, { ...base, status: 'pending', nextAttemptAt: next, firstFailedAt });
+      this.options.observe?.(result, 'retrying');
+      return;
+    }
+    await this.record(environment, row.id, { ...base, status: 'failed', nextAttemptAt: null, firstFailedAt });
+    this.options.observe?.(result, 'failed');
+    if (await disableEndpoint(db, endpoint.id)) {
+      this.options.logger.warn({ webhook: endpoint.id, tenant: endpoint.tenant_id, environment }, 'webhook endpoint disabled after its retry window');
+      await this.options.onDisabled?.(environment, endpoint, result.error);
+    }
+  }
+}
