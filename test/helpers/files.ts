@@ -204,7 +204,8 @@ export async function until(condition: () => boolean | Promise<boolean>, what: s
  * Waits until the backup has recorded at least `entries` history entries of the caller's tenant
  * and environment and has nothing pending; returns `GET /v1/backups/status` then.
  */
-export async function backedUp(server: Client, key: string, entries: number, limitMs = 60_000): Promise<{ pending_events: number; versions: number; bytes: number }> {
+// 3 minutes: a worker that takes over a JetStream consumer first waits out its ack wait (30 s), on a loaded machine too.
+export async function backedUp(server: Client, key: string, entries: number, limitMs = 180_000): Promise<{ pending_events: number; versions: number; bytes: number }> {
   let status: { pending_events: number; versions: number; bytes: number } | undefined;
   await until(
     async () => {
