@@ -1,19 +1,17 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { sql } from 'kysely';
-import { SMTPServer } from 'smtp-server';
 import { request } from 'undici';
 import { withTenant } from '../src/adapters/db/pg.ts';
 import { DownloadTokens } from '../src/services/exports/domain/download-token.ts';
 import { isSafeEntryName } from '../src/services/exports/domain/entry-names.ts';
 import { insertFile } from '../src/services/files/repo/files.repo.ts';
 import { createTenant, sha256, until, uploadRaw } from './helpers/files.ts';
-import { decodeQuotedPrintable, waitForMails } from './helpers/mail.ts';
+import { decodeQuotedPrintable, type SmtpReceiver, startSmtpReceiver, waitForMails } from './helpers/mail.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 import { inProcessOnly } from './helpers/shape.ts';
 import { readZip } from './helpers/zip.ts';
@@ -333,29 +331,14 @@ describe('zip export of bytes that are not what the database records', { skip: i
 
 describe('zip export over SMTP, and hostile names', () => {
   let server: TestServer;
-  let smtp: SMTPServer;
-  const received: Array<{ to: string[]; data: string }> = [];
+  let smtp: SmtpReceiver;
   before(async () => {
-    smtp = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onData(stream, session, callback) {
-        const chunks: Buffer[] = [];
-        stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-        stream.on('end', () => {
-          received.push({ to: session.envelope.rcptTo.map((r) => r.address), data: Buffer.concat(chunks).toString('utf8') });
-          callback();
-        });
-      },
-    });
-    await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', () => resolve()));
-    const { port } = smtp.server.address() as AddressInfo;
-    server = await startServer({ SMTP_URL: `smtp://127.0.0.1:${port}` });
+    smtp = await startSmtpReceiver();
+    server = await startServer({ SMTP_URL: smtp.url });
   });
   after(async () => {
     await server?.close();
-    await new Promise<void>((resolve) => smtp.close(() => resolve()));
+    await smtp?.close();
   });
 
   it('gives every entry a safe, unique name, and unzip accepts the archive', { skip: inProcessOnly('writes hostile rows through the files repository') }, async () => {
@@ -413,9 +396,9 @@ describe('zip export over SMTP, and hostile names', () => {
     assert.equal(created.status, 202, created.text);
     const finished = await waitFinished(server, key, created.json.id);
     assert.equal(finished.status, 'ready', JSON.stringify(finished));
-    await until(() => received.length > 0, 'the SMTP server to receive the mail');
-    assert.deepEqual(received[0]?.to, ['ops@example.com']);
-    const downloaded = await get(server, linkIn(received[0]?.data ?? ''));
+    await until(() => smtp.received.length > 0, 'the SMTP server to receive the mail');
+    assert.deepEqual(smtp.received[0]?.to, ['ops@example.com']);
+    const downloaded = await get(server, linkIn(smtp.received[0]?.data ?? ''));
     assert.equal(downloaded.status, 200);
     assert.equal((await fs.readdir(path.join(server.dataDir, 'mail')).catch(() => [])).length, 0, 'with SMTP_URL no .eml is written');
 

@@ -1,14 +1,12 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { decodeJwt } from 'jose';
 import { sql } from 'kysely';
-import { SMTPServer } from 'smtp-server';
 import { type Db, tenantBatch } from '../src/adapters/db/pg.ts';
 import { loginSessionInsert } from '../src/services/identity/repo/sessions.repo.ts';
-import { decodeQuotedPrintable, resetTokenIn, waitForMails } from './helpers/mail.ts';
+import { decodeQuotedPrintable, resetTokenIn, type SmtpReceiver, startSmtpReceiver, waitForMails } from './helpers/mail.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 
 /** The user's whole life over real HTTPS: register to password reset, by mail file and by SMTP. */
@@ -339,47 +337,28 @@ describe('identity flow over HTTPS (mail as .eml files)', () => {
 
 describe('identity mail over SMTP', () => {
   let server: TestServer;
-  let smtp: SMTPServer;
-  const received: Array<{ to: string[]; data: string }> = [];
-  let notify: (() => void) | undefined;
+  let smtp: SmtpReceiver;
 
   before(async () => {
-    smtp = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['STARTTLS'],
-      logger: false,
-      onData(stream, session, callback) {
-        const chunks: Buffer[] = [];
-        stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-        stream.on('end', () => {
-          received.push({ to: session.envelope.rcptTo.map((r) => r.address), data: Buffer.concat(chunks).toString('utf8') });
-          notify?.();
-          callback();
-        });
-      },
-    });
-    await new Promise<void>((resolve) => smtp.listen(0, '127.0.0.1', () => resolve()));
-    const { port } = smtp.server.address() as AddressInfo;
-    server = await startServer({ SMTP_URL: `smtp://127.0.0.1:${port}` });
+    smtp = await startSmtpReceiver();
+    server = await startServer({ SMTP_URL: smtp.url });
   });
   after(async () => {
     await server?.close();
-    await new Promise<void>((resolve) => smtp.close(() => resolve()));
+    await smtp?.close();
   });
 
   it('delivers the reset mail to the SMTP server and the token works', async () => {
     const key = server.keys.live.application_key;
     await register(server, 'bob@example.com', PASSWORD, key);
-    const arrived = new Promise<void>((resolve) => {
-      notify = resolve;
-    });
+    const arrived = smtp.nextMail();
     const forgot = await server.request('POST', '/v1/auth/password/forgot', { basic: key, json: { email: 'bob@example.com' } });
     assert.equal(forgot.status, 202);
     await arrived;
-    assert.equal(received.length, 1, JSON.stringify(received));
-    assert.deepEqual(received[0]?.to, ['bob@example.com']);
-    assert.match(received[0]?.data ?? '', /Subject: Reset your password/);
-    const token = resetTokenIn(received[0]?.data ?? '');
+    assert.equal(smtp.received.length, 1, JSON.stringify(smtp.received));
+    assert.deepEqual(smtp.received[0]?.to, ['bob@example.com']);
+    assert.match(smtp.received[0]?.data ?? '', /Subject: Reset your password/);
+    const token = resetTokenIn(smtp.received[0]?.data ?? '');
     const reset = await server.request('POST', '/v1/auth/password/reset', { basic: key, json: { token, password: 'smtp delivered pw' } });
     assert.equal(reset.status, 204);
     assert.equal((await login(server, 'bob@example.com', 'smtp delivered pw', key)).status, 200);
