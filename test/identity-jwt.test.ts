@@ -11,7 +11,7 @@ import { dropDatabases } from '../src/adapters/db/pg.ts';
 import { createApp } from '../src/app.ts';
 import { loadConfig } from '../src/core/config.ts';
 import type { Environment } from '../src/core/principal.ts';
-import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
+import { SecretBox } from '../src/core/secret-box.ts';
 import { makeTempDir, startServer, type TestResponse, type TestServer } from './helpers/server.ts';
 import { inProcessOnly } from './helpers/shape.ts';
 

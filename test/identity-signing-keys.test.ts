@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { decodeProtectedHeader } from 'jose';
-import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
+import { SecretBox } from '../src/core/secret-box.ts';
 import { TokenService } from '../src/services/identity/domain/tokens.service.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
 

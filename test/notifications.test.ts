@@ -14,7 +14,7 @@ import { OutboxBus } from '../src/adapters/bus/outbox.ts';
 import type { Db } from '../src/adapters/db/pg.ts';
 import type { BusEvent } from '../src/core/events.ts';
 import { type ConsumerOptions, type EventBus, lockSubject } from '../src/core/ports.ts';
-import { SecretBox } from '../src/services/identity/domain/secret-box.ts';
+import { SecretBox } from '../src/core/secret-box.ts';
 import { createNotificationsService } from '../src/services/notifications/plugin.ts';
 import { createTenant, until, uploadRaw } from './helpers/files.ts';
 import { startServer, type TestServer } from './helpers/server.ts';

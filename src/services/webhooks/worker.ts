@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Databases } from '../../adapters/db/pg.ts';
 import { ENVIRONMENTS, type Environment } from '../../core/principal.ts';
-import type { SecretBox } from '../identity/domain/secret-box.ts';
+import type { SecretBox } from '../../core/secret-box.ts';
 import { signedHeaders } from './domain/signing.ts';
 import { secretPurpose } from './domain/webhooks.service.ts';
 import { type AttemptOutcome, claimDue, type DeliveryRow, recordAttempts, releaseClaims } from './repo/deliveries.repo.ts';

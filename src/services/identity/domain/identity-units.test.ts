@@ -5,10 +5,10 @@ import { MemoryRevocationList } from '../../../adapters/cache/memory-revocations
 import type { Databases } from '../../../adapters/db/pg.ts';
 import { AppError, Errors } from '../../../core/errors.ts';
 import type { RevocationList } from '../../../core/ports.ts';
+import { SecretBox } from '../../../core/secret-box.ts';
 import { generateKey, parseKey } from './api-keys.ts';
 import { LoginThrottle } from './login-throttle.ts';
 import { TokenRevocations } from './revocations.ts';
-import { SecretBox } from './secret-box.ts';
 import type { AccessClaims } from './tokens.service.ts';
 
 const SECRET = 'a'.repeat(43);

@@ -3,8 +3,8 @@ import { decodeJwt, decodeProtectedHeader, type JWK, jwtVerify } from 'jose';
 import type { Databases } from '../../../adapters/db/pg.ts';
 import { ENVIRONMENTS } from '../../../adapters/db/pg.ts';
 import { type Environment, isEnvironment } from '../../../core/principal.ts';
+import type { SecretBox } from '../../../core/secret-box.ts';
 import * as keysRepo from '../repo/signing-keys.repo.ts';
-import type { SecretBox } from './secret-box.ts';
 
 /**
  * User access tokens: JWTs signed with Ed25519 (EdDSA), 15 minutes, `kid` in the header.

@@ -4,7 +4,7 @@ import { FILE_EVENT_TYPES } from '../../../core/events.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
-import type { SecretBox } from '../../identity/domain/secret-box.ts';
+import type { SecretBox } from '../../../core/secret-box.ts';
 import * as deliveriesRepo from '../repo/deliveries.repo.ts';
 import * as endpointsRepo from '../repo/endpoints.repo.ts';
 import { type AllowedNetworks, judgeUrl } from './address-safety.ts';
