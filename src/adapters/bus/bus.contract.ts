@@ -76,11 +76,26 @@ export function busContract(driver: string, harness: BusHarness): void {
   describe(`EventBus contract: ${driver}`, () => {
     it('an ephemeral consumer gets what commits from its start on, and after a restart nothing again but what is new', async () => {
       await withBus(async (fixture) => {
+        // A writer that began before the early event and commits after the start: its event is
+        // new to the consumer, and while it runs it holds the oldest running transaction back,
+        // behind the early event (as any long transaction on the server would).
+        let appended = () => {};
+        let release = () => {};
+        const inserted = new Promise<void>((resolve) => (appended = resolve));
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const held = fixture.write('test', async (trx) => {
+          const event = await fixture.bus.append(trx, 'test', newEvent('Held', { n: -1 }));
+          appended();
+          await gate;
+          return event;
+        });
+        await inserted;
         await append(fixture, 'test', newEvent('Early', { n: 0 }));
         const got: BusEvent[] = [];
         fixture.bus.consume('present', async (event) => void got.push(event), { ephemeral: true, lowLatency: true });
         await fixture.bus.start();
-        const during: BusEvent[] = [];
+        release();
+        const during: BusEvent[] = [await held];
         for (let i = 1; i <= 5; i++) during.push(await append(fixture, 'test', newEvent('During', { n: i })));
         await until(() => firsts(got).length >= during.length, 'the events appended after the start');
         await sleep(100);

@@ -49,6 +49,8 @@ export interface ConsumerLoop {
   /** The consumer's tap when it delivers from notifications. Kept even if the listener drops it: what went ahead must still be skipped by the read. */
   tap: NotificationTap | undefined;
   pollMs: number | undefined;
+  /** Called once the loop knows where it starts (or stops before): the bus's `start` waits for it, so that an ephemeral consumer gets what commits after `start`. */
+  positioned: () => void;
 }
 
 /**
@@ -72,8 +74,12 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
   signal.addEventListener('abort', onWake);
   try {
     let cursor: Position;
+    // An ephemeral consumer's rows that committed before its start, though after its position.
+    let past: ((xid: string) => boolean) | undefined;
     if (consumer.ephemeral) {
-      cursor = await retries.persistently(log, 'finding the present', () => presentPosition(db));
+      const present = await retries.persistently(log, 'finding the present', () => presentPosition(db));
+      cursor = present.position;
+      past = present.committedBefore;
     } else {
       const saved = await retries.persistently(log, 'reading the cursor', () => cursorOf(db, consumer.name));
       // Left by a process that stopped while failing; said again at once if it still fails.
@@ -81,6 +87,7 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
       cursor = { xid: saved.xid, id: saved.id };
     }
     if (tap) tap.position = { xid: BigInt(cursor.xid), id: cursor.id };
+    loop.positioned();
     let lastReadAt = Number.NEGATIVE_INFINITY;
     let catchingUp = false;
     while (!signal.aborted) {
@@ -101,14 +108,15 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
         continue;
       }
       catchingUp = rows.length === BATCH;
-      const wanted = consumer.types ? rows.filter((row) => consumer.types?.has(row.type)) : rows;
+      const isWanted = (row: OutboxRow) => (!consumer.types || consumer.types.has(row.type)) && !past?.(row.xid);
+      const wanted = rows.filter(isWanted);
       if (tap) {
         // One row at a time, between the deliveries from notifications: skip what went
         // ahead, deliver the rest, and let the notifications behind each row go.
         for (const row of rows) {
           if (signal.aborted) return;
           await tap.exclusive(async () => {
-            if (!tap.ahead.has(row.id) && (!consumer.types || consumer.types.has(row.type))) {
+            if (!tap.ahead.has(row.id) && isWanted(row)) {
               await deliver(retries, consumer, db, row, environment, log);
             }
             tap.passed({ xid: BigInt(row.xid), id: row.id });
@@ -149,6 +157,7 @@ export async function runConsumer(loop: ConsumerLoop): Promise<void> {
   } catch (error) {
     if (!signal.aborted) log.error({ err: error }, 'consumer stopped on an unexpected error');
   } finally {
+    loop.positioned();
     wakers.delete(onWake);
     signal.removeEventListener('abort', onWake);
   }

@@ -48,15 +48,29 @@ export async function readPending(db: Db, after: Position, limit: number): Promi
   return { rows: result.rows.filter((row) => row.id !== null), horizon };
 }
 
-/**
- * A position just behind every row that can still commit: each row whose transaction has
- * ended (xid below the snapshot's xmin) is before it, each one still to commit after it.
- * Where an ephemeral consumer starts.
- */
-export async function presentPosition(db: Db): Promise<Position> {
-  const result = await sql<{ xmin: string }>`select pg_snapshot_xmin(pg_current_snapshot())::text as xmin`.execute(db);
-  const xmin = BigInt(result.rows[0]?.xmin ?? '1');
-  return { xid: String(xmin - 1n), id: Number.MAX_SAFE_INTEGER };
+/** Where an ephemeral consumer starts, and which rows after that position committed before its start. */
+export interface Present {
+  /** Just behind every row that can still commit: each row whose transaction had ended by the start (xid below the snapshot's xmin) is before it. */
+  position: Position;
+  /**
+   * True for a row at or after `position` that had committed by the start all the same: its
+   * transaction began after the oldest one then running (xmin is cluster-wide, so any long
+   * transaction, in any database, holds it back) and ended before the start.
+   */
+  committedBefore: (xid: string) => boolean;
+}
+
+/** The present, from the snapshot `xmin:xmax:xip,...`: a row is past if its xid is below xmax and was not running then. */
+export async function presentPosition(db: Db): Promise<Present> {
+  const result = await sql<{ snapshot: string }>`select pg_current_snapshot()::text as snapshot`.execute(db);
+  const [xminText = '1', xmaxText = '1', runningText = ''] = (result.rows[0]?.snapshot ?? '').split(':');
+  const xmin = BigInt(xminText);
+  const xmax = BigInt(xmaxText);
+  const running = new Set(runningText.split(',').filter(Boolean));
+  return {
+    position: { xid: String(xmin - 1n), id: Number.MAX_SAFE_INTEGER },
+    committedBefore: (xid) => BigInt(xid) < xmax && !running.has(xid),
+  };
 }
 
 /** `EventBus.readSince` on one environment's database. */

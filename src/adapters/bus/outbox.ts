@@ -57,7 +57,7 @@ export class OutboxBus implements EventBus {
   private readonly taps = new Map<Environment, Map<string, NotificationTap>>(ENVIRONMENTS.map((env) => [env, new Map()]));
   private readonly listeners: pg.Client[] = [];
   /** The consumers delivering in this process: the switch that stops each, and its loops (one per environment). */
-  private readonly running = new Map<string, { stop: AbortController; loops: Promise<void>[] }>();
+  private readonly running = new Map<string, { stop: AbortController; loops: Promise<void>[]; positioned: Promise<void> }>();
   /** Every loop not yet ended, stopped ones included: what `close` waits for. */
   private readonly loops = new Set<Promise<void>>();
   private readonly abort = new AbortController();
@@ -118,6 +118,9 @@ export class OutboxBus implements EventBus {
       this.listeners.push(client);
     }
     for (const consumer of this.consumers) if (consumer.autoStart) this.startConsumer(consumer.name);
+    // An ephemeral consumer delivers what commits after its start: `start` resolves once each knows where that is.
+    const ephemerals = this.consumers.filter((consumer) => consumer.ephemeral && consumer.autoStart);
+    await Promise.all(ephemerals.map((consumer) => this.running.get(consumer.name)?.positioned));
   }
 
   startConsumer(name: string): void {
@@ -128,7 +131,10 @@ export class OutboxBus implements EventBus {
     const stop = new AbortController();
     // Its own switch as well as the bus's: stopping it ends its waits and retries, not the others'.
     const retries = new Retries(this.options, AbortSignal.any([this.abort.signal, stop.signal]));
+    const positions: Array<Promise<void>> = [];
     const loops = ENVIRONMENTS.map((environment) => {
+      let positioned = () => {};
+      positions.push(new Promise<void>((resolve) => (positioned = resolve)));
       const loop: Promise<void> = runConsumer({
         consumer,
         environment,
@@ -138,11 +144,12 @@ export class OutboxBus implements EventBus {
         wakers: this.wakers.get(environment) as Set<() => void>,
         tap: this.taps.get(environment)?.get(name),
         pollMs: this.options.pollMs,
+        positioned,
       }).finally(() => this.loops.delete(loop));
       this.loops.add(loop);
       return loop;
     });
-    this.running.set(name, { stop, loops });
+    this.running.set(name, { stop, loops, positioned: Promise.all(positions).then(() => undefined) });
   }
 
   async stopConsumer(name: string): Promise<void> {
