@@ -158,6 +158,7 @@ export function createApp(config: Config, logger: Logger): App {
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
       routes: [...identity.routes, ...files.routes, ...backup.routes, ...exports.routes, ...webhooks.routes],
+      metricsToken: config.metricsToken,
       version: VERSION,
     });
     notifications.attach(gateway.server as https.Server);

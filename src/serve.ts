@@ -131,6 +131,7 @@ async function serveGateway(platform: Platform, nats: NatsConnection, tokens: In
     sockets,
     openapiDocument: JSON.parse(await fs.readFile(OPENAPI_DOCUMENT, 'utf8')),
     services: () => registry.counts(),
+    metricsToken: config.metricsToken,
     version: VERSION,
   });
   await gateway.listen({ host: config.host, port: config.port });
@@ -219,7 +220,15 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
     throw new Error(`bantu serve ${name}: not a service behind the gateway`);
   }
 
-  const server = await createServiceServer({ logger, routes, internalRoutes, tokens, metrics: platform.metrics, checks: platform.checks });
+  const server = await createServiceServer({
+    logger,
+    routes,
+    internalRoutes,
+    tokens,
+    metrics: platform.metrics,
+    checks: platform.checks,
+    metricsToken: config.metricsToken,
+  });
   await server.listen({ host: config.service.host, port: config.service.port });
   platform.defer(() => server.close());
   const sessionPrefix = notifications ? randomBytes(4).toString('hex') : undefined;

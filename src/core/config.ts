@@ -28,6 +28,9 @@ export const EnvSchema = Type.Object({
   BANTU_TLS_CERT: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate file; without it a self-signed one is made under the data dir' })),
   BANTU_TLS_KEY: Type.Optional(Type.String({ minLength: 1, description: 'PEM private key file for BANTU_TLS_CERT' })),
   BANTU_OPERATOR_TOKEN: Type.Optional(Type.String({ minLength: 24, description: 'Platform operator secret (creates tenants); generated on first start when unset' })),
+  BANTU_METRICS_TOKEN: Type.Optional(
+    Type.String({ minLength: 24, description: 'When set, /metrics answers only requests with `Authorization: Bearer <token>` (401 otherwise); unset, /metrics is open' }),
+  ),
   BANTU_CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed for browsers and Socket.IO clients' }),
   BANTU_MAX_UPLOAD_BYTES: positiveInt('Largest accepted upload, in bytes', 1024 ** 3),
   BANTU_TENANT_QUOTA_BYTES: Type.Optional(positiveInt('Storage quota per tenant and environment, in bytes (unset: unlimited)')),
@@ -132,6 +135,7 @@ export interface Config {
   httpPort?: number;
   tls?: { certFile: string; keyFile: string };
   operatorToken?: string;
+  metricsToken?: string;
   corsOrigins: string[];
   maxUploadBytes: number;
   tenantQuotaBytes?: number;
@@ -228,6 +232,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       httpPort: e.BANTU_HTTP_PORT,
       tls: e.BANTU_TLS_CERT && e.BANTU_TLS_KEY ? { certFile: path.resolve(cwd, e.BANTU_TLS_CERT), keyFile: path.resolve(cwd, e.BANTU_TLS_KEY) } : undefined,
       operatorToken: e.BANTU_OPERATOR_TOKEN,
+      metricsToken: e.BANTU_METRICS_TOKEN,
       corsOrigins,
       maxUploadBytes: e.BANTU_MAX_UPLOAD_BYTES,
       tenantQuotaBytes: e.BANTU_TENANT_QUOTA_BYTES,

@@ -1,11 +1,13 @@
-import { X509Certificate } from 'node:crypto';
+import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import { Gauge, Histogram, type Registry } from 'prom-client';
+import { AppError, Errors } from '../core/errors.ts';
 
 /**
- * Health, readiness and metrics: no credentials. Readiness asks every registered
- * dependency; one that is down (or takes over 2 s) makes the answer 503.
+ * Health, readiness and metrics: no credentials, except for /metrics when
+ * BANTU_METRICS_TOKEN is set. Readiness asks every registered dependency; one that is down
+ * (or takes over 2 s) makes the answer 503.
  */
 export type ReadinessCheck = () => Promise<void>;
 
@@ -16,6 +18,16 @@ export interface OperationsDeps {
   services?: () => Record<string, number>;
   /** The gateway's TLS certificate (PEM): its expiry is exported, for the alert before it lapses. */
   certificate?: string;
+  /** BANTU_METRICS_TOKEN: when set, /metrics wants it as a Bearer token. */
+  metricsToken?: string;
+}
+
+/** Compares digests, so that neither the length nor the bytes of the token leak through timing. */
+function bearerMatches(header: string | undefined, token: string): boolean {
+  const presented = /^Bearer (\S+)$/i.exec(header ?? '')?.[1];
+  if (!presented) return false;
+  const digest = (value: string) => createHash('sha256').update(value).digest();
+  return timingSafeEqual(digest(presented), digest(token));
 }
 
 type DependencyState = { status: 'ok' | 'down'; detail?: string };
@@ -127,7 +139,13 @@ export function registerOperations(app: FastifyInstance, deps: OperationsDeps): 
     },
   );
 
-  app.get('/metrics', { schema: { tags: ['operations'], summary: 'Prometheus metrics' } }, async (_request, reply) => {
+  const metricsToken = deps.metricsToken;
+  const metricsSummary = metricsToken ? 'Prometheus metrics (Bearer BANTU_METRICS_TOKEN)' : 'Prometheus metrics';
+  app.get('/metrics', { schema: { tags: ['operations'], summary: metricsSummary } }, async (request, reply) => {
+    if (metricsToken && !bearerMatches(request.headers.authorization, metricsToken)) {
+      reply.header('www-authenticate', 'Bearer realm="metrics"');
+      throw new AppError(Errors.unauthorized, '/metrics needs Authorization: Bearer <BANTU_METRICS_TOKEN>');
+    }
     reply.type(deps.metrics.contentType);
     return deps.metrics.metrics();
   });

@@ -38,6 +38,8 @@ export interface GatewayOptions {
   openapiDocument?: object;
   /** Distributed mode: live instances per service, shown by /readyz. */
   services?: () => Record<string, number>;
+  /** BANTU_METRICS_TOKEN: /metrics then wants it. */
+  metricsToken?: string;
   version: string;
 }
 
@@ -111,7 +113,13 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true } });
 
   registerAuthentication(app, options.verifiers);
-  registerOperations(app, { metrics: options.metrics, checks: options.checks, services: options.services, certificate: options.tls?.cert });
+  registerOperations(app, {
+    metrics: options.metrics,
+    checks: options.checks,
+    services: options.services,
+    certificate: options.tls?.cert,
+    metricsToken: options.metricsToken,
+  });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
   await mountApiRoutes(app, options.routes);

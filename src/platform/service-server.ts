@@ -24,6 +24,8 @@ export interface ServiceServerOptions {
   tokens: InternalTokens;
   metrics: Registry;
   checks: Map<string, ReadinessCheck>;
+  /** BANTU_METRICS_TOKEN: /metrics then wants it. */
+  metricsToken?: string;
 }
 
 const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
@@ -65,7 +67,7 @@ export async function createServiceServer(options: ServiceServerOptions): Promis
     const existing = route.preHandler === undefined ? [] : Array.isArray(route.preHandler) ? route.preHandler : [route.preHandler];
     route.preHandler = [check, ...existing];
   });
-  registerOperations(app, { metrics: options.metrics, checks: options.checks });
+  registerOperations(app, { metrics: options.metrics, checks: options.checks, metricsToken: options.metricsToken });
   await mountApiRoutes(app, options.routes);
   const internal = options.internalRoutes ?? [];
   if (internal.length > 0) {
