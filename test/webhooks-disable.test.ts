@@ -75,6 +75,8 @@ describe('webhooks: an endpoint failing for the whole retry window', () => {
     assert.equal(sample('webhook_deliveries_total', 'outcome="failed"'), 1);
     assert.equal(sample('webhook_deliveries_total', 'outcome="retrying"'), delivery.attempt - 1);
     assert.equal(sample('webhook_endpoints_disabled_total', 'environment="test"'), 1);
+    // Exported at 0 before any disable, so Prometheus sees the first one as an increase (the alert).
+    assert.equal(sample('webhook_endpoints_disabled_total', 'environment="live"'), 0);
     assert.equal(sample('webhook_delivery_duration_seconds_count', 'outcome="success"'), 2);
     assert.equal(sample('webhook_delivery_duration_seconds_count', 'outcome="failure"'), delivery.attempt);
     assert.equal(sample('webhook_deliveries_pending', 'environment="test"'), 0);

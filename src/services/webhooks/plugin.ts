@@ -131,11 +131,21 @@ function webhookMetrics(registry: Registry, databases: Databases) {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15],
       registers: [registry],
     }),
-    disabled: new Counter({
-      name: 'webhook_endpoints_disabled_total',
-      help: 'Webhook endpoints disabled after failing for the whole retry window',
-      labelNames: ['environment'],
-      registers: [registry],
-    }),
+    disabled: disabledCounter(registry),
   };
+}
+
+/**
+ * Starts at 0 in both environments: a series that first appears at 1 has no increase for
+ * Prometheus to see, and the first endpoint disabled would raise no alert.
+ */
+function disabledCounter(registry: Registry): Counter<'environment'> {
+  const counter = new Counter({
+    name: 'webhook_endpoints_disabled_total',
+    help: 'Webhook endpoints disabled after failing for the whole retry window',
+    labelNames: ['environment'],
+    registers: [registry],
+  });
+  for (const environment of ['live', 'test'] as const) counter.inc({ environment }, 0);
+  return counter;
 }
