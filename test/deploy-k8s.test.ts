@@ -4,6 +4,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import Fastify from 'fastify';
+import { Deployment } from 'kubernetes-models/apps/v1';
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1';
+import { PodDisruptionBudget } from 'kubernetes-models/policy/v1';
+import { ConfigMap, PersistentVolumeClaim, Secret, Service } from 'kubernetes-models/v1';
 import { Registry } from 'prom-client';
 import { parse, parseAllDocuments } from 'yaml';
 import { EnvSchema } from '../src/core/config.ts';
@@ -16,8 +20,8 @@ import { SERVICE_NAMES } from '../src/platform/catalogue.ts';
  * then every service of the catalogue must have its Deployment and Service, probes on paths
  * the code serves, no root, a read-only root filesystem with the places Bantu writes mounted,
  * and only variables src/core/config.ts reads. Each check also runs on a broken copy, to show
- * it fails. Not validated against the Kubernetes OpenAPI schemas: no schema package (such as
- * kubernetes-models) is in node_modules, and the kubectl here has no cluster to ask.
+ * it fails. Every object is also validated against the Kubernetes JSON schemas
+ * (kubernetes-models; the kubectl here has no cluster to ask).
  */
 const ROOT = path.join(import.meta.dirname, '..');
 const K8S = path.join(ROOT, 'deploy', 'k8s');
@@ -177,7 +181,38 @@ function availabilityProblems(all: Manifest[]): string[] {
   return problems;
 }
 
+/** The schema of each kind the manifests use; a kind not listed here is a problem until it is added. */
+const MODELS: Record<string, new (data: never) => { validate(): void }> = {
+  'apps/v1/Deployment': Deployment,
+  'networking.k8s.io/v1/NetworkPolicy': NetworkPolicy,
+  'policy/v1/PodDisruptionBudget': PodDisruptionBudget,
+  'v1/ConfigMap': ConfigMap,
+  'v1/PersistentVolumeClaim': PersistentVolumeClaim,
+  'v1/Secret': Secret,
+  'v1/Service': Service,
+};
+
+/** Each object, the Secret template with them, against the Kubernetes JSON schema of its kind. */
+function schemaProblems(all: Manifest[], secret: Manifest): string[] {
+  const problems: string[] = [];
+  for (const manifest of [...all, secret]) {
+    const kind = `${(manifest as { apiVersion?: string }).apiVersion}/${manifest.kind}`;
+    const Model = MODELS[kind];
+    if (!Model) {
+      problems.push(`${manifest.metadata.name}: no schema for ${kind}`);
+      continue;
+    }
+    try {
+      new Model(structuredClone(manifest) as never).validate();
+    } catch (error) {
+      problems.push(`${manifest.metadata.name}: ${kind} does not match its schema: ${(error as Error).message}`);
+    }
+  }
+  return problems;
+}
+
 const allProblems = (all: Manifest[], secret = secretTemplate()) => [
+  ...schemaProblems(all, secret),
   ...serviceProblems(all),
   ...probeProblems(all),
   ...securityProblems(all),
@@ -211,6 +246,7 @@ describe('deploy/k8s', () => {
   const find = (all: Manifest[], name: string) => deployments(all).find((d) => served(d) === name) as Manifest;
   const container = (all: Manifest[], name: string) => find(all, name).spec.template.spec.containers[0];
   const breakages: Array<[string, (all: Manifest[], secret: Manifest) => Manifest[] | undefined, RegExp]> = [
+    ['a replica count that is not a number', (all) => { find(all, 'files').spec.replicas = 'two'; }, /bantu-files: apps\/v1\/Deployment does not match its schema/],
     ['a service without a Deployment', (all) => all.filter((m) => m !== find(all, 'exports')), /exports: 0 Deployment/],
     ['a liveness probe on another path', (all) => { container(all, 'identity').livenessProbe.httpGet.path = '/health'; }, /identity: livenessProbe is not on \/healthz/],
     ['a gateway probe in plain HTTP', (all) => { container(all, 'gateway').readinessProbe.httpGet.scheme = 'HTTP'; }, /gateway: readinessProbe asks HTTP/],
