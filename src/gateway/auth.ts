@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AppError, Errors } from '../core/errors.ts';
 import type { CredentialVerifier } from '../core/ports.ts';
 import type { Principal, TenantPrincipal } from '../core/principal.ts';
+import { logWithPrincipal } from './log-context.ts';
 
 /**
  * Authentication at the gateway: services receive `request.principal`, already verified.
@@ -96,6 +97,7 @@ function authenticator(verifiers: CredentialVerifier[], rule: RouteAuth & { auth
     const principal = await verifyCredential(verifiers, request.headers.authorization);
     enforceRule(principal, rule);
     request.principal = principal;
+    logWithPrincipal(request, principal);
   };
 }
 

@@ -58,6 +58,8 @@ export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial; trus
     ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key } } : {}),
     // Echo a client's request id when it is sane; otherwise make one.
     requestIdHeader: false,
+    // Log lines name it as the problem documents and the other log fields do.
+    requestIdLogLabel: 'request_id',
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();

@@ -4,6 +4,7 @@ import type { Registry } from 'prom-client';
 import { AppError, Errors } from '../core/errors.ts';
 import type { RouteAuth } from '../gateway/auth.ts';
 import { enforceRule } from '../gateway/auth.ts';
+import { logWithPrincipal } from '../gateway/log-context.ts';
 import { type ReadinessCheck, registerOperations } from '../gateway/operations.ts';
 import { mountApiRoutes, type Route } from '../gateway/routes.ts';
 import { createHttpApp } from '../gateway/server.ts';
@@ -49,6 +50,7 @@ export async function createServiceServer(options: ServiceServerOptions): Promis
     const claims = options.tokens.verify(typeof token === 'string' ? token : undefined, request.method, request.url);
     if (!claims) throw new AppError(Errors.unauthorized, 'This port answers only the Bantu gateway');
     request.principal = claims.principal;
+    if (claims.principal) logWithPrincipal(request, claims.principal);
     request.fromService = claims.audience === 'service';
   });
   // The gateway has applied each route's rule already; applying it again costs nothing and
