@@ -143,17 +143,26 @@ export class DeliveryWorker {
     while (this.running && hold.busy < this.options.perEndpoint && hold.queue.length > 0) {
       const row = hold.queue.shift() as DeliveryRow;
       hold.busy += 1;
-      const attempt = this.attempt(hold.environment, hold.endpoint, row)
+      // The endpoint's slot is free once the answer is in: writing the outcome (batched with
+      // others) need not hold the next delivery back. A process that dies before the write
+      // sends it again when the lease ends: at least once, as the receivers expect.
+      let freed = false;
+      const free = () => {
+        if (freed) return;
+        freed = true;
+        hold.busy -= 1;
+        this.pump(hold);
+        if (hold.queue.length === 0) {
+          if (hold.busy === 0) this.held.delete(hold.endpoint.id);
+          // A free slot and nothing queued: more may be due in the database.
+          this.wake();
+        }
+      };
+      const attempt = this.attempt(hold.environment, hold.endpoint, row, free)
         .catch((error) => this.options.logger.warn({ err: error, delivery: row.id }, 'webhook attempt not recorded; it is sent again when its lease ends'))
         .finally(() => {
-          hold.busy -= 1;
           this.inFlight.delete(attempt);
-          this.pump(hold);
-          if (hold.queue.length === 0) {
-            if (hold.busy === 0) this.held.delete(hold.endpoint.id);
-            // A free slot and nothing queued: more may be due in the database.
-            this.wake();
-          }
+          free();
         });
       this.inFlight.add(attempt);
     }
@@ -186,7 +195,8 @@ export class DeliveryWorker {
     }
   }
 
-  private async attempt(environment: Environment, endpoint: EndpointRow, row: DeliveryRow): Promise<void> {
+  /** Sends one delivery and records its outcome; `sent` is called once the answer (or the failure) is in. */
+  private async attempt(environment: Environment, endpoint: EndpointRow, row: DeliveryRow, sent: () => void): Promise<void> {
     const { box } = this.options;
     const purpose = secretPurpose(endpoint.id);
     const secrets = [box.open(endpoint.secret, purpose).toString('utf8')];
@@ -195,6 +205,7 @@ export class DeliveryWorker {
     }
     const headers = signedHeaders(secrets, row.event_id, Math.floor(Date.now() / 1000), row.payload);
     const result = await this.options.sender.send(endpoint.url, headers, row.payload);
+    sent();
     const db = this.options.databases.environments[environment];
     const base = { responseStatus: result.status, error: result.error, durationMs: result.durationMs };
     if (result.ok) {
