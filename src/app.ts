@@ -13,6 +13,7 @@ import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.t
 import type { Config } from './core/config.ts';
 import type { AdminNoticePort, AuditPort, FilesExportPort, UserDirectoryPort } from './core/ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
+import { routesOf } from './gateway/routes.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';
 import { loadTls, type TlsMaterial } from './gateway/tls.ts';
 import { moduleWork, periodicWork, runLed } from './platform/led.ts';
@@ -89,6 +90,7 @@ export function createApp(config: Config, logger: Logger): App {
     let tls!: TlsMaterial;
     platform = openPlatform(config, logger, {
       name: 'bantu',
+      version: VERSION,
       migrations: ALL_MIGRATIONS,
       exclusiveDataDir: true,
       relay: true,
@@ -157,7 +159,7 @@ export function createApp(config: Config, logger: Logger): App {
       checks: p.checks,
       // Keys and user tokens first: the hot paths never pay for the operator check (a hash).
       verifiers: [...identity.verifiers, operatorVerifier(operator.value)],
-      routes: [...identity.routes, ...files.routes, ...backup.routes, ...exports.routes, ...webhooks.routes],
+      routes: [identity, files, backup, exports, webhooks].flatMap(routesOf),
       metricsToken: config.metricsToken,
       version: VERSION,
     });

@@ -83,6 +83,7 @@ export async function serveService(config: Config, logger: Logger, name: Service
   };
   const platform = await openPlatform(config, logger, {
     name,
+    version: VERSION,
     migrations: ALL_MIGRATIONS,
     exclusiveDataDir: false,
     preflight: name === 'gateway' ? loadGatewayTls : undefined,
@@ -221,6 +222,7 @@ async function serveBehindGateway(platform: Platform, nats: NatsConnection, toke
   }
 
   const server = await createServiceServer({
+    service: name,
     logger,
     routes,
     internalRoutes,

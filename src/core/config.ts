@@ -123,6 +123,10 @@ export const EnvSchema = Type.Object({
   BANTU_EXPORTS_MAX_BYTES: positiveInt('Largest zip export, in bytes of file content (a larger one ends failed)', 10 * 1024 ** 3),
   BANTU_EXPORTS_KEEP: positiveInt('Finished zip exports kept per tenant and environment; a new export expires the oldest beyond it', 10),
   BANTU_EXPORTS_TTL_HOURS: positiveInt('How long a finished zip export and its mailed link stay valid', 24),
+  OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(url('OpenTelemetry collector (OTLP/HTTP): traces go to <url>/v1/traces; unset (and no OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), tracing is off at no cost')),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: Type.Optional(url('Full OTLP/HTTP traces URL; overrides OTEL_EXPORTER_OTLP_ENDPOINT')),
+  OTEL_EXPORTER_OTLP_HEADERS: Type.Optional(Type.String({ pattern: '^[^=,]+=[^,]*(,[^=,]+=[^,]*)*$', description: 'Headers sent to the collector, `name=value` pairs separated by commas (values URL-encoded), e.g. `authorization=Bearer%20xyz`' })),
+  OTEL_TRACES_SAMPLER_ARG: Type.Number({ minimum: 0, maximum: 1, default: 1, description: 'Share of new traces recorded (0 to 1); a request whose traceparent is sampled (or not) keeps that decision' }),
   MAIL_FROM: Type.String({ default: 'Bantu <no-reply@bantu.local>', description: 'Sender of mails' }),
 });
 
@@ -136,6 +140,8 @@ export interface Config {
   tls?: { certFile: string; keyFile: string };
   operatorToken?: string;
   metricsToken?: string;
+  /** Set when traces are exported (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). */
+  tracing?: TracingConfig;
   corsOrigins: string[];
   maxUploadBytes: number;
   tenantQuotaBytes?: number;
@@ -188,6 +194,34 @@ export interface ConfigProblem {
   message: string;
 }
 
+export interface TracingConfig {
+  /** The OTLP/HTTP traces URL. */
+  url: string;
+  headers: Record<string, string>;
+  sampleRatio: number;
+}
+
+function tracingOf(e: Env): TracingConfig | undefined {
+  const base = e.OTEL_EXPORTER_OTLP_ENDPOINT;
+  const url = e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? (base ? `${base.replace(/\/+$/, '')}/v1/traces` : undefined);
+  if (!url) return undefined;
+  const headers: Record<string, string> = {};
+  for (const pair of (e.OTEL_EXPORTER_OTLP_HEADERS ?? '').split(',').filter(Boolean)) {
+    const at = pair.indexOf('=');
+    const value = pair.slice(at + 1).trim();
+    headers[pair.slice(0, at).trim().toLowerCase()] = safeDecode(value);
+  }
+  return { url, headers, sampleRatio: e.OTEL_TRACES_SAMPLER_ARG };
+}
+
+function safeDecode(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value; // not URL-encoded after all: sent as written
+  }
+}
+
 export type ConfigResult = { ok: true; config: Config } | { ok: false; problems: ConfigProblem[] };
 
 const known = new Set(Object.keys(EnvSchema.properties));
@@ -233,6 +267,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       tls: e.BANTU_TLS_CERT && e.BANTU_TLS_KEY ? { certFile: path.resolve(cwd, e.BANTU_TLS_CERT), keyFile: path.resolve(cwd, e.BANTU_TLS_KEY) } : undefined,
       operatorToken: e.BANTU_OPERATOR_TOKEN,
       metricsToken: e.BANTU_METRICS_TOKEN,
+      tracing: tracingOf(e),
       corsOrigins,
       maxUploadBytes: e.BANTU_MAX_UPLOAD_BYTES,
       tenantQuotaBytes: e.BANTU_TENANT_QUOTA_BYTES,

@@ -30,6 +30,11 @@ export interface BusEvent<Data = Record<string, unknown>> {
   /** The subject's owner when there is one (a file's owner): lets consumers filter cheaply. */
   owner_id?: string | null;
   data: Data;
+  /**
+   * The W3C traceparent of the work that appended it, when tracing is on: a consumer's span
+   * joins that trace. Internal: neither notifications nor webhook deliveries carry it.
+   */
+  traceparent?: string;
 }
 
 /** What a producer appends; the bus adds the id, environment and time. */

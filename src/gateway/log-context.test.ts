@@ -56,4 +56,42 @@ describe('request log lines', () => {
     assert.equal(completed?.request_id, 'req-log-1');
     assert.ok(!lines.join('\n').includes(key), 'the key is in no log line');
   });
+
+  it("carry the caller's trace_id with tracing off, on every line of the request; a malformed traceparent is ignored", async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(...String(chunk).split('\n').filter(Boolean));
+        done();
+      },
+    });
+    const gateway = await createGateway({
+      logger: pino({ level: 'info' }, sink),
+      corsOrigins: [],
+      maxUploadBytes: 1024,
+      metrics: new Registry(),
+      checks: new Map(),
+      verifiers: [],
+      version: 'test',
+      routes: [route({ method: 'GET', url: '/ping', schema: {}, handler: async () => ({ ok: true }) })],
+    });
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    try {
+      for (const [requestId, traceparent] of [
+        ['req-traced', `00-${traceId}-00f067aa0ba902b7-01`],
+        ['req-malformed', `00-${traceId}-not-a-span-01`],
+        ['req-zero', `00-${'0'.repeat(32)}-00f067aa0ba902b7-01`],
+      ]) {
+        const response = await gateway.inject({ method: 'GET', url: '/v1/ping', headers: { traceparent, 'x-request-id': requestId } });
+        assert.equal(response.statusCode, 200, response.body);
+      }
+    } finally {
+      await gateway.close();
+    }
+    const records = lines.map((line) => JSON.parse(line));
+    const traced = records.filter((record) => record.request_id === 'req-traced');
+    assert.deepEqual(traced.map((record) => record.msg), ['incoming request', 'request completed']);
+    for (const record of traced) assert.equal(record.trace_id, traceId);
+    for (const record of records.filter((record) => record.request_id !== 'req-traced')) assert.equal(record.trace_id, undefined, JSON.stringify(record));
+  });
 });

@@ -7,10 +7,13 @@ import { Pool } from 'undici';
 import { AppError, Errors } from '../core/errors.ts';
 import type { CredentialVerifier } from '../core/ports.ts';
 import type { Principal } from '../core/principal.ts';
+import { injectTraceparent } from '../core/trace.ts';
 import type { ServiceName } from '../platform/catalogue.ts';
 import { INTERNAL_HEADER, type InternalTokens } from '../platform/internal-token.ts';
 import type { ServiceInstance } from '../platform/registry.ts';
 import { enforceRule, verifyCredential } from './auth.ts';
+import { nameTracedRoute } from './http-tracing.ts';
+import { logWithPrincipal } from './log-context.ts';
 import type { RouteDescription } from './routes.ts';
 import { bodyAgent, sendWithBody, type UpstreamAnswer } from './upstream-with-body.ts';
 
@@ -42,6 +45,8 @@ export interface ProxyOptions {
 interface Target {
   service: ServiceName;
   route: RouteDescription;
+  /** As routed (`/v1/files/:id`): the span's name says it, not the catch-all. */
+  path: string;
 }
 
 // Hop-by-hop headers (RFC 9110 7.6.1) and what the gateway replaces; everything else passes.
@@ -75,9 +80,11 @@ export class ServiceProxy {
       throw new AppError(Errors.notFound, `No route ${request.method} ${path}`);
     }
     const target = found.store as Target;
+    nameTracedRoute(request, target.path);
     let principal: Principal | null = null;
     if (target.route.auth && !(target.route.credentialsOptional && request.headers.authorization === undefined)) {
       principal = await verifyCredential(this.options.verifiers, request.headers.authorization);
+      logWithPrincipal(request, principal);
       enforceRule(principal, { ...target.route, auth: target.route.auth });
     }
     await this.forward(request, reply, target.service, principal);
@@ -134,6 +141,8 @@ export class ServiceProxy {
     headers['x-forwarded-proto'] = 'https';
     if (request.headers.host) headers['x-forwarded-host'] = request.headers.host;
     headers[INTERNAL_HEADER] = this.options.tokens.sign({ principal, requestId: request.id, method: request.method, url: request.url });
+    // The service's server span is a child of this request's (the client's own traceparent when tracing is off).
+    if (request.traceContext) injectTraceparent(headers, request.traceContext);
 
     const hasBody = request.method !== 'GET' && request.method !== 'HEAD' && hasRequestBody(request.headers);
     const abort = new AbortController();
@@ -220,7 +229,7 @@ export class ServiceProxy {
     for (const [service, routes] of this.options.directory.routes()) {
       for (const route of routes) {
         const path = route.at === 'root' ? route.url : `/v1${route.url}`;
-        const target: Target = { service, route };
+        const target: Target = { service, route, path };
         try {
           router.on(route.method, path, () => undefined, target);
           if (route.method === 'GET') router.on('HEAD', path, () => undefined, target);

@@ -1,6 +1,7 @@
 import multipart from '@fastify/multipart';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
+import { context, trace } from '../core/trace.ts';
 import type { RouteAuth } from './auth.ts';
 import { ProblemRef } from './problem.ts';
 
@@ -109,8 +110,34 @@ function toFastify(spec: Route) {
     config: { auth: spec.auth, scope: spec.scope, publicForApplications: spec.publicForApplications, credentialsOptional: spec.credentialsOptional },
     schema: { ...spec.schema, response: { ...errorResponses(spec), ...spec.schema.response } },
     ...(spec.absentBody === undefined ? {} : { preValidation: absentBodyDefault(spec.absentBody) }),
-    handler: spec.handler as (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>,
+    handler: inTraceContext(spec.handler as Handler),
   };
+}
+
+type Handler = (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
+
+/** The handler runs in its request's server span (src/gateway/http-tracing.ts) when tracing is on. */
+function inTraceContext(handler: Handler): Handler {
+  return (request, reply) => (request.traceContext === null ? handler(request, reply) : context.with(request.traceContext, handler, undefined, request, reply));
+}
+
+/**
+ * A module's routes as the embedded gateway mounts them: with tracing on, the request's server
+ * span says which module served it (`bantu.service`), as the module's own server span does in
+ * distributed mode. An attribute, not a span of its own: a second span per request cost a
+ * quarter of the traced rate (bench gateway/tracing-on: 0.70 with it, 0.92 without).
+ */
+export function routesOf(module: { name: string; routes: readonly Route[] }): Route[] {
+  return module.routes.map((spec) => {
+    const handler = spec.handler as Handler;
+    return {
+      ...spec,
+      handler: (request: FastifyRequest, reply: FastifyReply) => {
+        if (request.traceContext !== null) trace.getSpan(request.traceContext)?.setAttribute('bantu.service', module.name);
+        return handler(request, reply);
+      },
+    };
+  });
 }
 
 /**

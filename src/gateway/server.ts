@@ -4,11 +4,12 @@ import type { Socket } from 'node:net';
 import cors from '@fastify/cors';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { Errors } from '../core/errors.ts';
 import { type CredentialVerifier, registerAuthentication } from './auth.ts';
+import { httpTracing } from './http-tracing.ts';
 import { registerLingeringClose } from './linger.ts';
 import { type ReadinessCheck, registerOperations } from './operations.ts';
 import { problemOf, registerProblemHandlers } from './problem.ts';
@@ -47,19 +48,22 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
  * What every Bantu HTTP server shares, the gateway and a service alone alike: request ids
- * (echoed when sane), the 1 MiB JSON limit, validation, problem+json errors, the response
+ * (echoed when sane), trace context (`part` names the server in its spans), the 1 MiB JSON limit, validation, problem+json errors, the response
  * headers and the lingering close of early refusals.
  */
-export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial; trustProxy?: boolean }): FastifyInstance {
+export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial; trustProxy?: boolean; part?: string }): FastifyInstance {
+  const tracing = httpTracing(options.part ?? 'gateway');
   const app = Fastify({
     loggerInstance: options.logger,
+    // Each request's logger: where its trace starts, so that every line of it says trace_id.
+    childLoggerFactory: tracing.childLogger as never,
     // A service behind the gateway: the client's address is the X-Forwarded-For the gateway set.
     trustProxy: options.trustProxy ?? false,
     ...(options.tls ? { https: { cert: options.tls.cert, key: options.tls.key } } : {}),
     // Echo a client's request id when it is sane; otherwise make one.
     requestIdHeader: false,
     // Log lines name it as the problem documents and the other log fields do.
-    requestIdLogLabel: 'request_id',
+    logController: new LogController({ requestIdLogLabel: 'request_id' }),
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
@@ -70,6 +74,7 @@ export function createHttpApp(options: { logger: Logger; tls?: TlsMaterial; trus
   }) as unknown as FastifyInstance;
   app.setValidatorCompiler(createValidatorCompiler());
 
+  tracing.register(app);
   registerProblemHandlers(app);
   registerResponseHeaders(app);
   registerLingeringClose(app);
@@ -81,7 +86,7 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   await app.register(cors, {
     origin: options.corsOrigins.includes('*') ? true : options.corsOrigins,
     exposedHeaders: ['X-Request-Id', 'ETag', 'Content-Disposition', 'Content-Length', 'Retry-After', 'Location'],
-    allowedHeaders: ['Authorization', 'Content-Type', 'Idempotency-Key', 'If-Match', 'If-None-Match', 'Range', 'X-Request-Id'],
+    allowedHeaders: ['Authorization', 'Content-Type', 'Idempotency-Key', 'If-Match', 'If-None-Match', 'Range', 'X-Request-Id', 'traceparent', 'tracestate'],
     methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
     maxAge: 600,
   });
@@ -100,7 +105,8 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
           version: options.version,
           description:
             'Bantu: users, files with every version kept, real-time notifications, backups and exports, behind one HTTPS gateway. ' +
-            'Errors are RFC 9457 problem+json with a stable `code`. Send a key as HTTP Basic user name (empty password) or as a Bearer token.',
+            'Errors are RFC 9457 problem+json with a stable `code`. Send a key as HTTP Basic user name (empty password) or as a Bearer token. ' +
+            'A W3C `traceparent` header (with `tracestate`) joins the request, and the work its events cause, to your trace when the server exports traces (OpenTelemetry).',
         },
         servers: [{ url: '/' }],
         components: {

@@ -1,6 +1,7 @@
 import type { MigrationSet } from '../adapters/db/pg.ts';
 import type { BatchEventHandler, ConsumerOptions, EventBus, EventHandler } from '../core/ports.ts';
 import type { Route } from '../gateway/routes.ts';
+import { tracedBatchHandler, tracedHandler } from './consumer-tracing.ts';
 
 /**
  * One shape for every service. `npm start` mounts every module in one process behind the
@@ -37,15 +38,15 @@ export type BusConsumer =
   | { name: string; batch: true; handle: BatchEventHandler; options?: ConsumerOptions };
 
 /**
- * Registers the modules' consumers on the bus. `led`: they start only when this process is
+ * Registers the modules' consumers on the bus, their work traced (src/platform/consumer-tracing.ts). `led`: they start only when this process is
  * elected to run them (src/platform/led.ts), not with the bus.
  */
-export function registerConsumers(bus: EventBus, modules: readonly Pick<ServiceModule, 'consumers'>[], options: { led?: boolean } = {}): void {
+export function registerConsumers(bus: EventBus, modules: readonly Pick<ServiceModule, 'name' | 'consumers'>[], options: { led?: boolean } = {}): void {
   for (const module of modules) {
     for (const consumer of module.consumers) {
       const consumerOptions = options.led ? { ...consumer.options, autoStart: false } : consumer.options;
-      if (consumer.batch) bus.consumeBatch(consumer.name, consumer.handle, consumerOptions);
-      else bus.consume(consumer.name, consumer.handle, consumerOptions);
+      if (consumer.batch) bus.consumeBatch(consumer.name, tracedBatchHandler(module.name, consumer.name, consumer.handle), consumerOptions);
+      else bus.consume(consumer.name, tracedHandler(module.name, consumer.name, consumer.handle), consumerOptions);
     }
   }
 }

@@ -27,6 +27,7 @@ import type { Environment } from '../core/principal.ts';
 import type { ReadinessCheck } from '../gateway/operations.ts';
 import type { ServiceMigrations } from './module.ts';
 import { type BusMetrics, registerBusMetrics, registerPoolMetrics } from './platform-metrics.ts';
+import { startTracing } from './tracing.ts';
 
 /**
  * What every Bantu process stands on, built once whatever it mounts: the data dir lock, the
@@ -82,6 +83,8 @@ export interface Platform {
 export interface PlatformOptions {
   /** The process's name in logs, metrics (the `service` label) and on NATS: `bantu` for `bantu start`, else the service it serves. */
   name: string;
+  /** Bantu's version, which its traces name. */
+  version?: string;
   /** The migrations of the modules this process mounts (the platform adds its own and the bus's). */
   migrations: ServiceMigrations[];
   /**
@@ -132,6 +135,9 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
     return closing;
   };
   try {
+    // First opened, last closed: the spans of the shutdown itself are sent too.
+    const tracing = startTracing(config.tracing, { serviceName: options.name === 'bantu' ? 'bantu' : `bantu-${options.name}`, version: options.version ?? 'unknown' }, logger);
+    closers.push(() => tracing.close());
     if (options.exclusiveDataDir || !config.databaseUrl) closers.push(await lockDataDir(config.dataDir));
     await options.preflight?.();
     // Before anything starts: a Redis that cannot be reached fails the start at once.

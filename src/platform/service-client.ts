@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import { AppError, Errors, errorDefinition, type FieldError } from '../core/errors.ts';
 import type { Principal } from '../core/principal.ts';
+import { injectTraceparent } from '../core/trace.ts';
 import { SERVICE_NAMES, type ServiceName } from './catalogue.ts';
 import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 import type { ServiceInstance } from './registry.ts';
@@ -48,10 +49,11 @@ export class ServiceClient {
       const instance = candidates[this.turn++ % Math.max(candidates.length, 1)];
       if (!instance) throw new AppError(Errors.unavailable, `No instance of ${service} is running`, { headers: { 'Retry-After': '1' } });
       tried.add(instance.id);
-      const headers = {
+      const headers: Record<string, string> = {
         ...call.headers,
         [INTERNAL_HEADER]: this.tokens.sign({ principal: call.principal, requestId: randomUUID(), method: call.method, url: call.path, audience: 'service' }),
       };
+      injectTraceparent(headers);
       try {
         return await this.pool(instance.address).request({ method: call.method, path: call.path, headers, body: call.body ?? null });
       } catch (error) {

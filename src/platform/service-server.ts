@@ -18,6 +18,8 @@ import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
  * (/healthz, /readyz, /metrics) are open, for the orchestrator.
  */
 export interface ServiceServerOptions {
+  /** The service it serves: its spans' scope. */
+  service: string;
   logger: Logger;
   routes: Route[];
   /** Routes only other services may call (their calls say so, signed: the gateway's never do). */
@@ -41,7 +43,7 @@ declare module 'fastify' {
 export async function createServiceServer(options: ServiceServerOptions): Promise<FastifyInstance> {
   // Every request is signed by the gateway (which sets X-Forwarded-For) or another service:
   // the forwarded client address can be trusted, and login throttling and audit see it.
-  const app = createHttpApp({ logger: options.logger, trustProxy: true });
+  const app = createHttpApp({ logger: options.logger, trustProxy: true, part: options.service });
   app.decorateRequest('principal', null);
   app.decorateRequest('fromService', false);
   app.addHook('onRequest', async (request) => {

@@ -17,7 +17,7 @@ export async function readBatch(db: Db, after: Position, limit: number, filter?:
   const tenant = filter ? sql`and tenant_id = ${filter.tenantId}` : sql``;
   const owner = filter?.ownerId !== undefined ? sql`and owner_id = ${filter.ownerId}` : sql``;
   const result = await sql<OutboxRow>`
-      select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
+      select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at, traceparent
       from bus.outbox
       where (xid, id) > (${after.xid}::xid8, ${after.id})
         and xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -34,10 +34,10 @@ export async function readBatch(db: Db, after: Position, limit: number, filter?:
  */
 export async function readPending(db: Db, after: Position, limit: number): Promise<{ rows: OutboxRow[]; horizon: bigint | null }> {
   const result = await sql<OutboxRow & { horizon: string | null }>`
-      select h.horizon::text as horizon, o.id, o.xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at
+      select h.horizon::text as horizon, o.id, o.xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at, o.traceparent
       from (select pg_snapshot_xmin(pg_current_snapshot()) as horizon) h
       left join lateral (
-        select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at
+        select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at, traceparent
         from bus.outbox
         where (xid, id) > (${after.xid}::xid8, ${after.id}) and xid < h.horizon
         order by outbox.xid, outbox.id

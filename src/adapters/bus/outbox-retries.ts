@@ -139,7 +139,7 @@ export async function redeliverDeadLetters(
   for (const environment of ENVIRONMENTS) {
     const db = databases.environments[environment];
     const rows = await sql<OutboxRow & { attempts: number; error: string; created_at: Date }>`
-        select o.id, o.xid::text as xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at, d.attempts, d.error, d.created_at
+        select o.id, o.xid::text as xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at, o.traceparent, d.attempts, d.error, d.created_at
         from bus.dead_letter d join bus.outbox o on o.id = d.event_id
         where d.consumer = ${name}
         order by o.xid, o.id`.execute(db);

@@ -11,6 +11,7 @@ export interface OutboxRow {
   actor: BusEvent['actor'];
   data: Record<string, unknown>;
   occurred_at: Date;
+  traceparent: string | null;
 }
 
 /** A place in (xid, id) delivery order: a cursor, or the row a replay starts after. */
@@ -39,5 +40,6 @@ export function toEvent(row: OutboxRow, environment: Environment): BusEvent {
     actor: row.actor,
     owner_id: row.owner_id,
     data: row.data,
+    ...(row.traceparent ? { traceparent: row.traceparent } : {}),
   };
 }

@@ -1,6 +1,7 @@
 import { type RawBuilder, sql } from 'kysely';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
+import { activeTraceparent } from '../../core/trace.ts';
 import type { Tx } from '../db/pg.ts';
 import { eventIdOf } from './outbox-row.ts';
 
@@ -20,6 +21,7 @@ const PAYLOAD_FRAME_MAX = 160;
  */
 export function appendStatement(environment: Environment, event: NewEvent): { statement: RawBuilder<{ id: number }>; eventOf(id: number): BusEvent } {
   const occurredAt = new Date();
+  const traceparent = activeTraceparent();
   // The event as toEvent makes it from the row, but for its first member (the id, known once inserted).
   const rest = {
     type: event.type,
@@ -29,6 +31,7 @@ export function appendStatement(environment: Environment, event: NewEvent): { st
     actor: event.actor,
     owner_id: event.owner_id ?? null,
     data: event.data,
+    ...(traceparent ? { traceparent } : {}),
   };
   const restJson = JSON.stringify(rest);
   const rides = Buffer.byteLength(restJson) + PAYLOAD_FRAME_MAX <= NOTIFY_PAYLOAD_MAX;
@@ -36,8 +39,8 @@ export function appendStatement(environment: Environment, event: NewEvent): { st
   // (xids only grow), so nothing can come before it that has not committed first.
   const statement = sql<{ id: number }>`
     with appended as (
-      insert into bus.outbox (type, tenant_id, owner_id, actor, data, occurred_at)
-      values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb, ${occurredAt})
+      insert into bus.outbox (type, tenant_id, owner_id, actor, data, occurred_at, traceparent)
+      values (${event.type}, ${event.tenant_id}, ${event.owner_id ?? null}, ${JSON.stringify(event.actor)}::jsonb, ${JSON.stringify(event.data)}::jsonb, ${occurredAt}, ${traceparent ?? null})
       returning id, xid::text as xid
     )
     select appended.id, pg_notify(${CHANNEL},

@@ -30,7 +30,7 @@ export function webhooksConsumer(databases: Databases, wake: () => void): BusCon
         for (const event of mine) {
           for (const endpoint of endpoints) {
             if (endpoint.tenant_id !== event.tenant_id || !endpoint.events.includes(event.type)) continue;
-            rows.push({ tenant_id: event.tenant_id, id: newId('dlv'), endpoint_id: endpoint.id, event_id: event.event_id, type: event.type, payload: payloadOf(event) });
+            rows.push({ tenant_id: event.tenant_id, id: newId('dlv'), endpoint_id: endpoint.id, event_id: event.event_id, type: event.type, payload: payloadOf(event), traceparent: event.traceparent ?? null });
           }
         }
         inserted += await insertDeliveries(db, rows);

@@ -2,11 +2,14 @@ import type { Logger } from 'pino';
 import type { Databases } from '../../adapters/db/pg.ts';
 import { ENVIRONMENTS, type Environment } from '../../core/principal.ts';
 import type { SecretBox } from '../../core/secret-box.ts';
+import { contextOf, injectTraceparent, inSpan, SpanKind, SpanStatusCode, tracerOf, tracingOn } from '../../core/trace.ts';
 import { signedHeaders } from './domain/signing.ts';
 import { secretPurpose } from './domain/webhooks.service.ts';
 import { type AttemptOutcome, claimDue, type DeliveryRow, recordAttempts, releaseClaims } from './repo/deliveries.repo.ts';
 import { disableEndpoint, type EndpointRow, endpointsByIds } from './repo/endpoints.repo.ts';
 import type { AttemptResult, WebhookSender } from './sender.ts';
+
+const tracer = tracerOf('webhooks');
 
 /**
  * The delivery worker: claims due deliveries (a lease, so one killed mid-send is sent again
@@ -195,6 +198,29 @@ export class DeliveryWorker {
     }
   }
 
+  /**
+   * The request to the endpoint; with tracing on, a client span in the trace of the request
+   * that caused the event, and the endpoint gets its `traceparent` (its own tracing can join).
+   */
+  private send(endpoint: EndpointRow, row: DeliveryRow, headers: Record<string, string>): Promise<AttemptResult> {
+    const sender = this.options.sender;
+    if (!tracingOn() || !row.traceparent) return sender.send(endpoint.url, headers, row.payload);
+    const attributes = {
+      'http.request.method': 'POST',
+      'server.address': new URL(endpoint.url).hostname,
+      'messaging.message.id': row.event_id,
+      'bantu.webhook_endpoint': endpoint.id,
+      'bantu.attempt': row.attempt + 1,
+    };
+    return inSpan(tracer, `webhook ${row.type}`, { kind: SpanKind.CLIENT, parent: contextOf({ traceparent: row.traceparent }), attributes }, async (span) => {
+      injectTraceparent(headers);
+      const result = await sender.send(endpoint.url, headers, row.payload);
+      if (result.status !== null) span.setAttribute('http.response.status_code', result.status);
+      if (!result.ok) span.setStatus({ code: SpanStatusCode.ERROR, message: result.error ?? `status ${result.status}` });
+      return result;
+    });
+  }
+
   /** Sends one delivery and records its outcome; `sent` is called once the answer (or the failure) is in. */
   private async attempt(environment: Environment, endpoint: EndpointRow, row: DeliveryRow, sent: () => void): Promise<void> {
     const { box } = this.options;
@@ -204,7 +230,7 @@ export class DeliveryWorker {
       secrets.push(box.open(endpoint.previous_secret, purpose).toString('utf8'));
     }
     const headers = signedHeaders(secrets, row.event_id, Math.floor(Date.now() / 1000), row.payload);
-    const result = await this.options.sender.send(endpoint.url, headers, row.payload);
+    const result = await this.send(endpoint, row, headers);
     sent();
     const db = this.options.databases.environments[environment];
     const base = { responseStatus: result.status, error: result.error, durationMs: result.durationMs };

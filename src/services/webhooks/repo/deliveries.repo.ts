@@ -22,18 +22,20 @@ export interface DeliveryRow {
   created_at: Date;
   first_failed_at: Date | null;
   next_attempt_at: Date | null;
+  /** The event's traceparent (claims only; listings leave it out). */
+  traceparent?: string | null;
 }
 
 const columns = sql`tenant_id, id, endpoint_id, event_id, type, payload, attempt, status, response_status, error, duration_ms, created_at, first_failed_at, next_attempt_at`;
 
-export type NewDelivery = Pick<DeliveryRow, 'tenant_id' | 'id' | 'endpoint_id' | 'event_id' | 'type' | 'payload'>;
+export type NewDelivery = Pick<DeliveryRow, 'tenant_id' | 'id' | 'endpoint_id' | 'event_id' | 'type' | 'payload' | 'traceparent'>;
 
 /** Inserts the deliveries not there yet (a redelivered event changes nothing); the number inserted. */
 export async function insertDeliveries(db: Db | Tx, rows: NewDelivery[]): Promise<number> {
   if (rows.length === 0) return 0;
-  const values = rows.map((r) => sql`(${r.tenant_id}, ${r.id}, ${r.endpoint_id}, ${r.event_id}, ${r.type}, ${r.payload}, 'pending', clock_timestamp())`);
+  const values = rows.map((r) => sql`(${r.tenant_id}, ${r.id}, ${r.endpoint_id}, ${r.event_id}, ${r.type}, ${r.payload}, 'pending', clock_timestamp(), ${r.traceparent ?? null})`);
   const result = await sql`
-    insert into webhooks.delivery (tenant_id, id, endpoint_id, event_id, type, payload, status, next_attempt_at)
+    insert into webhooks.delivery (tenant_id, id, endpoint_id, event_id, type, payload, status, next_attempt_at, traceparent)
     values ${sql.join(values)}
     on conflict (endpoint_id, event_id) do nothing`.execute(db);
   return Number(result.numAffectedRows ?? 0);
@@ -73,7 +75,7 @@ export async function claimDue(db: Db, options: { limit: number; perEndpoint: nu
     from due
     where d.id = due.id and due.rank <= ${options.perEndpoint}
       and d.status = 'pending' and d.next_attempt_at <= clock_timestamp()
-    returning ${sql.join(['tenant_id', 'id', 'endpoint_id', 'event_id', 'type', 'payload', 'attempt', 'status', 'response_status', 'error', 'duration_ms', 'created_at', 'first_failed_at', 'next_attempt_at'].map((c) => sql.ref(`d.${c}`)))}`.execute(db);
+    returning ${sql.join(['tenant_id', 'id', 'endpoint_id', 'event_id', 'type', 'payload', 'attempt', 'status', 'response_status', 'error', 'duration_ms', 'created_at', 'first_failed_at', 'next_attempt_at', 'traceparent'].map((c) => sql.ref(`d.${c}`)))}`.execute(db);
   return result.rows;
 }
 
