@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
 import { Agent, request } from 'undici';
 import { signedHeaders } from '../src/services/webhooks/domain/signing.ts';
 import { startServer, type TestServer } from '../test/helpers/server.ts';
 import { type Receiver, startReceiver } from '../test/helpers/webhook-receiver.ts';
-import { type BenchPair, definePair, perSecond, runConcurrent } from './harness.ts';
+import { type BenchPair, definePair, median, perSecond, runConcurrent } from './harness.ts';
 
 /**
  * Webhook deliveries (issue 18), to receivers on loopback (BANTU_WEBHOOK_ALLOWED_NETWORKS).
@@ -26,6 +27,8 @@ interface Ctx {
   secret: string;
   agent: Agent;
   tenantId: string;
+  /** Per A round of the throughput pair, ms from the commit: every delivery row written, the first arrival, the last. */
+  timeline: { rows: number[]; first: number[]; last: number[] };
 }
 
 function percentile(values: number[], p: number): number {
@@ -50,7 +53,7 @@ async function setup(endpoints: number): Promise<Ctx> {
   if (file.status !== 201 || !tenantId) throw new Error('no seed event');
   await untilReceived(receivers, 1);
   for (const receiver of receivers) receiver.received.length = 0;
-  return { server, receivers, secret, agent: new Agent({ connections: 64 }), tenantId };
+  return { server, receivers, secret, agent: new Agent({ connections: 64 }), tenantId, timeline: { rows: [], first: [], last: [] } };
 }
 
 /** Commits `count` File_create events in one transaction, as the files service would; resolves at the commit with their ids. */
@@ -115,11 +118,22 @@ export const pairs: BenchPair[] = [
     async a(ctx) {
       const [receiver] = ctx.receivers as [Receiver];
       const before = receiver.received.length;
-      await commitEvents(ctx, EVENTS);
+      const ids = await commitEvents(ctx, EVENTS);
       const committed = performance.now();
+      const committedAt = Date.now();
       await untilReceived([receiver], before + EVENTS);
-      return perSecond(EVENTS, performance.now() - committed);
+      const elapsed = performance.now() - committed;
+      const rows = await sql<{ last: Date }>`select max(created_at) as last from webhooks.delivery where event_id = any(${ids})`.execute(ctx.server.app.databases.environments.test);
+      ctx.timeline.rows.push((rows.rows[0]?.last.getTime() ?? Number.NaN) - committedAt);
+      ctx.timeline.first.push((receiver.received[before]?.at ?? Number.NaN) - committedAt);
+      ctx.timeline.last.push((receiver.received.at(-1)?.at ?? Number.NaN) - committedAt);
+      return perSecond(EVENTS, elapsed);
     },
+    notes: (ctx) => ({
+      'A ms from commit to every delivery row written (the consumer)': median(ctx.timeline.rows),
+      'A ms from commit to the first arrival': median(ctx.timeline.first),
+      'A ms from commit to the last arrival': median(ctx.timeline.last),
+    }),
     async b(ctx) {
       const [receiver] = ctx.receivers as [Receiver];
       return perSecond(EVENTS, await bareLoop(ctx, receiver.url, bodiesOf(ctx, EVENTS), CONCURRENCY));

@@ -116,8 +116,9 @@ export class DeliveryWorker {
     const room = MAX_IN_FLIGHT - this.inFlight.size;
     if (room <= 0) return;
     const db = this.options.databases.environments[environment];
-    // An endpoint with deliveries queued here, or no free slot, gets none more until then.
-    const held = [...this.held.values()].filter((h) => h.queue.length > 0 || h.busy >= this.options.perEndpoint).map((h) => h.endpoint.id);
+    // An endpoint with half a claim or more still queued here gets none more until it drains
+    // under that: the next claim is read while the last one is being sent, not after.
+    const held = [...this.held.values()].filter((h) => h.queue.length >= this.refillBelow()).map((h) => h.endpoint.id);
     const rows = await claimDue(db, { limit: room * PREFETCH, perEndpoint: this.options.perEndpoint * PREFETCH, exclude: held, leaseMs: this.leaseMs() });
     if (rows.length === 0) return;
     const endpoints = new Map((await endpointsByIds(db, [...new Set(rows.map((r) => r.endpoint_id))])).map((e) => [e.id, e]));
@@ -134,11 +135,17 @@ export class DeliveryWorker {
   }
 
   /**
-   * The lease of a claimed delivery: long enough for every delivery claimed with it to be sent
-   * (PREFETCH rounds of attempts of at most timeoutMs each), so none is claimed twice meanwhile.
+   * The lease of a claimed delivery: long enough for every delivery queued before it to be
+   * sent (up to one and a half claims: 2·PREFETCH rounds of attempts of at most timeoutMs
+   * each, and its own), so none is claimed twice meanwhile.
    */
   private leaseMs(): number {
-    return this.options.timeoutMs * (PREFETCH + 1) + 5000;
+    return this.options.timeoutMs * (2 * PREFETCH + 1) + 5000;
+  }
+
+  /** Below this many queued deliveries an endpoint is claimed for again. */
+  private refillBelow(): number {
+    return (this.options.perEndpoint * PREFETCH) / 2;
   }
 
   /** Starts the endpoint's queued deliveries while it has free slots. */
@@ -154,12 +161,11 @@ export class DeliveryWorker {
         if (freed) return;
         freed = true;
         hold.busy -= 1;
+        const before = hold.queue.length;
         this.pump(hold);
-        if (hold.queue.length === 0) {
-          if (hold.busy === 0) this.held.delete(hold.endpoint.id);
-          // A free slot and nothing queued: more may be due in the database.
-          this.wake();
-        }
+        if (hold.queue.length === 0 && hold.busy === 0) this.held.delete(hold.endpoint.id);
+        // Its queue just fell under the refill mark (or is empty with a slot free): more may be due in the database.
+        if (hold.queue.length === 0 || (before >= this.refillBelow() && hold.queue.length < this.refillBelow())) this.wake();
       };
       const attempt = this.attempt(hold.environment, hold.endpoint, row, free)
         .catch((error) => this.options.logger.warn({ err: error, delivery: row.id }, 'webhook attempt not recorded; it is sent again when its lease ends'))
