@@ -144,10 +144,27 @@ export class DiskBlobStore implements BlobStore {
     const file = this.pathOf(key);
     // Open first, so a missing blob rejects here instead of failing a response mid-way.
     const handle = await fs.open(file, 'r');
+    // A read stream allocates a whole highWaterMark for every read, plus one more read to find
+    // the end: with a fixed 1 MiB, a 100 KiB blob cost 2 MiB of buffers and a copy (an export of
+    // 1,000 such blobs spent a tenth of its time collecting them). So the buffer is the size of
+    // what is read, up to READ_BUFFER, and the read stops at the size the open file has (a
+    // stored blob never changes), with no read to find the end.
+    let bounds = range;
+    if (!bounds) {
+      let size: number;
+      try {
+        size = (await handle.stat()).size;
+      } catch (error) {
+        await handle.close();
+        throw error;
+      }
+      // An empty blob has no last byte to name: its first read finds the end.
+      if (size > 0) bounds = { start: 0, end: size - 1 };
+    }
     return createReadStream('', {
       fd: handle,
-      highWaterMark: READ_BUFFER,
-      ...(range ? { start: range.start, end: range.end } : {}),
+      highWaterMark: bounds ? Math.max(1, Math.min(READ_BUFFER, bounds.end - bounds.start + 1)) : 1,
+      ...(bounds ? { start: bounds.start, end: bounds.end } : {}),
     });
   }
 
