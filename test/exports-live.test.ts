@@ -237,8 +237,8 @@ describe('live export of 10,000 files', { skip: inProcessOnly('inserts rows and 
         scans++;
         return source.scan(principal, query);
       },
-      versions: (principal, id) => source.versions(principal, id),
-      openBlob: (principal, id, sha) => source.openBlob(principal, id, sha),
+      versions: (principal, ids) => source.versions(principal, ids),
+      findBlobs: (principal, refs) => source.findBlobs(principal, refs),
     };
     const principal: TenantPrincipal = { kind: 'account_key', keyId: 'key_test', tenantId, environment: 'test' };
     const stream = await openLiveExport(counted, principal, { format: 'json', pageSize: 100 });

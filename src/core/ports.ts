@@ -383,10 +383,32 @@ export interface FilesExportPort {
    * and its subfolders only (normalised as paths are; an invalid one fails validation_failed).
    */
   scan(principal: TenantPrincipal, query: { after?: string; limit: number; pathPrefix?: string }): Promise<FileObject[]>;
-  /** Every recorded version of a visible live file, oldest first; 404 not_found otherwise. */
-  versions(principal: TenantPrincipal, fileId: string): Promise<FileVersionRecord[]>;
-  /** The bytes of a blob of the principal's environment that a visible file's version records. */
-  openBlob(principal: TenantPrincipal, fileId: string, sha256: string): Promise<AsyncIterable<Uint8Array>>;
+  /**
+   * Every recorded version of each visible live file among `fileIds`, oldest first, in one
+   * look-up for a page of files; a file that is not (or no longer) visible and live has no entry.
+   */
+  versions(principal: TenantPrincipal, fileIds: readonly string[]): Promise<Map<string, FileVersionRecord[]>>;
+  /**
+   * For each reference, in order: its blob when a version of that visible live file records
+   * that sha256, null otherwise. One look-up for a page of files, not one per file; the bytes
+   * are read only when a found blob is opened.
+   */
+  findBlobs(principal: TenantPrincipal, refs: readonly BlobRef[]): Promise<Array<FoundBlob | null>>;
+}
+
+/** A blob named by the file whose version records it (FilesExportPort.findBlobs). */
+export interface BlobRef {
+  fileId: string;
+  sha256: string;
+}
+
+/** A blob FilesExportPort.findBlobs found for its file. */
+export interface FoundBlob {
+  /**
+   * Its bytes (of the principal's environment). Fails not_found when the file is gone by now:
+   * a driver may check visibility here rather than in `findBlobs`.
+   */
+  open(): Promise<AsyncIterable<Uint8Array>>;
 }
 
 /** What other services learn of a user from identity: where to mail them. */

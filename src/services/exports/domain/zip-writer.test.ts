@@ -41,8 +41,8 @@ describe('zip writer', () => {
         for (let n = start; n < Math.min(COUNT, start + query.limit); n++) page.push(fileAt(n));
         return page;
       },
-      versions: async () => [],
-      openBlob: async () => Readable.from([content]),
+      versions: async () => new Map(),
+      findBlobs: async (_principal, refs) => refs.map(() => ({ open: async () => Readable.from([content]) })),
     };
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'bantu-zip64-')), 'export.zip');
     try {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { type PassThrough, Readable, Transform } from 'node:stream';
 import { ZipFile } from 'yazl';
 import { AppError } from '../../../core/errors.ts';
-import type { FilesExportPort, FileVersionRecord } from '../../../core/ports.ts';
+import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
 import { EntryNamer } from './entry-names.ts';
@@ -57,7 +57,8 @@ export interface ManifestVersion {
  * `versions/<path>/<name>/v<N>` when asked), then `manifest.json`. Entries are stored as they
  * are (documents are mostly compressed already; zip64 when large, by yazl) and each is hashed
  * as it is written: bytes that are not their recorded sha256 fail the whole zip, which then
- * never becomes an export. Files are read one page at a time; a few entries are opened ahead.
+ * never becomes an export. Files are read one page at a time, their blobs found for the whole
+ * page at once; a few entries are opened ahead.
  *
  * `zip` is the archive's bytes; `done` resolves with the totals once the last entry has been
  * written (and rejects, like `zip`, on any failure). A file deleted while the export runs is
@@ -122,10 +123,10 @@ export function writeZip(
     return written;
   };
 
-  /** Opens a blob, or null when its file was deleted meanwhile (it is left out). */
-  const open = async (file: FileObject, sha256: string) => {
+  /** Opens a found blob, or null when its file was deleted meanwhile (it is left out). */
+  const open = async (blob: FoundBlob) => {
     try {
-      return await files.openBlob(plan.principal, file.id, sha256);
+      return await blob.open();
     } catch (error) {
       if (error instanceof AppError && error.code === 'not_found') return null;
       throw error;
@@ -137,33 +138,55 @@ export function writeZip(
     if (pending.length >= WINDOW) await pending.shift();
   };
 
+  /** The blobs one file's entries are read from, found for its page; null when the file was deleted meanwhile. */
+  type Found = { versions: Array<{ record: FileVersionRecord; blob: FoundBlob }>; content: FoundBlob | null };
   /** What one file's entries are read from, opened ahead of their turn; null when the file was deleted meanwhile. */
   type Opened = { versions: Array<{ record: FileVersionRecord; source: AsyncIterable<Uint8Array> }>; content: AsyncIterable<Uint8Array> | null };
+
+  /** The blobs of a whole page in two look-ups (its files' versions when asked, then their blobs), not a few per file. */
+  const findPage = async (page: FileObject[]): Promise<Array<Found | null>> => {
+    const recorded = plan.includeVersions ? await files.versions(plan.principal, page.map((file) => file.id)) : undefined;
+    const refs: BlobRef[] = [];
+    for (const file of page) {
+      for (const record of recorded?.get(file.id) ?? []) refs.push({ fileId: file.id, sha256: record.sha256 });
+      if (plan.includeContent) refs.push({ fileId: file.id, sha256: file.sha256 });
+    }
+    const blobs = await files.findBlobs(plan.principal, refs);
+    let at = 0;
+    return page.map((file) => {
+      const found: Found = { versions: [], content: null };
+      // A file gone since the scan has no versions, or blobs no longer found: all of it is left out.
+      let whole = !recorded || recorded.has(file.id);
+      for (const record of recorded?.get(file.id) ?? []) {
+        const blob = blobs[at++];
+        if (blob) found.versions.push({ record, blob });
+        else whole = false;
+      }
+      if (plan.includeContent) {
+        found.content = blobs[at++] ?? null;
+        if (!found.content) whole = false;
+      }
+      return whole ? found : null;
+    });
+  };
+
   const release = (opened: Opened | null) => {
     for (const source of [...(opened?.versions.map((v) => v.source) ?? []), opened?.content]) (source as { destroy?: () => void } | null | undefined)?.destroy?.();
   };
-  const openFile = async (file: FileObject): Promise<Opened | null> => {
+  const openFile = async (found: Found | null): Promise<Opened | null> => {
+    if (!found) return null;
     const opened: Opened = { versions: [], content: null };
     try {
-      if (plan.includeVersions) {
-        let recorded: FileVersionRecord[];
-        try {
-          recorded = await files.versions(plan.principal, file.id);
-        } catch (error) {
-          if (error instanceof AppError && error.code === 'not_found') return null;
-          throw error;
+      for (const { record, blob } of found.versions) {
+        const source = await open(blob);
+        if (!source) {
+          release(opened);
+          return null;
         }
-        for (const record of recorded) {
-          const source = await open(file, record.sha256);
-          if (!source) {
-            release(opened);
-            return null;
-          }
-          opened.versions.push({ record, source });
-        }
+        opened.versions.push({ record, source });
       }
-      if (plan.includeContent) {
-        opened.content = await open(file, file.sha256);
+      if (found.content) {
+        opened.content = await open(found.content);
         if (!opened.content) {
           release(opened);
           return null;
@@ -196,13 +219,13 @@ export function writeZip(
     manifest.push(JSON.stringify({ ...described, entry, ...(plan.includeVersions ? { versions } : {}) }));
   };
 
-  /** One page: each file opened up to WINDOW files ahead (their lookups overlap), then written in order. */
+  /** One page: its blobs found at once, each file opened up to WINDOW files ahead, then written in order. */
   const addPage = async (page: FileObject[]): Promise<number> => {
+    const found = await findPage(page);
     const ahead: Array<Promise<Opened | null>> = [];
     const openAt = (i: number) => {
-      const file = page[i];
-      if (!file) return;
-      const opening = openFile(file);
+      if (i >= page.length) return;
+      const opening = openFile(found[i] ?? null);
       opening.catch(() => undefined);
       ahead[i] = opening;
     };

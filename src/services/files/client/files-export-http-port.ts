@@ -1,7 +1,9 @@
-import type { FilesExportPort, FileVersionRecord } from '../../../core/ports.ts';
+import { Readable } from 'node:stream';
+import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
 import { problemError, type ServiceClient } from '../../../platform/service-client.ts';
+import { MAX_SCAN_PAGE } from '../domain/export-source.ts';
 
 /**
  * The exports' reads of files over HTTP (distributed mode): the files process's internal
@@ -18,13 +20,32 @@ export class HttpFilesExportPort implements FilesExportPort {
     return page.data;
   }
 
-  async versions(principal: TenantPrincipal, fileId: string): Promise<FileVersionRecord[]> {
-    const answer = await this.client.json<{ data: FileVersionRecord[] }>('files', { method: 'GET', path: `/internal/files/${encodeURIComponent(fileId)}/export/versions`, principal });
-    return answer.data;
+  async versions(principal: TenantPrincipal, fileIds: readonly string[]): Promise<Map<string, FileVersionRecord[]>> {
+    const found = new Map<string, FileVersionRecord[]>();
+    for (let start = 0; start < fileIds.length; start += MAX_SCAN_PAGE) {
+      const body = JSON.stringify({ file_ids: fileIds.slice(start, start + MAX_SCAN_PAGE) });
+      const answer = await this.client.json<{ data: Array<{ file_id: string; versions: FileVersionRecord[] }> }>('files', {
+        method: 'POST',
+        path: '/internal/files/export/versions',
+        principal,
+        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+        body: Readable.from([Buffer.from(body)]),
+      });
+      for (const { file_id, versions } of answer.data) found.set(file_id, versions);
+    }
+    return found;
   }
 
-  async openBlob(principal: TenantPrincipal, fileId: string, sha256: string): Promise<AsyncIterable<Uint8Array>> {
-    const answer = await this.client.call('files', { method: 'GET', path: `/internal/files/${encodeURIComponent(fileId)}/export/blobs/${sha256}`, principal });
+  /**
+   * Each blob is checked by the files process as it serves it (a request per blob either way):
+   * checking them first as well would add a look-up, not save one.
+   */
+  async findBlobs(principal: TenantPrincipal, refs: readonly BlobRef[]): Promise<Array<FoundBlob | null>> {
+    return refs.map((ref) => ({ open: () => this.openBlob(principal, ref) }));
+  }
+
+  private async openBlob(principal: TenantPrincipal, ref: BlobRef): Promise<AsyncIterable<Uint8Array>> {
+    const answer = await this.client.call('files', { method: 'GET', path: `/internal/files/${encodeURIComponent(ref.fileId)}/export/blobs/${ref.sha256}`, principal });
     if (answer.statusCode !== 200) throw await problemError(answer);
     return answer.body;
   }

@@ -1,7 +1,7 @@
 import type { RawBuilder } from 'kysely';
 import { type Databases, tenantRead } from '../../../adapters/db/pg.ts';
 import { AppError, Errors } from '../../../core/errors.ts';
-import type { BlobStore, FilesExportPort, FileVersionRecord } from '../../../core/ports.ts';
+import type { BlobRef, BlobStore, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
 import * as repo from '../repo/files.repo.ts';
@@ -29,15 +29,31 @@ export class FilesExportSource implements FilesExportPort {
     return rows.map(toFileObject);
   }
 
-  async versions(principal: TenantPrincipal, fileId: string): Promise<FileVersionRecord[]> {
-    const rows = await this.read(principal, repo.fileVersionsSelect(principal.tenantId, fileId, ownerScope(principal)));
-    if (rows.length === 0) throw new AppError(Errors.notFound, `No file ${fileId}`);
-    return rows.map((row) => ({ ...row, created_at: row.created_at.toISOString() }));
+  async versions(principal: TenantPrincipal, fileIds: readonly string[]): Promise<Map<string, FileVersionRecord[]>> {
+    const found = new Map<string, FileVersionRecord[]>();
+    if (fileIds.length === 0) return found;
+    const rows = await this.read(principal, repo.fileVersionsSelect(principal.tenantId, fileIds, ownerScope(principal)));
+    for (const { file_id, ...row } of rows) {
+      const versions = found.get(file_id);
+      const record = { ...row, created_at: row.created_at.toISOString() };
+      if (versions) versions.push(record);
+      else found.set(file_id, [record]);
+    }
+    return found;
   }
 
+  async findBlobs(principal: TenantPrincipal, refs: readonly BlobRef[]): Promise<Array<FoundBlob | null>> {
+    if (refs.length === 0) return [];
+    const rows = await this.read(principal, repo.versionBlobsSelect(principal.tenantId, refs, ownerScope(principal)));
+    const recorded = new Set(rows.map((row) => `${row.file_id}/${row.sha256}`));
+    const store = this.deps.blobs[principal.environment];
+    return refs.map((ref) => (recorded.has(`${ref.fileId}/${ref.sha256}`) ? { open: () => store.get(ref.sha256) } : null));
+  }
+
+  /** One blob (the internal route of an exports process, whose HttpFilesExportPort opens blobs one at a time). */
   async openBlob(principal: TenantPrincipal, fileId: string, sha256: string): Promise<AsyncIterable<Uint8Array>> {
-    const found = await this.read(principal, repo.versionBlobSelect(principal.tenantId, fileId, ownerScope(principal), sha256));
-    if (found.length === 0) throw new AppError(Errors.notFound, `No version of file ${fileId} holds ${sha256}`);
-    return this.deps.blobs[principal.environment].get(sha256);
+    const [found] = await this.findBlobs(principal, [{ fileId, sha256 }]);
+    if (!found) throw new AppError(Errors.notFound, `No version of file ${fileId} holds ${sha256}`);
+    return found.open();
   }
 }

@@ -3,7 +3,7 @@ import { Value } from '@sinclair/typebox/value';
 import { AppError, Errors } from '../../../core/errors.ts';
 import { tenantPrincipalOf } from '../../../gateway/auth.ts';
 import { type Route, route } from '../../../gateway/routes.ts';
-import type { FilesExportSource } from '../domain/export-source.ts';
+import { type FilesExportSource, MAX_SCAN_PAGE } from '../domain/export-source.ts';
 import type { FilesService } from '../domain/files.service.ts';
 import { FileObject } from './files.schemas.ts';
 
@@ -75,7 +75,8 @@ const FileVersionRecord = Type.Object({
 
 /**
  * The exports' reads (FilesExportPort) for an exports process (distributed mode): a keyset page
- * of files, a file's versions, and the bytes a version records; with the caller's visibility.
+ * of files, the versions of a page of files, and the bytes a version records (checked as they
+ * are served); with the caller's visibility.
  */
 function exportSourceRoutes(source: FilesExportSource): Route[] {
   return [
@@ -100,13 +101,21 @@ function exportSourceRoutes(source: FilesExportSource): Route[] {
       },
     }),
     route({
-      method: 'GET',
-      url: '/internal/files/:id/export/versions',
+      // A read, but of a page of files: their ids go in the body, where a page of them fits.
+      method: 'POST',
+      url: '/internal/files/export/versions',
       at: 'root',
       auth: [...READERS],
       scope: 'files:read',
-      schema: { hide: true, params: Type.Object({ id: Type.String({ maxLength: 100 }) }), response: { 200: Type.Object({ data: Type.Array(FileVersionRecord) }) } },
-      handler: async (request) => ({ data: await source.versions(tenantPrincipalOf(request), request.params.id) }),
+      schema: {
+        hide: true,
+        body: Type.Object({ file_ids: Type.Array(Type.String({ maxLength: 100 }), { maxItems: MAX_SCAN_PAGE }) }),
+        response: { 200: Type.Object({ data: Type.Array(Type.Object({ file_id: Type.String(), versions: Type.Array(FileVersionRecord) })) }) },
+      },
+      handler: async (request) => {
+        const found = await source.versions(tenantPrincipalOf(request), request.body.file_ids);
+        return { data: [...found].map(([file_id, versions]) => ({ file_id, versions })) };
+      },
     }),
     route({
       method: 'GET',

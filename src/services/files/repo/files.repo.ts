@@ -271,6 +271,7 @@ export function filesScanSelect(tenantId: string, options: { owner: string | nul
 }
 
 export interface FileVersionRow {
+  file_id: string;
   version: number;
   name: string;
   path: string;
@@ -280,19 +281,25 @@ export interface FileVersionRow {
   created_at: Date;
 }
 
-/** Every recorded version of a live file `owner` (null: anyone) may see, oldest first; a statement for tenantRead. */
-export function fileVersionsSelect(tenantId: string, id: string, owner: string | null) {
+/**
+ * Every recorded version of the live files among `ids` that `owner` (null: anyone) may see,
+ * by file and oldest first; a statement for tenantRead.
+ */
+export function fileVersionsSelect(tenantId: string, ids: readonly string[], owner: string | null) {
   return sql<FileVersionRow>`
-    select v.version, v.name, v.path, v.size, v.sha256, v.content_type, v.created_at
+    select v.file_id, v.version, v.name, v.path, v.size, v.sha256, v.content_type, v.created_at
     from files.file_version v join files.file f on f.id = v.file_id
-    where f.tenant_id = ${tenantId} and f.id = ${id} and f.deleted_at is null and ${owner === null ? sql`true` : sql`f.user_id = ${owner}`}
-    order by v.version asc`;
+    where f.tenant_id = ${tenantId} and f.id = any(${ids}::text[]) and f.deleted_at is null and ${owner === null ? sql`true` : sql`f.user_id = ${owner}`}
+    order by v.file_id, v.version asc`;
 }
 
-/** A row when a version of that visible live file records the blob; a statement for tenantRead. */
-export function versionBlobSelect(tenantId: string, id: string, owner: string | null, sha256: string) {
-  return sql<{ found: 1 }>`
-    select 1 as found from files.file_version v join files.file f on f.id = v.file_id
-    where f.tenant_id = ${tenantId} and f.id = ${id} and f.deleted_at is null and ${owner === null ? sql`true` : sql`f.user_id = ${owner}`}
-      and v.sha256 = ${sha256} limit 1`;
+/**
+ * Which of the (file, sha256) pairs a version of a live file `owner` (null: anyone) may see
+ * records; a statement for tenantRead.
+ */
+export function versionBlobsSelect(tenantId: string, refs: ReadonlyArray<{ fileId: string; sha256: string }>, owner: string | null) {
+  return sql<{ file_id: string; sha256: string }>`
+    select distinct v.file_id, v.sha256 from files.file_version v join files.file f on f.id = v.file_id
+    where f.tenant_id = ${tenantId} and f.deleted_at is null and ${owner === null ? sql`true` : sql`f.user_id = ${owner}`}
+      and (v.file_id, v.sha256) in (select * from unnest(${refs.map((r) => r.fileId)}::text[], ${refs.map((r) => r.sha256)}::text[]))`;
 }
