@@ -61,7 +61,8 @@ export interface ManifestVersion {
  * page at once; a few entries are opened ahead.
  *
  * `zip` is the archive's bytes; `done` resolves with the totals once the last entry has been
- * written (and rejects, like `zip`, on any failure). A file deleted while the export runs is
+ * written (and rejects, like `zip`, on any failure). `onProgress` hears the files and bytes
+ * written so far after each page (the next page is read meanwhile) and once all are written. A file deleted while the export runs is
  * left out.
  */
 export function writeZip(
@@ -86,7 +87,9 @@ export function writeZip(
   const versionNames = new EntryNamer('versions');
   const manifest: string[] = [];
   const pending: Promise<void>[] = [];
+  // Handed to yazl (what the limit counts), and written out (what progress reports).
   let bytes = 0;
+  const written = { files_done: 0, bytes: 0 };
 
   /** Adds one entry from an opened blob, checked against its sha256 and size as yazl reads it. */
   const addEntry = (name: string, source: AsyncIterable<Uint8Array>, expected: { sha256: string; size: number; mtime: Date }) => {
@@ -202,26 +205,36 @@ export function writeZip(
   /** Hands a file's opened entries to the zip (all of them or, for a file gone meanwhile, none) and records it in the manifest. */
   const addFile = async (file: FileObject, opened: Opened): Promise<void> => {
     const versions: ManifestVersion[] = [];
+    let lastEntry: Promise<void> = Promise.resolve();
+    let size = 0;
     if (plan.includeVersions) {
       const folder = versionNames.folderFor(file.path, file.name);
       for (const { record, source } of opened.versions) {
         const name = `${folder}/v${record.version}`;
-        await throttle(addEntry(name, source, { sha256: record.sha256, size: record.size, mtime: new Date(record.created_at) }));
+        lastEntry = addEntry(name, source, { sha256: record.sha256, size: record.size, mtime: new Date(record.created_at) });
+        size += record.size;
+        await throttle(lastEntry);
         versions.push({ ...record, entry: name });
       }
     }
     let entry: string | null = null;
     if (opened.content) {
       entry = fileNames.file(file.path, file.name);
-      await throttle(addEntry(entry, opened.content, { sha256: file.sha256, size: file.size, mtime: new Date(file.updated_at) }));
+      lastEntry = addEntry(entry, opened.content, { sha256: file.sha256, size: file.size, mtime: new Date(file.updated_at) });
+      size += file.size;
+      await throttle(lastEntry);
     }
+    // The file is written once its last entry is (yazl writes them in order); `done` reports a failure.
+    lastEntry.then(() => {
+      written.files_done++;
+      written.bytes += size;
+    }, () => undefined);
     const { owner_id: _owner, ...described } = file;
     manifest.push(JSON.stringify({ ...described, entry, ...(plan.includeVersions ? { versions } : {}) }));
   };
 
-  /** One page: its blobs found at once, each file opened up to WINDOW files ahead, then written in order. */
-  const addPage = async (page: FileObject[]): Promise<number> => {
-    const found = await findPage(page);
+  /** One page: each file opened up to WINDOW files ahead, then handed to the zip in order. */
+  const addPage = async (page: FileObject[], found: Array<Found | null>): Promise<number> => {
     const ahead: Array<Promise<Opened | null>> = [];
     const openAt = (i: number) => {
       if (i >= page.length) return;
@@ -249,19 +262,32 @@ export function writeZip(
     return added;
   };
 
+  /** A page of the scan and its blobs, read while the page before is being written. */
+  const readPage = async (after: string | undefined) => {
+    const page = await files.scan(plan.principal, { after, limit: PAGE, pathPrefix: plan.path });
+    return { page, found: await findPage(page) };
+  };
+
   const done = (async () => {
-    let after: string | undefined;
     let count = 0;
+    let next = readPage(undefined);
     for (;;) {
-      const page = await files.scan(plan.principal, { after, limit: PAGE, pathPrefix: plan.path });
-      count += await addPage(page);
-      await Promise.all(pending.splice(0));
-      if (failure) throw failure;
-      await onProgress({ files_done: count, bytes });
+      const { page, found } = await next;
       const last = page[page.length - 1];
-      if (page.length < PAGE || !last) break;
-      after = last.id;
+      const more = page.length === PAGE && last !== undefined;
+      if (more) {
+        next = readPage(last.id);
+        // Awaited on the next turn; a failure meanwhile must not go unhandled.
+        next.catch(() => undefined);
+      }
+      count += await addPage(page, found);
+      if (failure) throw failure;
+      if (!more) break;
+      await onProgress({ ...written });
     }
+    await Promise.all(pending.splice(0));
+    if (failure) throw failure;
+    await onProgress({ ...written });
     const head = JSON.stringify({ export_id: plan.exportId, created_at: plan.createdAt, environment: plan.environment });
     zipFile.addBuffer(Buffer.from(`${head.slice(0, -1)},"files":[\n${manifest.join(',\n')}\n]}\n`), 'manifest.json', { mtime: new Date(plan.createdAt) });
     zipFile.end();
