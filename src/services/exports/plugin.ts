@@ -26,7 +26,16 @@ export interface ExportsModule extends ServiceModule {
  */
 export function createExportsService(deps: Omit<ExportsDeps, 'onCreated'>): ExportsModule {
   let wake: (() => void) | undefined;
-  const service = new ExportsService({ ...deps, onCreated: () => wake?.() });
+  // Set by a new export while the worker is looking for one, when there is no idle to end yet:
+  // that look may have missed it, so the worker looks again instead of waiting for the poll.
+  let woken = false;
+  const service = new ExportsService({
+    ...deps,
+    onCreated: () => {
+      woken = true;
+      wake?.();
+    },
+  });
   let running = false;
   let loop: Promise<void> = Promise.resolve();
   let sweeper: NodeJS.Timeout | undefined;
@@ -45,11 +54,12 @@ export function createExportsService(deps: Omit<ExportsDeps, 'onCreated'>): Expo
   const work = async () => {
     await service.recover();
     while (running) {
+      woken = false;
       const ran = await service.runNext().catch((error) => {
         deps.logger.error({ err: error }, 'exports worker failed; retrying');
         return false;
       });
-      if (!ran && running) await idle();
+      if (!ran && running && !woken) await idle();
     }
   };
   return {
