@@ -78,6 +78,39 @@ describe('transactional outbox', () => {
     }
   });
 
+  it("is not held back by a writer left open in another database of the server (nor by another installation's)", async () => {
+    const bus = new OutboxBus(server.app.databases, silent, { pollMs: 100 });
+    const seen: BusEvent[] = [];
+    bus.consume('foreign-writer', async (event) => void seen.push(event), { types: ['Foreign_event'] });
+    await bus.start();
+    // A transaction with an id of its own, on the control database (another database of the same server), left open.
+    let release!: () => void;
+    const mayEnd = new Promise<void>((resolve) => (release = resolve));
+    let opened!: () => void;
+    const isOpen = new Promise<void>((resolve) => (opened = resolve));
+    const foreign = server.app.databases.control.transaction().execute(async (trx) => {
+      await sql`select pg_current_xact_id()`.execute(trx);
+      opened();
+      await mayEnd;
+    });
+    try {
+      await isOpen;
+      await db.transaction().execute(async (trx) => {
+        await bus.append(trx, 'test', { type: 'Foreign_event', tenant_id: TENANT, actor: { type: 'system', id: 'test' }, data: { n: 1 } });
+      });
+      // The cluster's xmin is the open transaction's: a reader bounded by it would wait for as long as it stays open.
+      await until(() => seen.length === 1, 'the event, with the foreign writer still open', 10_000);
+      assert.deepEqual(seen.map((e) => e.data.n), [1]);
+      // readSince (the replay of notifications) is bounded the same way.
+      const replayed = await bus.readSince('test', null, 1000);
+      assert.ok(replayed?.some((event) => event.type === 'Foreign_event'), 'readSince sees it too');
+    } finally {
+      release();
+      await foreign;
+      await bus.close();
+    }
+  });
+
   it('delivers every event of concurrent writers, in commit order per key', async () => {
     const bus = new OutboxBus(server.app.databases, silent, { pollMs: 100 });
     const seen: BusEvent[] = [];

@@ -7,20 +7,42 @@ import { type OutboxRow, outboxIdOf, type Position, toEvent } from './outbox-row
 
 /**
  * Reads of the outbox in delivery order, (xid, id), and only what is safely visible: rows
- * whose writing transaction is older than every running one
- * (`xid < pg_snapshot_xmin(pg_current_snapshot())`). A plain `id > cursor` reader would
- * silently skip a row whose transaction got a smaller id but committed after a larger one.
+ * whose writing transaction is older than every running one that could still write here
+ * (the horizon below). A plain `id > cursor` reader would silently skip a row whose
+ * transaction got a smaller id but committed after a larger one.
+ *
+ * The horizon is this database's, not the cluster's. The snapshot's xmin counts every running
+ * transaction of the PostgreSQL server, in any database: one writer left open elsewhere (another
+ * application's database, an `idle in transaction` session, another installation on a shared
+ * server) held every consumer back for as long as it ran. A running xid holds the horizon only
+ * if it belongs to a session of this database (pg_stat_activity, read after the snapshot), or
+ * if it ended since the snapshot (then its database is unknown and its rows unseen: wait for
+ * the next read). A prepared transaction (two-phase commit, which Bantu does not use) has no
+ * session, and would not hold it.
  */
+const HORIZON = sql`(
+  select coalesce(
+    (select min(running) from pg_snapshot_xip(snap.s) as running
+      where case when running::xid in (select backend_xid from here) then true
+                 else pg_xact_status(running) is distinct from 'in progress' end),
+    pg_snapshot_xmax(snap.s))
+  from (select pg_current_snapshot() as s) snap)`;
+
+/** The sessions of this database with a transaction id: read once per statement, after its snapshot (a materialized CTE, first read by HORIZON). */
+const HERE = sql`here as materialized (
+  select backend_xid from pg_stat_activity
+  where datid = (select oid from pg_database where datname = current_database()) and backend_xid is not null and pid <> pg_backend_pid())`;
 
 /** Rows after `after`, optionally one tenant's (and one owner's). */
 export async function readBatch(db: Db, after: Position, limit: number, filter?: EventFilter): Promise<OutboxRow[]> {
   const tenant = filter ? sql`and tenant_id = ${filter.tenantId}` : sql``;
   const owner = filter?.ownerId !== undefined ? sql`and owner_id = ${filter.ownerId}` : sql``;
   const result = await sql<OutboxRow>`
+      with ${HERE}
       select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at, traceparent
       from bus.outbox
       where (xid, id) > (${after.xid}::xid8, ${after.id})
-        and xid < pg_snapshot_xmin(pg_current_snapshot())
+        and xid < ${HORIZON}
         ${tenant} ${owner}
       order by outbox.xid, outbox.id
       limit ${limit}`.execute(db);
@@ -29,13 +51,14 @@ export async function readBatch(db: Db, after: Position, limit: number, filter?:
 }
 
 /**
- * A consumer's next rows (as `readBatch`), and the xmin they were read under: every
- * transaction below it has ended.
+ * A consumer's next rows (as `readBatch`), and the horizon they were read under: every
+ * transaction of this database below it has ended.
  */
 export async function readPending(db: Db, after: Position, limit: number): Promise<{ rows: OutboxRow[]; horizon: bigint | null }> {
   const result = await sql<OutboxRow & { horizon: string | null }>`
+      with ${HERE}
       select h.horizon::text as horizon, o.id, o.xid, o.type, o.tenant_id, o.owner_id, o.actor, o.data, o.occurred_at, o.traceparent
-      from (select pg_snapshot_xmin(pg_current_snapshot()) as horizon) h
+      from (select ${HORIZON} as horizon) h
       left join lateral (
         select id, xid::text as xid, type, tenant_id, owner_id, actor, data, occurred_at, traceparent
         from bus.outbox
