@@ -6,17 +6,23 @@ import { Registry } from 'prom-client';
 import { route } from './routes.ts';
 import { createGateway } from './server.ts';
 
+/** A log destination that keeps each JSON line. */
+function lineSink(): { lines: string[]; sink: Writable } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(...String(chunk).split('\n').filter(Boolean));
+      done();
+    },
+  });
+  return { lines, sink };
+}
+
 // Log lines of an authenticated request: JSON, with the request id, the tenant and the
 // environment, and never the credential (Fastify inject, no network).
 describe('request log lines', () => {
   it('carry request_id, tenant_id and environment once the principal is known, never the key', async () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(...String(chunk).split('\n').filter(Boolean));
-        done();
-      },
-    });
+    const { lines, sink } = lineSink();
     const key = 'sk_test_never_in_the_logs_0123456789';
     const gateway = await createGateway({
       logger: pino({ level: 'info', base: { service: 'bantu' } }, sink),
@@ -58,13 +64,7 @@ describe('request log lines', () => {
   });
 
   it("carry the caller's trace_id with tracing off, on every line of the request; a malformed traceparent is ignored", async () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(...String(chunk).split('\n').filter(Boolean));
-        done();
-      },
-    });
+    const { lines, sink } = lineSink();
     const gateway = await createGateway({
       logger: pino({ level: 'info' }, sink),
       corsOrigins: [],
