@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import type { LookupFunction } from 'node:net';
+import http from 'node:http';
+import type { AddressInfo, LookupFunction } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { type Receiver, startReceiver } from '../../../test/helpers/webhook-receiver.ts';
 import { NO_ALLOWED_NETWORKS, parseNetworks } from './domain/address-safety.ts';
@@ -56,6 +57,35 @@ describe('webhook sender', () => {
       assert.equal(receiver.received.length, 2);
     } finally {
       await sender.close();
+    }
+  });
+
+  it('an answer that trickles in ends at the attempt deadline; a large one is read only in part', async () => {
+    // Headers at once, then one byte every 100 ms: no single read waits long, the whole does.
+    const trickling = http.createServer((_request, response) => {
+      response.writeHead(200, { 'content-type': 'text/plain' });
+      const timer = setInterval(() => response.write('.'), 100);
+      response.on('close', () => clearInterval(timer));
+    });
+    const large = http.createServer((_request, response) => response.end('x'.repeat(1024 * 1024)));
+    const listen = async (server: http.Server) => {
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      return `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+    };
+    const sender = new WebhookSender(parseNetworks('127.0.0.0/8'), 700);
+    try {
+      const slow = await sender.send(await listen(trickling), {}, '{}');
+      assert.equal(slow.ok, false);
+      assert.equal(slow.error, 'timed out after 700 ms');
+      assert.ok(slow.durationMs >= 650, `ended after ${slow.durationMs} ms`);
+      const big = await sender.send(await listen(large), {}, '{}');
+      assert.equal(big.ok, true, String(big.error));
+      assert.equal(big.status, 200);
+    } finally {
+      await sender.close();
+      trickling.closeAllConnections();
+      large.closeAllConnections();
+      await Promise.all([trickling, large].map((server) => new Promise((resolve) => server.close(resolve))));
     }
   });
 });
