@@ -4,7 +4,7 @@ import { Webhook } from 'standardwebhooks';
 
 /**
  * A webhook receiver for tests: a real HTTP server on 127.0.0.1 that records every request
- * and answers as `answer` says (a status, or 'hang': never answer).
+ * and answers as `answer` says (a status, a status after a delay, or 'hang': never answer).
  */
 export interface ReceivedRequest {
   headers: http.IncomingHttpHeaders;
@@ -16,7 +16,7 @@ export interface Receiver {
   url: string;
   received: ReceivedRequest[];
   /** Decides the answer to the n-th request (0-based). */
-  answer: (n: number, request: ReceivedRequest) => number | 'hang';
+  answer: (n: number, request: ReceivedRequest) => number | { status: number; afterMs: number } | 'hang';
   /** The bodies verified with the standardwebhooks library against `secret`; throws on a bad signature. */
   verified(secret: string): Array<{ id: string; type: string; data: { file: { id: string; name: string } } }>;
   close(): Promise<void>;
@@ -51,7 +51,8 @@ export async function startReceiver(answer: Receiver['answer'] = () => 200): Pro
         hanging.add(response);
         return;
       }
-      response.writeHead(decision, { 'content-type': 'text/plain' }).end('ok');
+      if (typeof decision === 'number') response.writeHead(decision, { 'content-type': 'text/plain' }).end('ok');
+      else setTimeout(() => response.writeHead(decision.status, { 'content-type': 'text/plain' }).end('ok'), decision.afterMs);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

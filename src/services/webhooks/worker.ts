@@ -36,8 +36,11 @@ const MAX_IN_FLIGHT = 256;
 /** How often due retries are looked for when nothing wakes the worker. */
 const POLL_MS = 500;
 const MAX_BACKOFF_MS = 6 * 3600_000;
-/** Deliveries claimed per endpoint at once, in rounds of its concurrency: one claim feeds many attempts. */
-const PREFETCH = 8;
+/**
+ * Deliveries claimed per endpoint at once, in rounds of its concurrency: one claim feeds many
+ * attempts. At 8 (32 rows for 4 in flight) the queue ran dry while the next claim was read.
+ */
+const PREFETCH = 32;
 
 /** The delay before attempt `attempt + 1` after `attempt` failures: base·3^(n-1), capped, between half and all of it (jitter). */
 export function backoffMs(attempt: number, baseMs: number, random = Math.random): number {
@@ -59,6 +62,10 @@ export class DeliveryWorker {
   private woken = false;
   /** Per endpoint: the deliveries claimed and not yet started, and the attempts in flight. */
   private readonly held = new Map<string, Held>();
+  /** Every delivery claimed here and not yet recorded (queued or in flight): claimed again, it is not sent twice. */
+  private readonly claimed = new Set<string>();
+  /** The secrets of an endpoint row, opened once per claim that read it (the row is new each time). */
+  private readonly secrets = new WeakMap<EndpointRow, { current: string; previous: string | null }>();
   private readonly inFlight = new Set<Promise<void>>();
   /** Outcomes waiting to be written, per environment: those that end while a write runs go in the next one. */
   private readonly outcomes = new Map<Environment, Array<{ id: string; outcome: AttemptOutcome; done: (error?: unknown) => void }>>();
@@ -89,6 +96,7 @@ export class DeliveryWorker {
       if (ids.length > 0) await releaseClaims(this.options.databases.environments[environment], ids).catch(() => undefined);
     }
     this.held.clear();
+    this.claimed.clear();
   }
 
   private async run(): Promise<void> {
@@ -119,12 +127,18 @@ export class DeliveryWorker {
     // An endpoint with half a claim or more still queued here gets none more until it drains
     // under that: the next claim is read while the last one is being sent, not after.
     const held = [...this.held.values()].filter((h) => h.queue.length >= this.refillBelow()).map((h) => h.endpoint.id);
-    const rows = await claimDue(db, { limit: room * PREFETCH, perEndpoint: this.options.perEndpoint * PREFETCH, exclude: held, leaseMs: this.leaseMs() });
+    // Held when the claim started: one of them recorded while the claim waited (its row locked
+    // by the claim) leaves `claimed` before the rows are looked at, and must not be sent again.
+    const heldBefore = new Set(this.claimed);
+    const rows = await claimDue(db, { limit: room * PREFETCH, perEndpoint: this.options.perEndpoint * PREFETCH, exclude: held, leaseMs: this.leaseMs(), scan: room });
     if (rows.length === 0) return;
     const endpoints = new Map((await endpointsByIds(db, [...new Set(rows.map((r) => r.endpoint_id))])).map((e) => [e.id, e]));
     for (const row of rows) {
       const endpoint = endpoints.get(row.endpoint_id);
       if (!endpoint) continue; // deleted since: its deliveries went with it
+      // Its lease ran out while it waited here (a slow endpoint): claiming it again renewed it.
+      if (heldBefore.has(row.id) || this.claimed.has(row.id)) continue;
+      this.claimed.add(row.id);
       const hold = this.held.get(endpoint.id) ?? { environment, endpoint, queue: [], busy: 0 };
       // The newest read of the endpoint (a changed URL, a rotated secret) serves what starts from now on.
       hold.endpoint = endpoint;
@@ -135,12 +149,16 @@ export class DeliveryWorker {
   }
 
   /**
-   * The lease of a claimed delivery: long enough for every delivery queued before it to be
-   * sent (up to one and a half claims: 2·PREFETCH rounds of attempts of at most timeoutMs
-   * each, and its own), so none is claimed twice meanwhile.
+   * The lease of a claimed delivery: how long another process (the next leader) leaves it
+   * alone, and so how soon the deliveries of a killed process are sent again. Two attempts'
+   * deadlines and a margin: a deposed leader stops starting attempts within seconds and
+   * finishes those in flight within one deadline. A delivery still queued here when its lease
+   * ends is claimed again by this process alone, which knows it (`claimed`) and does not send
+   * it twice; only one started late and caught by a change of leader can go out twice, which
+   * at-least-once delivery allows (receivers dedupe by webhook-id).
    */
   private leaseMs(): number {
-    return this.options.timeoutMs * (2 * PREFETCH + 1) + 5000;
+    return 2 * this.options.timeoutMs + 5000;
   }
 
   /** Below this many queued deliveries an endpoint is claimed for again. */
@@ -171,6 +189,7 @@ export class DeliveryWorker {
         .catch((error) => this.options.logger.warn({ err: error, delivery: row.id }, 'webhook attempt not recorded; it is sent again when its lease ends'))
         .finally(() => {
           this.inFlight.delete(attempt);
+          this.claimed.delete(row.id);
           free();
         });
       this.inFlight.add(attempt);
@@ -218,8 +237,8 @@ export class DeliveryWorker {
       'bantu.webhook_endpoint': endpoint.id,
       'bantu.attempt': row.attempt + 1,
     };
-    return inSpan(tracer, `webhook ${row.type}`, { kind: SpanKind.CLIENT, parent: contextOf({ traceparent: row.traceparent }), attributes }, async (span) => {
-      injectTraceparent(headers);
+    return inSpan(tracer, `webhook ${row.type}`, { kind: SpanKind.CLIENT, parent: contextOf({ traceparent: row.traceparent }), attributes }, async (span, context) => {
+      injectTraceparent(headers, context);
       const result = await sender.send(endpoint.url, headers, row.payload);
       if (result.status !== null) span.setAttribute('http.response.status_code', result.status);
       if (!result.ok) span.setStatus({ code: SpanStatusCode.ERROR, message: result.error ?? `status ${result.status}` });
@@ -227,14 +246,22 @@ export class DeliveryWorker {
     });
   }
 
+  private openSecrets(endpoint: EndpointRow): { current: string; previous: string | null } {
+    let opened = this.secrets.get(endpoint);
+    if (!opened) {
+      const { box } = this.options;
+      const purpose = secretPurpose(endpoint.id);
+      opened = { current: box.open(endpoint.secret, purpose).toString('utf8'), previous: endpoint.previous_secret ? box.open(endpoint.previous_secret, purpose).toString('utf8') : null };
+      this.secrets.set(endpoint, opened);
+    }
+    return opened;
+  }
+
   /** Sends one delivery and records its outcome; `sent` is called once the answer (or the failure) is in. */
   private async attempt(environment: Environment, endpoint: EndpointRow, row: DeliveryRow, sent: () => void): Promise<void> {
-    const { box } = this.options;
-    const purpose = secretPurpose(endpoint.id);
-    const secrets = [box.open(endpoint.secret, purpose).toString('utf8')];
-    if (endpoint.previous_secret && endpoint.previous_expires_at && endpoint.previous_expires_at.getTime() > Date.now()) {
-      secrets.push(box.open(endpoint.previous_secret, purpose).toString('utf8'));
-    }
+    const opened = this.openSecrets(endpoint);
+    const secrets = [opened.current];
+    if (opened.previous && endpoint.previous_expires_at && endpoint.previous_expires_at.getTime() > Date.now()) secrets.push(opened.previous);
     const headers = signedHeaders(secrets, row.event_id, Math.floor(Date.now() / 1000), row.payload);
     const result = await this.send(endpoint, row, headers);
     sent();

@@ -60,21 +60,33 @@ export async function requeueDelivery(trx: Tx, tenantId: string, endpointId: str
 /**
  * Claims up to `perEndpoint` due deliveries of each enabled endpoint but those in `exclude`
  * (and at most `limit` in all), oldest due first, by moving them `leaseMs` ahead.
+ *
+ * Bounded whatever the table holds: the endpoints with work are found among the `scan` soonest
+ * due rows (index `delivery_due`), then each one's own are read from `delivery_endpoint_due`.
+ * "Due" compares with statement_timestamp(), not clock_timestamp(): a volatile bound cannot use
+ * an index, and the table keeps every delivery ever made (a sequential scan grew with history:
+ * 139 ms per claim at 51,000 due and 100,000 done rows, against 8 ms this way).
  */
-export async function claimDue(db: Db, options: { limit: number; perEndpoint: number; exclude: string[]; leaseMs: number }): Promise<DeliveryRow[]> {
-  const full = options.exclude;
+export async function claimDue(db: Db, options: { limit: number; perEndpoint: number; exclude: string[]; leaseMs: number; scan: number }): Promise<DeliveryRow[]> {
   const result = await sql<DeliveryRow>`
-    with due as (
-      select d.id, d.endpoint_id, row_number() over (partition by d.endpoint_id order by d.next_attempt_at, d.id) as rank
-      from webhooks.delivery d join webhooks.endpoint e on e.id = d.endpoint_id
-      where d.status = 'pending' and d.next_attempt_at <= clock_timestamp() and e.status = 'enabled'
-        and not (d.endpoint_id = any(${full}::text[]))
-      order by d.next_attempt_at limit ${options.limit * 4}
+    with ready as (
+      select distinct due.endpoint_id from (
+        -- Enabled endpoints only, before the limit: a disabled one keeps its pending rows
+        -- (for when it is enabled again), and they must not fill the scan.
+        select d.endpoint_id from webhooks.delivery d join webhooks.endpoint e on e.id = d.endpoint_id and e.status = 'enabled'
+        where d.status = 'pending' and d.next_attempt_at <= statement_timestamp() and not (d.endpoint_id = any(${options.exclude}::text[]))
+        order by d.next_attempt_at limit ${options.scan}
+      ) due
     )
     update webhooks.delivery d set next_attempt_at = clock_timestamp() + make_interval(secs => ${options.leaseMs / 1000})
-    from due
-    where d.id = due.id and due.rank <= ${options.perEndpoint}
-      and d.status = 'pending' and d.next_attempt_at <= clock_timestamp()
+    where d.id = any(array(
+        select own.id from ready cross join lateral (
+          select id from webhooks.delivery
+          where endpoint_id = ready.endpoint_id and status = 'pending' and next_attempt_at <= statement_timestamp()
+          order by next_attempt_at limit ${options.perEndpoint}
+        ) own
+        limit ${options.limit}))
+      and d.status = 'pending' and d.next_attempt_at <= statement_timestamp()
     returning ${sql.join(['tenant_id', 'id', 'endpoint_id', 'event_id', 'type', 'payload', 'attempt', 'status', 'response_status', 'error', 'duration_ms', 'created_at', 'first_failed_at', 'next_attempt_at', 'traceparent'].map((c) => sql.ref(`d.${c}`)))}`.execute(db);
   return result.rows;
 }
