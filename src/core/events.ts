@@ -44,4 +44,6 @@ export interface NewEvent<Data = Record<string, unknown>> {
   actor: Actor;
   owner_id?: string | null;
   data: Data;
+  /** The W3C traceparent of the work that appends it (src/core/trace.ts traceparentOf), when traced. */
+  traceparent?: string;
 }

@@ -1,7 +1,7 @@
 import multipart from '@fastify/multipart';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
-import { context, trace } from '../core/trace.ts';
+import { bindTrace, trace } from '../core/trace.ts';
 import type { RouteAuth } from './auth.ts';
 import { ProblemRef } from './problem.ts';
 
@@ -116,9 +116,16 @@ function toFastify(spec: Route) {
 
 type Handler = (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
 
-/** The handler runs in its request's server span (src/gateway/http-tracing.ts) when tracing is on. */
+/**
+ * With tracing on, what the handler does in the principal's name (the events it appends, the
+ * services it calls) joins the request's server span (src/gateway/http-tracing.ts): the
+ * principal carries it (src/core/trace.ts bindTrace).
+ */
 function inTraceContext(handler: Handler): Handler {
-  return (request, reply) => (request.traceContext === null ? handler(request, reply) : context.with(request.traceContext, handler, undefined, request, reply));
+  return (request, reply) => {
+    if (request.traceContext !== null && request.principal) request.principal = bindTrace(request.principal, request.traceContext);
+    return handler(request, reply);
+  };
 }
 
 /**

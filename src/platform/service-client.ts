@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { type Dispatcher, Pool } from 'undici';
 import { AppError, Errors, errorDefinition, type FieldError } from '../core/errors.ts';
 import type { Principal } from '../core/principal.ts';
-import { injectTraceparent } from '../core/trace.ts';
+import { injectTraceparent, traceOf } from '../core/trace.ts';
 import { SERVICE_NAMES, type ServiceName } from './catalogue.ts';
 import { INTERNAL_HEADER, type InternalTokens } from './internal-token.ts';
 import type { ServiceInstance } from './registry.ts';
@@ -53,7 +53,7 @@ export class ServiceClient {
         ...call.headers,
         [INTERNAL_HEADER]: this.tokens.sign({ principal: call.principal, requestId: randomUUID(), method: call.method, url: call.path, audience: 'service' }),
       };
-      injectTraceparent(headers);
+      injectTraceparent(headers, traceOf(call.principal));
       try {
         return await this.pool(instance.address).request({ method: call.method, path: call.path, headers, body: call.body ?? null });
       } catch (error) {

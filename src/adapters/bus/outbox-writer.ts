@@ -1,7 +1,6 @@
 import { type RawBuilder, sql } from 'kysely';
 import type { BusEvent, NewEvent } from '../../core/events.ts';
 import type { Environment } from '../../core/principal.ts';
-import { activeTraceparent } from '../../core/trace.ts';
 import type { Tx } from '../db/pg.ts';
 import { eventIdOf } from './outbox-row.ts';
 
@@ -21,7 +20,7 @@ const PAYLOAD_FRAME_MAX = 160;
  */
 export function appendStatement(environment: Environment, event: NewEvent): { statement: RawBuilder<{ id: number }>; eventOf(id: number): BusEvent } {
   const occurredAt = new Date();
-  const traceparent = activeTraceparent();
+  const traceparent = event.traceparent;
   // The event as toEvent makes it from the row, but for its first member (the id, known once inserted).
   const rest = {
     type: event.type,

@@ -8,6 +8,7 @@ import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
 import { type BlobStore, BlobTooLargeError, type ByteRange, type EventBus, type RestorableVersion, type StagedBlob, type StoredBlob } from '../../../core/ports.ts';
 import { actorOf, type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
+import { traceOf, traceparentOf } from '../../../core/trace.ts';
 import * as repo from '../repo/files.repo.ts';
 import { type Idempotency, principalKey, replayOf, type WriteAnswer } from './idempotency.ts';
 import { normalizeContentType, normalizePath, validateName } from './names.ts';
@@ -412,7 +413,7 @@ export class FilesService {
 
   /** The File_* event of a change to `file`. */
   private fileEvent(principal: TenantPrincipal, type: FileEventType, file: FileObject): NewEvent {
-    return { type, tenant_id: principal.tenantId, actor: actorOf(principal), owner_id: file.owner_id, data: { file } };
+    return { type, tenant_id: principal.tenantId, actor: actorOf(principal), owner_id: file.owner_id, data: { file }, traceparent: traceparentOf(traceOf(principal)) };
   }
 
   private idempotencyScope(principal: TenantPrincipal, idempotency: Idempotency) {
