@@ -1,8 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { CreateBucketCommand, GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { createS3Client } from '../src/adapters/blob/s3-client.ts';
@@ -40,6 +43,8 @@ interface Ctx {
   seq: number;
   /** A stored file of BIG bytes, for downloads. */
   bigId?: string;
+  /** The bare HTTPS relay of the relay pair: GetObject piped to the answer. */
+  relay?: { server: https.Server; url: string };
 }
 
 /** s3rver in a child process, and its endpoint. */
@@ -123,6 +128,33 @@ async function bantuDownload(ctx: Ctx): Promise<number> {
   return performance.now() - started;
 }
 
+/**
+ * A bare HTTPS server on Bantu's certificate that answers every GET with GetObject of the SDK's
+ * copy piped to the response: the least a server in this process can do to serve S3 content
+ * over HTTPS to the client in this process.
+ */
+async function startRelay(ctx: Ctx): Promise<{ server: https.Server; url: string }> {
+  const [cert, key] = await Promise.all(['cert.pem', 'key.pem'].map((name) => fs.readFile(path.join(ctx.bantu.dataDir, 'tls', name), 'utf8')));
+  const server = https.createServer({ cert, key }, (_request, response) => {
+    ctx.client
+      .send(new GetObjectCommand({ Bucket: SDK_BUCKET, Key: 'big.bin' }))
+      .then((answer) => {
+        response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(answer.ContentLength) });
+        return pipeline(answer.Body as Readable, response);
+      })
+      .catch(() => response.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, url: `https://localhost:${(server.address() as AddressInfo).port}/big.bin` };
+}
+
+async function relayDownload(ctx: Ctx): Promise<number> {
+  const started = performance.now();
+  const size = await receive(ctx, (ctx.relay as { url: string }).url);
+  if (size !== BIG) throw new Error(`short relay download: ${size}`);
+  return performance.now() - started;
+}
+
 async function sdkDownload(ctx: Ctx): Promise<number> {
   const started = performance.now();
   const answer = await ctx.client.send(new GetObjectCommand({ Bucket: SDK_BUCKET, Key: 'big.bin' }));
@@ -156,26 +188,50 @@ export const pairs: BenchPair[] = [
     target: { ratio: 0.8, description: 'a download through Bantu from S3 keeps at least 80% of the SDK alone from the same server (issue 16)' },
     rounds: 5,
     warmup: 1,
-    async setup() {
-      const ctx = await setup();
-      try {
-        const created = await send(ctx, 'POST', `${ctx.bantu.url}/v1/files?name=big.bin`, BIG, { auth: ctx.key });
-        if (created.status !== 201) throw new Error(`upload failed: ${created.status} ${created.body}`);
-        ctx.bigId = JSON.parse(created.body).id;
-        await new Upload({
-          client: ctx.client,
-          params: { Bucket: SDK_BUCKET, Key: 'big.bin', Body: Readable.from(bigBody(ctx.chunk), { highWaterMark: 1 }) },
-          partSize: PART,
-          queueSize: QUEUE,
-        }).done();
-        return ctx;
-      } catch (error) {
-        await teardown(ctx);
-        throw error;
-      }
-    },
+    setup: downloadSetup,
     teardown,
     a: (ctx) => rateOf(() => bantuDownload(ctx)),
     b: (ctx) => rateOf(() => sdkDownload(ctx)),
   }),
+  definePair<Ctx>({
+    name: 's3/download-100mib-relay',
+    description: `the same download through Bantu against a bare HTTPS server (same certificate, same client) piping the SDK's GetObject of the same bytes to its answer`,
+    labels: { a: 'bantu download (S3)', b: 'bare HTTPS relay of GetObject' },
+    unit: 'MiB/s',
+    higherIsBetter: true,
+    rounds: 5,
+    warmup: 1,
+    async setup() {
+      const ctx = await downloadSetup();
+      ctx.relay = await startRelay(ctx);
+      return ctx;
+    },
+    async teardown(ctx) {
+      ctx.relay?.server.closeAllConnections();
+      await new Promise((resolve) => ctx.relay?.server.close(resolve));
+      await teardown(ctx);
+    },
+    a: (ctx) => rateOf(() => bantuDownload(ctx)),
+    b: (ctx) => rateOf(() => relayDownload(ctx)),
+  }),
 ];
+
+/** A stored BIG file in Bantu and the same bytes in the SDK's bucket, for the download pairs. */
+async function downloadSetup(): Promise<Ctx> {
+  const ctx = await setup();
+  try {
+    const created = await send(ctx, 'POST', `${ctx.bantu.url}/v1/files?name=big.bin`, BIG, { auth: ctx.key });
+    if (created.status !== 201) throw new Error(`upload failed: ${created.status} ${created.body}`);
+    ctx.bigId = JSON.parse(created.body).id;
+    await new Upload({
+      client: ctx.client,
+      params: { Bucket: SDK_BUCKET, Key: 'big.bin', Body: Readable.from(bigBody(ctx.chunk), { highWaterMark: 1 }) },
+      partSize: PART,
+      queueSize: QUEUE,
+    }).done();
+    return ctx;
+  } catch (error) {
+    await teardown(ctx);
+    throw error;
+  }
+}

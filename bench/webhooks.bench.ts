@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { sql } from 'kysely';
 import { Agent, request } from 'undici';
 import { signedHeaders } from '../src/services/webhooks/domain/signing.ts';
@@ -29,6 +30,8 @@ interface Ctx {
   tenantId: string;
   /** Per A round of the throughput pair, ms from the commit: every delivery row written, the first arrival, the last. */
   timeline: { rows: number[]; first: number[]; last: number[] };
+  /** Per round, the share of the time this process's main thread was busy (event loop utilization), A and B. */
+  busy: { a: number[]; b: number[] };
 }
 
 function percentile(values: number[], p: number): number {
@@ -37,7 +40,9 @@ function percentile(values: number[], p: number): number {
 }
 
 async function setup(endpoints: number): Promise<Ctx> {
-  const server = await startServer({ BANTU_WEBHOOK_ALLOWED_NETWORKS: '127.0.0.0/8' });
+  // No backup worker: these events name blobs that were never stored (see fileEvent), and
+  // copying files is the backup pairs' measure, not this one's.
+  const server = await startServer({ BANTU_WEBHOOK_ALLOWED_NETWORKS: '127.0.0.0/8', BANTU_BACKUP_WORKER: 'off' });
   const receivers: Receiver[] = [];
   let secret = '';
   for (let i = 0; i < endpoints; i++) {
@@ -53,7 +58,7 @@ async function setup(endpoints: number): Promise<Ctx> {
   if (file.status !== 201 || !tenantId) throw new Error('no seed event');
   await untilReceived(receivers, 1);
   for (const receiver of receivers) receiver.received.length = 0;
-  return { server, receivers, secret, agent: new Agent({ connections: 64 }), tenantId, timeline: { rows: [], first: [], last: [] } };
+  return { server, receivers, secret, agent: new Agent({ connections: 64 }), tenantId, timeline: { rows: [], first: [], last: [] }, busy: { a: [], b: [] } };
 }
 
 /** Commits `count` File_create events in one transaction, as the files service would; resolves at the commit with their ids. */
@@ -120,9 +125,11 @@ export const pairs: BenchPair[] = [
       const before = receiver.received.length;
       const ids = await commitEvents(ctx, EVENTS);
       const committed = performance.now();
+      const loop = performance.eventLoopUtilization();
       const committedAt = Date.now();
       await untilReceived([receiver], before + EVENTS);
       const elapsed = performance.now() - committed;
+      ctx.busy.a.push(performance.eventLoopUtilization(loop).utilization);
       const rows = await sql<{ last: Date }>`select max(created_at) as last from webhooks.delivery where event_id = any(${ids})`.execute(ctx.server.app.databases.environments.test);
       ctx.timeline.rows.push((rows.rows[0]?.last.getTime() ?? Number.NaN) - committedAt);
       ctx.timeline.first.push((receiver.received[before]?.at ?? Number.NaN) - committedAt);
@@ -133,10 +140,17 @@ export const pairs: BenchPair[] = [
       'A ms from commit to every delivery row written (the consumer)': median(ctx.timeline.rows),
       'A ms from commit to the first arrival': median(ctx.timeline.first),
       'A ms from commit to the last arrival': median(ctx.timeline.last),
+      // Sender, receiver and (in A) the consumer and the worker share one thread: both sides are bound by it.
+      'A main thread busy, % of the time': Math.round(100 * median(ctx.busy.a)),
+      'B main thread busy, % of the time': Math.round(100 * median(ctx.busy.b)),
     }),
     async b(ctx) {
       const [receiver] = ctx.receivers as [Receiver];
-      return perSecond(EVENTS, await bareLoop(ctx, receiver.url, bodiesOf(ctx, EVENTS), CONCURRENCY));
+      const bodies = bodiesOf(ctx, EVENTS);
+      const loop = performance.eventLoopUtilization();
+      const rate = perSecond(EVENTS, await bareLoop(ctx, receiver.url, bodies, CONCURRENCY));
+      ctx.busy.b.push(performance.eventLoopUtilization(loop).utilization);
+      return rate;
     },
     teardown,
   }),
