@@ -118,7 +118,7 @@ describe('Prometheus against a running Bantu', () => {
   let server: TestServer;
   let exported: Set<string>;
   before(async () => {
-    server = await startServer();
+    server = await startServer({ BANTU_DATABASE_POOL_SIZE: '7' });
     exported = await metricsExportedBy(server);
   });
   after(async () => server?.close());
@@ -149,7 +149,7 @@ describe('Prometheus against a running Bantu', () => {
       value: Number(value),
     }));
     const one = (name: string, labels: Record<string, string>) => series.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
-    assert.equal(one('bantu_db_pool_connections', { database: 'live', state: 'max' }), 10);
+    assert.equal(one('bantu_db_pool_connections', { database: 'live', state: 'max' }), 7, 'the configured pool size');
     assert.equal(one('bantu_readiness_dependency_up', { dependency: 'database' }), 1);
     assert.equal(one('bantu_bus_dead_letters', { consumer: 'backup', environment: 'live' }), 0);
     assert.ok((one('bantu_tls_certificate_expiry_timestamp_seconds', {}) ?? 0) > Date.now() / 1000, 'the certificate expires in the future');

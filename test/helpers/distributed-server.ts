@@ -32,7 +32,8 @@ export async function startDistributedServer(env: Record<string, string>, option
   });
   let databases: Awaited<ReturnType<typeof openDatabases>>;
   try {
-    databases = await openDatabases(deployment.env.DATABASE_URL as string);
+    // The test's own SQL beside the deployment's processes: a few connections are enough.
+    databases = await openDatabases(deployment.env.DATABASE_URL as string, undefined, 4);
   } catch (error) {
     await deployment.close();
     throw error;
