@@ -63,6 +63,12 @@ export const EnvSchema = Type.Object({
     default: 10,
     description: 'Connections each process may open to each environment database (half that to the control one): keep processes × pools under PostgreSQL max_connections',
   }),
+  BANTU_DATABASE_IDLE_MS: Type.Integer({
+    minimum: 100,
+    maximum: 3_600_000,
+    default: 30_000,
+    description: 'How long a pooled connection stays open unused before it is closed: lower it when many processes share a small max_connections',
+  }),
   NATS_URL: Type.Optional(url('NATS JetStream (distributed mode): the registry where services announce themselves')),
   BANTU_NATS_PREFIX: Type.String({
     pattern: '^[A-Za-z0-9_-]{1,32}$',
@@ -156,6 +162,7 @@ export interface Config {
   publicUrl?: string;
   databaseUrl?: string;
   databasePoolSize: number;
+  databaseIdleMs: number;
   natsUrl?: string;
   natsPrefix: string;
   /** The JetStream events streams (one per environment) the outbox is relayed to. */
@@ -288,6 +295,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       publicUrl: e.BANTU_PUBLIC_URL,
       databaseUrl: e.DATABASE_URL,
       databasePoolSize: e.BANTU_DATABASE_POOL_SIZE,
+      databaseIdleMs: e.BANTU_DATABASE_IDLE_MS,
       natsUrl: e.NATS_URL,
       natsPrefix: e.BANTU_NATS_PREFIX,
       natsStreams: { replicas: e.BANTU_NATS_REPLICAS, storage: e.BANTU_NATS_STORAGE, maxAgeHours: e.BANTU_NATS_MAX_AGE_HOURS ?? e.BANTU_EVENT_RETENTION_HOURS },

@@ -161,7 +161,7 @@ export async function openPlatform(config: Config, logger: Logger, options: Plat
       closers.push(() => embedded.stop());
       baseUrl = embedded.url.replace(/\/postgres$/, '/bantu');
     }
-    const databases = await openDatabases(baseUrl, undefined, config.databasePoolSize);
+    const databases = await openDatabases(baseUrl, undefined, config.databasePoolSize, config.databaseIdleMs);
     closers.push(() => databases.close());
     // Under the migrations' advisory lock: whichever process starts first applies them.
     const plan = migrationPlan(options.migrations);

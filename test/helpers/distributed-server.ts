@@ -33,7 +33,7 @@ export async function startDistributedServer(env: Record<string, string>, option
   let databases: Awaited<ReturnType<typeof openDatabases>>;
   try {
     // The test's own SQL beside the deployment's processes: a few connections are enough.
-    databases = await openDatabases(deployment.env.DATABASE_URL as string, undefined, 4);
+    databases = await openDatabases(deployment.env.DATABASE_URL as string, undefined, 4, 1000);
   } catch (error) {
     await deployment.close();
     throw error;

@@ -102,8 +102,11 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     BANTU_PORT: String(port),
     BANTU_PUBLIC_URL: `https://127.0.0.1:${port}`,
     BANTU_LOG_LEVEL: process.env.BANTU_TEST_LOG_LEVEL ?? 'warn',
-    // Seven processes, test files side by side: stay well inside the machine PostgreSQL's 100 connections.
+    // Nine processes, and two test files side by side on the machine PostgreSQL's 100
+    // connections: small pools, and connections closed within a second of their last use
+    // (at the default 30 s, two deployments held up to 98 between them, mostly idle).
     BANTU_DATABASE_POOL_SIZE: '3',
+    BANTU_DATABASE_IDLE_MS: '1000',
     ...options.env,
   };
   const processes = new Map<ServiceName, CliProcess[]>();

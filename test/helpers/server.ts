@@ -90,7 +90,8 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
  * The pool of a server on the machine PostgreSQL (100 connections, shared by the two test
  * files that run at once): at the default 10, a server could hold 25 (and its listeners), and
  * beside a distributed deployment's nine processes the server ran out ("too many clients").
- * At 5: 13 at most, and writers beyond that wait for a connection, as in production.
+ * At 5: 13 at most, and writers beyond that wait for a connection, as in production; each
+ * closed within a second of its last use, as the distributed deployments' are.
  */
 const SHARED_POSTGRES_POOL_SIZE = '5';
 
@@ -107,7 +108,7 @@ async function startInProcess(env: Record<string, string>, options: StartOptions
     BANTU_DATA_DIR: dataDir,
     BANTU_PORT: '0',
     BANTU_LOG_LEVEL: process.env.BANTU_TEST_LOG_LEVEL ?? 'silent',
-    ...(databaseUrl ? { DATABASE_URL: databaseUrl, BANTU_DATABASE_POOL_SIZE: SHARED_POSTGRES_POOL_SIZE } : {}),
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl, BANTU_DATABASE_POOL_SIZE: SHARED_POSTGRES_POOL_SIZE, BANTU_DATABASE_IDLE_MS: '1000' } : {}),
     ...env,
   });
   if (!result.ok) throw new Error(`bad test config: ${JSON.stringify(result.problems)}`);

@@ -49,10 +49,10 @@ function quoteIdent(name: string): string {
 /** The pool behind each Db, for the few paths that talk to pg directly (tenantBatch). */
 const pools = new WeakMap<Db, pg.Pool>();
 
-function connect(url: string, max = 10): Db {
+function connect(url: string, max: number, idleMs: number): Db {
   // Pipeline mode lets tenantBatch send its statements without waiting for each answer.
   // Kysely awaits every query before the next, so everything else goes out exactly as before.
-  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 30_000, pipeline: true });
+  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: idleMs, pipeline: true });
   // A connection the server drops (restart, crash, failover) must not crash the process.
   // Idle ones are reported on the pool; one checked out between two queries of a
   // transaction has no listener of its own, so give every connection one. The failed query
@@ -97,17 +97,18 @@ async function ensureDatabases(url: string, names: string[]): Promise<void> {
 /**
  * The control and environment databases, created when missing. `poolSize`: connections this
  * process may open to each environment database (half that to the control database), so
- * that many processes of one installation stay within the server's max_connections.
+ * that many processes of one installation stay within the server's max_connections; `idleMs`:
+ * how long an unused one stays open.
  */
-export async function openDatabases(baseUrl: string, controlName = databaseName(baseUrl), poolSize = 10): Promise<Databases> {
+export async function openDatabases(baseUrl: string, controlName = databaseName(baseUrl), poolSize = 10, idleMs = 30_000): Promise<Databases> {
   const names = { control: controlName, live: `${controlName}_live`, test: `${controlName}_test` };
   await ensureDatabases(baseUrl, Object.values(names));
   const environmentUrls = { live: withDatabase(baseUrl, names.live), test: withDatabase(baseUrl, names.test) };
   const controlUrl = withDatabase(baseUrl, names.control);
   const databases: Databases = {
     controlUrl,
-    control: connect(controlUrl, Math.ceil(poolSize / 2)),
-    environments: { live: connect(environmentUrls.live, poolSize), test: connect(environmentUrls.test, poolSize) },
+    control: connect(controlUrl, Math.ceil(poolSize / 2), idleMs),
+    environments: { live: connect(environmentUrls.live, poolSize, idleMs), test: connect(environmentUrls.test, poolSize, idleMs) },
     environmentUrls,
     async close() {
       await Promise.all([databases.control.destroy(), databases.environments.live.destroy(), databases.environments.test.destroy()]);
