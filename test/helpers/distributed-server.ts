@@ -3,7 +3,7 @@ import { OutboxBus } from '../../src/adapters/bus/outbox.ts';
 import { openDatabases } from '../../src/adapters/db/pg.ts';
 import type { App, StartedApp } from '../../src/app.ts';
 import { startDeployment } from './distributed.ts';
-import type { StartOptions, TestServer } from './server.ts';
+import { SHARED_POSTGRES_IDLE_MS, type StartOptions, type TestServer } from './server.ts';
 
 /**
  * `startServer` in the distributed shape (BANTU_TEST_SHAPE=distributed): a deployment of
@@ -33,7 +33,7 @@ export async function startDistributedServer(env: Record<string, string>, option
   let databases: Awaited<ReturnType<typeof openDatabases>>;
   try {
     // The test's own SQL beside the deployment's processes: a few connections are enough.
-    databases = await openDatabases(deployment.env.DATABASE_URL as string, undefined, 4, 1000);
+    databases = await openDatabases(deployment.env.DATABASE_URL as string, undefined, 4, SHARED_POSTGRES_IDLE_MS);
   } catch (error) {
     await deployment.close();
     throw error;

@@ -9,7 +9,7 @@ import { streamName } from '../../src/adapters/bus/nats-relay.ts';
 import { dropDatabases } from '../../src/adapters/db/pg.ts';
 import type { ServiceName } from '../../src/platform/catalogue.ts';
 import { type CliProcess, runCli } from './cli.ts';
-import { makeTempDir, type RequestOptions, requestWith, type TestResponse } from './server.ts';
+import { makeTempDir, type RequestOptions, requestWith, SHARED_POSTGRES_IDLE_MS, type TestResponse } from './server.ts';
 
 /**
  * A distributed deployment started the way an operator would: one `bantu serve <service>`
@@ -102,11 +102,9 @@ export async function startDeployment(options: DeploymentOptions = {}): Promise<
     BANTU_PORT: String(port),
     BANTU_PUBLIC_URL: `https://127.0.0.1:${port}`,
     BANTU_LOG_LEVEL: process.env.BANTU_TEST_LOG_LEVEL ?? 'warn',
-    // Nine processes, and two test files side by side on the machine PostgreSQL's 100
-    // connections: small pools, and connections closed within a second of their last use
-    // (at the default 30 s, two deployments held up to 98 between them, mostly idle).
+    // Nine processes, and two test files side by side on the machine PostgreSQL's 100 connections.
     BANTU_DATABASE_POOL_SIZE: '3',
-    BANTU_DATABASE_IDLE_MS: '1000',
+    BANTU_DATABASE_IDLE_MS: String(SHARED_POSTGRES_IDLE_MS),
     ...options.env,
   };
   const processes = new Map<ServiceName, CliProcess[]>();

@@ -90,10 +90,15 @@ export async function startServer(env: Record<string, string> = {}, options: Sta
  * The pool of a server on the machine PostgreSQL (100 connections, shared by the two test
  * files that run at once): at the default 10, a server could hold 25 (and its listeners), and
  * beside a distributed deployment's nine processes the server ran out ("too many clients").
- * At 5: 13 at most, and writers beyond that wait for a connection, as in production; each
- * closed within a second of its last use, as the distributed deployments' are.
+ * At 5: 13 at most, and writers beyond that wait for a connection, as in production.
  */
 const SHARED_POSTGRES_POOL_SIZE = '5';
+/**
+ * How long an unused connection stays open on the machine PostgreSQL, for every server and
+ * deployment of the tests: at the default 30 s, most connections held were idle ones left from
+ * the last burst (two deployments side by side held up to 98 of the 100).
+ */
+export const SHARED_POSTGRES_IDLE_MS = 1000;
 
 async function startInProcess(env: Record<string, string>, options: StartOptions, storage: ServerS3 | undefined): Promise<TestServer> {
   const dataDir = await makeTempDir();
@@ -108,7 +113,7 @@ async function startInProcess(env: Record<string, string>, options: StartOptions
     BANTU_DATA_DIR: dataDir,
     BANTU_PORT: '0',
     BANTU_LOG_LEVEL: process.env.BANTU_TEST_LOG_LEVEL ?? 'silent',
-    ...(databaseUrl ? { DATABASE_URL: databaseUrl, BANTU_DATABASE_POOL_SIZE: SHARED_POSTGRES_POOL_SIZE, BANTU_DATABASE_IDLE_MS: '1000' } : {}),
+    ...(databaseUrl ? { DATABASE_URL: databaseUrl, BANTU_DATABASE_POOL_SIZE: SHARED_POSTGRES_POOL_SIZE, BANTU_DATABASE_IDLE_MS: String(SHARED_POSTGRES_IDLE_MS) } : {}),
     ...env,
   });
   if (!result.ok) throw new Error(`bad test config: ${JSON.stringify(result.problems)}`);
