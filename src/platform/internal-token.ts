@@ -1,5 +1,6 @@
-import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, hkdfSync } from 'node:crypto';
 import type { Principal } from '../core/principal.ts';
+import { sameText } from '../core/same-text.ts';
 
 /**
  * The gateway's word to a service (distributed mode): "this request, with this id, comes
@@ -57,7 +58,7 @@ export class InternalTokens {
       exp: this.now() + INTERNAL_TOKEN_SECONDS * 1000,
     };
     const body = Buffer.from(JSON.stringify(payload)).toString('base64url');
-    return `v1.${body}.${this.mac(body).toString('base64url')}`;
+    return `v1.${body}.${this.mac(body)}`;
   }
 
   /** The claims of a valid token for this method and URL; null for anything else. */
@@ -65,9 +66,7 @@ export class InternalTokens {
     if (!token) return null;
     const [version, body, signature, extra] = token.split('.');
     if (version !== 'v1' || !body || !signature || extra !== undefined) return null;
-    const given = Buffer.from(signature, 'base64url');
-    const expected = this.mac(body);
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+    if (!sameText(signature, this.mac(body))) return null;
     let payload: Payload;
     try {
       payload = JSON.parse(Buffer.from(body, 'base64url').toString('utf8'));
@@ -90,12 +89,10 @@ export class InternalTokens {
   }
 
   verifyAnnouncement(text: string, signature: string): boolean {
-    const given = Buffer.from(signature, 'base64url');
-    const expected = Buffer.from(this.signAnnouncement(text), 'base64url');
-    return given.length === expected.length && timingSafeEqual(given, expected);
+    return sameText(signature, this.signAnnouncement(text));
   }
 
-  private mac(body: string): Buffer {
-    return createHmac('sha256', this.key).update(body).digest();
+  private mac(body: string): string {
+    return createHmac('sha256', this.key).update(body).digest('base64url');
   }
 }

@@ -1,5 +1,6 @@
-import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, hkdfSync } from 'node:crypto';
 import type { Environment } from '../../../core/principal.ts';
+import { sameText } from '../../../core/same-text.ts';
 
 /**
  * The signed download link's token: `<environment>.<expires, unix seconds>.<HMAC-SHA256>`, the
@@ -25,9 +26,7 @@ export class DownloadTokens {
     if (!match) return null;
     const environment = match[1] as Environment;
     const expires = Number(match[2]);
-    const given = Buffer.from(match[3] as string, 'base64url');
-    const expected = Buffer.from(this.mac(exportId, environment, expires), 'base64url');
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
+    if (!sameText(match[3] as string, this.mac(exportId, environment, expires))) return null;
     return expires * 1000 > now ? environment : null;
   }
 
