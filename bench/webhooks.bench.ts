@@ -6,6 +6,7 @@ import { signedHeaders } from '../src/services/webhooks/domain/signing.ts';
 import { startServer, type TestServer } from '../test/helpers/server.ts';
 import { type Receiver, startReceiver } from '../test/helpers/webhook-receiver.ts';
 import { type BenchPair, definePair, median, perSecond, runConcurrent } from './harness.ts';
+import { type CpuSplit, cpuSince } from './lib/proc-cpu.ts';
 
 /**
  * Webhook deliveries (issue 18), to receivers on loopback (BANTU_WEBHOOK_ALLOWED_NETWORKS).
@@ -32,6 +33,8 @@ interface Ctx {
   timeline: { rows: number[]; first: number[]; last: number[] };
   /** Per round, the share of the time this process's main thread was busy (event loop utilization), A and B. */
   busy: { a: number[]; b: number[] };
+  /** Per round, CPU microseconds per delivery (main thread, other threads, PostgreSQL), A and B. */
+  cpu: { a: CpuSplit[]; b: CpuSplit[] };
 }
 
 function percentile(values: number[], p: number): number {
@@ -58,7 +61,7 @@ async function setup(endpoints: number): Promise<Ctx> {
   if (file.status !== 201 || !tenantId) throw new Error('no seed event');
   await untilReceived(receivers, 1);
   for (const receiver of receivers) receiver.received.length = 0;
-  return { server, receivers, secret, agent: new Agent({ connections: 64 }), tenantId, timeline: { rows: [], first: [], last: [] }, busy: { a: [], b: [] } };
+  return { server, receivers, secret, agent: new Agent({ connections: 64 }), tenantId, timeline: { rows: [], first: [], last: [] }, busy: { a: [], b: [] }, cpu: { a: [], b: [] } };
 }
 
 /** Commits `count` File_create events in one transaction, as the files service would; resolves at the commit with their ids. */
@@ -76,6 +79,12 @@ function fileEvent(tenantId: string) {
   const now = new Date().toISOString();
   const file = { id, name: `${id}.txt`, path: '/', size: 4, content_type: 'text/plain', sha256: randomBytes(32).toString('hex'), version: 1, owner_id: null, created_at: now, updated_at: now };
   return { type: 'File_create', tenant_id: tenantId, actor: { type: 'key' as const, id: 'key_bench' }, owner_id: null, data: { file } };
+}
+
+/** CPU milliseconds over EVENTS deliveries, as microseconds per delivery (whole: the kernel counts 10 ms ticks). */
+function perDelivery(split: CpuSplit): CpuSplit {
+  const us = (ms: number) => Math.round((ms * 1000) / EVENTS);
+  return { main: us(split.main), threads: us(split.threads), postgres: us(split.postgres) };
 }
 
 async function untilReceived(receivers: Receiver[], each: number, limitMs = 120_000): Promise<void> {
@@ -125,11 +134,15 @@ export const pairs: BenchPair[] = [
       const before = receiver.received.length;
       const ids = await commitEvents(ctx, EVENTS);
       const committed = performance.now();
+      performance.mark('bench:window:start');
       const loop = performance.eventLoopUtilization();
+      const cpu = cpuSince();
       const committedAt = Date.now();
       await untilReceived([receiver], before + EVENTS);
       const elapsed = performance.now() - committed;
+      performance.mark('bench:window:end');
       ctx.busy.a.push(performance.eventLoopUtilization(loop).utilization);
+      ctx.cpu.a.push(perDelivery(cpu()));
       const rows = await sql<{ last: Date }>`select max(created_at) as last from webhooks.delivery where event_id = any(${ids})`.execute(ctx.server.app.databases.environments.test);
       ctx.timeline.rows.push((rows.rows[0]?.last.getTime() ?? Number.NaN) - committedAt);
       ctx.timeline.first.push((receiver.received[before]?.at ?? Number.NaN) - committedAt);
@@ -143,13 +156,23 @@ export const pairs: BenchPair[] = [
       // Sender, receiver and (in A) the consumer and the worker share one thread: both sides are bound by it.
       'A main thread busy, % of the time': Math.round(100 * median(ctx.busy.a)),
       'B main thread busy, % of the time': Math.round(100 * median(ctx.busy.b)),
+      'A CPU us per delivery: main thread': median(ctx.cpu.a.map((c) => c.main)),
+      'A CPU us per delivery: other threads': median(ctx.cpu.a.map((c) => c.threads)),
+      'A CPU us per delivery: PostgreSQL': median(ctx.cpu.a.map((c) => c.postgres)),
+      'B CPU us per delivery: main thread': median(ctx.cpu.b.map((c) => c.main)),
+      'B CPU us per delivery: other threads': median(ctx.cpu.b.map((c) => c.threads)),
+      'B CPU us per delivery: PostgreSQL': median(ctx.cpu.b.map((c) => c.postgres)),
     }),
     async b(ctx) {
       const [receiver] = ctx.receivers as [Receiver];
       const bodies = bodiesOf(ctx, EVENTS);
       const loop = performance.eventLoopUtilization();
+      const cpu = cpuSince();
+      performance.mark('bench:window:start');
       const rate = perSecond(EVENTS, await bareLoop(ctx, receiver.url, bodies, CONCURRENCY));
+      performance.mark('bench:window:end');
       ctx.busy.b.push(performance.eventLoopUtilization(loop).utilization);
+      ctx.cpu.b.push(perDelivery(cpu()));
       return rate;
     },
     teardown,
