@@ -41,6 +41,15 @@ const MAX_BACKOFF_MS = 6 * 3600_000;
  * attempts. At 8 (32 rows for 4 in flight) the queue ran dry while the next claim was read.
  */
 const PREFETCH = 32;
+/**
+ * How long an outcome waits for others to be written with (and how many make a write start at
+ * once). The slot is freed at the answer, so this delays only the row's status, and a process
+ * killed meanwhile sends those deliveries again when their lease ends (at least once). Written
+ * as they came, 1,000 deliveries to one endpoint took 233 writes of about 4 outcomes each;
+ * lingering, about 90, and a fifth less CPU per delivery (webhooks/deliveries notes).
+ */
+const OUTCOME_LINGER_MS = 10;
+const OUTCOMES_PER_WRITE = 128;
 
 /** The delay before attempt `attempt + 1` after `attempt` failures: base·3^(n-1), capped, between half and all of it (jitter). */
 export function backoffMs(attempt: number, baseMs: number, random = Math.random): number {
@@ -70,6 +79,8 @@ export class DeliveryWorker {
   /** Outcomes waiting to be written, per environment: those that end while a write runs go in the next one. */
   private readonly outcomes = new Map<Environment, Array<{ id: string; outcome: AttemptOutcome; done: (error?: unknown) => void }>>();
   private readonly writing = new Set<Environment>();
+  /** Per environment, the timer of the next write while its first outcomes wait. */
+  private readonly lingering = new Map<Environment, NodeJS.Timeout>();
 
   constructor(private readonly options: WorkerOptions) {}
 
@@ -196,30 +207,48 @@ export class DeliveryWorker {
     }
   }
 
-  /** Resolves once the outcome is written; outcomes arriving while a write runs are written together next. */
+  /**
+   * Resolves once the outcome is written. Outcomes are written together, one write at a time
+   * per environment: a write starts OUTCOME_LINGER_MS after the first outcome waiting for it,
+   * or as soon as OUTCOMES_PER_WRITE wait.
+   */
   private record(environment: Environment, id: string, outcome: AttemptOutcome): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const queue = this.outcomes.get(environment) ?? [];
       queue.push({ id, outcome, done: (error) => (error ? reject(error) : resolve()) });
       this.outcomes.set(environment, queue);
-      if (!this.writing.has(environment)) void this.write(environment);
+      this.scheduleWrite(environment);
     });
   }
 
+  private scheduleWrite(environment: Environment): void {
+    const waiting = this.outcomes.get(environment)?.length ?? 0;
+    if (waiting === 0 || this.writing.has(environment)) return;
+    if (waiting >= OUTCOMES_PER_WRITE || !this.running) {
+      clearTimeout(this.lingering.get(environment));
+      this.lingering.delete(environment);
+      void this.write(environment);
+    } else if (!this.lingering.has(environment)) {
+      const timer = setTimeout(() => {
+        this.lingering.delete(environment);
+        void this.write(environment);
+      }, OUTCOME_LINGER_MS);
+      this.lingering.set(environment, timer);
+    }
+  }
+
   private async write(environment: Environment): Promise<void> {
+    const batch = this.outcomes.get(environment) ?? [];
+    this.outcomes.set(environment, []);
     this.writing.add(environment);
     try {
-      for (let batch = this.outcomes.get(environment); batch?.length; batch = this.outcomes.get(environment)) {
-        this.outcomes.set(environment, []);
-        try {
-          await recordAttempts(this.options.databases.environments[environment], batch);
-          for (const entry of batch) entry.done();
-        } catch (error) {
-          for (const entry of batch) entry.done(error);
-        }
-      }
+      await recordAttempts(this.options.databases.environments[environment], batch);
+      for (const entry of batch) entry.done();
+    } catch (error) {
+      for (const entry of batch) entry.done(error);
     } finally {
       this.writing.delete(environment);
+      this.scheduleWrite(environment);
     }
   }
 
