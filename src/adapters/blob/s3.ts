@@ -254,8 +254,12 @@ export class S3BlobStore implements BlobStore {
           // the orphan sweeps' grace period relies on.
           await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: this.objectOf(sha256), CopySource: `${this.bucket}/${temp}` }));
         } catch (error) {
-          void this.removeUpload(temp, undefined);
-          throw asStoreError(error);
+          // Twins uploading the same bytes copy to the same content address at once, and some
+          // servers refuse all but one (s3rver answers 500 InternalError): the blob is there all the same.
+          if (!(await this.holds(sha256, size))) {
+            void this.removeUpload(temp, undefined);
+            throw asStoreError(error);
+          }
         }
         await this.removeUpload(temp, undefined);
         return blob;
@@ -309,6 +313,15 @@ export class S3BlobStore implements BlobStore {
       throw asStoreError(error);
     }
     return { key, sha256: key, size };
+  }
+
+  /** Whether the blob `key` is stored whole (`size` bytes); false when S3 cannot say. */
+  private async holds(key: string, size: number): Promise<boolean> {
+    try {
+      return (await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectOf(key) }))).ContentLength === size;
+    } catch {
+      return false;
+    }
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
