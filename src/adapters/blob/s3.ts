@@ -256,7 +256,8 @@ export class S3BlobStore implements BlobStore {
         } catch (error) {
           // Twins uploading the same bytes copy to the same content address at once, and some
           // servers refuse all but one (s3rver answers 500 InternalError): the blob is there all the same.
-          if (!(await this.holds(sha256, size))) {
+          const there = await this.stat(sha256).catch(() => null);
+          if (there?.size !== size) {
             void this.removeUpload(temp, undefined);
             throw asStoreError(error);
           }
@@ -313,15 +314,6 @@ export class S3BlobStore implements BlobStore {
       throw asStoreError(error);
     }
     return { key, sha256: key, size };
-  }
-
-  /** Whether the blob `key` is stored whole (`size` bytes); false when S3 cannot say. */
-  private async holds(key: string, size: number): Promise<boolean> {
-    try {
-      return (await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectOf(key) }))).ContentLength === size;
-    } catch {
-      return false;
-    }
   }
 
   async get(key: string, range?: ByteRange): Promise<Readable> {
