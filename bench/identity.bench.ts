@@ -7,8 +7,9 @@ import pg from 'pg';
 import { ARGON2_OPTIONS } from '../src/services/identity/domain/passwords.ts';
 import { User } from '../src/services/identity/http/identity.schemas.ts';
 import { startServer, type TestServer } from '../test/helpers/server.ts';
-import { type BenchPair, definePair, perSecond, runConcurrent } from './harness.ts';
+import { type BenchPair, definePair, median, perSecond, runConcurrent } from './harness.ts';
 import { type LoadGenerator, startLoad } from './lib/http-load.ts';
+import { type CpuSplit, cpuSince, machineBusyMs } from './lib/proc-cpu.ts';
 
 /**
  * Identity's two hot paths, each against the floor it cannot beat:
@@ -19,7 +20,9 @@ import { type LoadGenerator, startLoad } from './lib/http-load.ts';
  *   same certificate that runs a trivial query (`select 1`) on the same PostgreSQL, the same
  *   argon2id verification (same ARGON2_OPTIONS, same password), a second trivial query, and
  *   answers a small JSON. Same load client, same number in flight, same count. This is the
- *   login pair with a target: what it measures is what Bantu's own code adds.
+ *   login pair with a target: what it measures is what Bantu's own code adds. Its notes give
+ *   each side's CPU per login (main thread, argon2id's threads, PostgreSQL) and how busy the
+ *   machine was: both sides keep the 2 cores busy, so the ratio follows the CPU ratio.
  * - identity/login: the same logins against a bare loop of the argon2id verification
  *   in-process. Information only, no target: on this 2-core machine even the floor above
  *   stays at about 0.83 of that loop (HTTPS and two queries alone cost that much), so a
@@ -91,6 +94,10 @@ interface FloorCtx extends Ctx {
   pool: pg.Pool;
   floor: FastifyInstance;
   floorOrigin: string;
+  /** The load generator's thread, left out of the CPU figures. */
+  loadThread: Set<number>;
+  /** CPU microseconds per login of each side's rounds, and the machine's busy cores (% of one core). */
+  cpu: { a: Array<CpuSplit & { machine: number }>; b: Array<CpuSplit & { machine: number }> };
 }
 
 /** Everything `setup` starts, plus the login floor: a pg Pool and a bare Fastify HTTPS server. */
@@ -111,7 +118,10 @@ async function setupFloor(): Promise<FloorCtx> {
       return { ok: true };
     });
     await floor.listen({ host: '127.0.0.1', port: 0 });
-    return { ...ctx, pool, floor, floorOrigin: `https://127.0.0.1:${(floor.server.address() as AddressInfo).port}` };
+    const loadThread = new Set<number>();
+    const tid = await ctx.load.threadId();
+    if (tid !== undefined) loadThread.add(tid);
+    return { ...ctx, pool, floor, floorOrigin: `https://127.0.0.1:${(floor.server.address() as AddressInfo).port}`, loadThread, cpu: { a: [], b: [] } };
   } catch (error) {
     await floor.close();
     await pool.end();
@@ -141,6 +151,19 @@ async function loginRate(ctx: Ctx, origin: string): Promise<number> {
   return perSecond(LOGINS, elapsedMs);
 }
 
+/** loginRate, noting the CPU each login cost: main thread, other threads (argon2id runs on libuv's pool), PostgreSQL, and the whole machine. */
+async function measuredLoginRate(ctx: FloorCtx, origin: string, into: Array<CpuSplit & { machine: number }>): Promise<number> {
+  const cpu = cpuSince(ctx.loadThread);
+  const machineBefore = machineBusyMs();
+  const started = performance.now();
+  const rate = await loginRate(ctx, origin);
+  const elapsed = performance.now() - started;
+  const split = cpu();
+  const us = (ms: number) => Math.round((ms * 1000) / LOGINS);
+  into.push({ main: us(split.main), threads: us(split.threads), postgres: us(split.postgres), machine: Math.round((100 * (machineBusyMs() - machineBefore)) / elapsed) });
+  return rate;
+}
+
 export const pairs: BenchPair[] = [
   definePair<FloorCtx>({
     name: 'identity/login-floor',
@@ -154,8 +177,19 @@ export const pairs: BenchPair[] = [
     rounds: 5,
     warmup: 1,
     setup: setupFloor,
-    a: (ctx) => loginRate(ctx, ctx.bantu.url),
-    b: (ctx) => loginRate(ctx, ctx.floorOrigin),
+    a: (ctx) => measuredLoginRate(ctx, ctx.bantu.url, ctx.cpu.a),
+    b: (ctx) => measuredLoginRate(ctx, ctx.floorOrigin, ctx.cpu.b),
+    notes: (ctx) => {
+      const out: Record<string, number> = {};
+      for (const side of ['a', 'b'] as const) {
+        const rounds = ctx.cpu[side];
+        out[`${side.toUpperCase()} CPU us per login: main thread`] = median(rounds.map((c) => c.main));
+        out[`${side.toUpperCase()} CPU us per login: other threads (argon2id)`] = median(rounds.map((c) => c.threads));
+        out[`${side.toUpperCase()} CPU us per login: PostgreSQL`] = median(rounds.map((c) => c.postgres));
+        out[`${side.toUpperCase()} machine busy, % of one core (2 cores = 200%)`] = median(rounds.map((c) => c.machine));
+      }
+      return out;
+    },
     teardown: teardownFloor,
   }),
   definePair<Ctx>({
