@@ -6,7 +6,7 @@ import { AppError, Errors } from '../../../core/errors.ts';
 import type { StagedBlob, StoredBlob } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
 import { type Idempotency, principalKey, type RecordedAnswer, type WriteAnswer } from './idempotency.ts';
-import { type CreateTarget, type CreateUpload, FileUploads, FRAMING_SLACK, type ReplaceUpload, type UploadForm, type UploadLimit, type UploadSteps } from './uploads.ts';
+import { type CreateTarget, type CreateUpload, FileUploads, FRAMING_SLACK, PRECHECK_FROM_BYTES, type ReplaceUpload, type UploadForm, type UploadLimit, type UploadSteps } from './uploads.ts';
 
 // The upload workflow on its own, against an in-memory files service: what is refused before
 // a byte is read or stored, what a retry under an Idempotency-Key gets, and that staged
@@ -202,6 +202,14 @@ describe('upload workflow', () => {
     assert.equal(answer.file.sha256, sha256(Buffer.from('first')));
     assert.deepEqual(files.staged, [{ sha256: answer.file.sha256, committed: 1, discarded: 0 }]);
     assert.deepEqual(files.calls, ['checkDeclaredSize', 'precheckCreate', 'stageContent', 'create']);
+  });
+
+  it('checks a taken name before reading a large or unsized body, not a small one that came with the request', async () => {
+    await uploads.createFromUpload(principal, create({ declaredBytes: PRECHECK_FROM_BYTES, framed: true, name: 'large.txt' }));
+    assert.deepEqual(files.calls, ['checkDeclaredSize', 'precheckCreate', 'stageContent', 'create']);
+    files.calls = [];
+    await uploads.createFromUpload(principal, create({ declaredBytes: PRECHECK_FROM_BYTES - 1, framed: true, name: 'small.txt' }));
+    assert.deepEqual(files.calls, ['checkDeclaredSize', 'stageContent', 'create']);
   });
 
   it('replays a retry under the same Idempotency-Key: the first answer, nothing stored again', async () => {
