@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { sql } from 'kysely';
 import pino from 'pino';
 import { NatsBus } from '../src/adapters/bus/nats-bus.ts';
 import { RELAY_CONSUMER, streamName } from '../src/adapters/bus/nats-relay.ts';
@@ -22,6 +23,13 @@ import { type BenchPair, definePair, perSecond, runConcurrent } from './harness.
  * stream by the same number of publishers, and consumed (explicit acks) by a durable pull
  * consumer, with the same client library, on the same nats-server.
  * Each side's figure ends when its consumer has had the last event.
+ *
+ * bus/nats-commit-to-ack-floor runs the same A against a B that pays the same commits: each
+ * writer commits the event's row (one insert, one transaction, into a plain table of the same
+ * database) and then publishes it with ack to the raw stream, whose consumer acknowledges it.
+ * That is the least any transport behind a committed write can do; A's distance from it is
+ * what the outbox, the relay and the driver's consumer add. Information for now: issue 15's
+ * target is on bus/nats-commit-to-ack, whose B commits nothing.
  */
 const EVENTS = Number(process.env.BENCH_NATS_EVENTS ?? 3_000);
 const WRITERS = Number(process.env.BENCH_NATS_WRITERS ?? 8);
@@ -39,6 +47,34 @@ interface Ctx {
   /** Per round of A, the rate of one part of its work alone (the commits; in the drain, the relay), to tell what bounds it. */
   commitRates: number[];
   raw: { publish: (i: number) => Promise<void>; consumed: () => number; start: () => Promise<void>; stop: () => void };
+}
+
+/** A: WRITERS writers commit EVENTS events, one per transaction, through the bus; events/s until the consumer had the last. */
+async function commitToAck(ctx: Ctx): Promise<number> {
+  const goal = ctx.handled() + EVENTS;
+  const started = performance.now();
+  const committing = await runConcurrent(EVENTS, WRITERS, async (i) => {
+    await ctx.databases.environments.test.transaction().execute((trx) => ctx.bus.append(trx, 'test', event(i)));
+  });
+  ctx.commitRates.push(perSecond(EVENTS, committing));
+  await until(() => ctx.handled() >= goal);
+  return perSecond(EVENTS, performance.now() - started);
+}
+
+/** The floor's table: the event's row, committed as A's outbox row is, without the bus. */
+const FLOOR_TABLE = 'public.bench_floor_event';
+
+/** B of the floor pair: each event's row committed, then published with ack to the raw stream; events/s until its consumer had the last. */
+async function commitThenPublish(ctx: Ctx): Promise<number> {
+  const db = ctx.databases.environments.test;
+  const goal = ctx.raw.consumed() + EVENTS;
+  const started = performance.now();
+  await runConcurrent(EVENTS, WRITERS, async (i) => {
+    await db.transaction().execute((trx) => sql`insert into ${sql.raw(FLOOR_TABLE)} (body) values (${JSON.stringify(event(i))}::jsonb)`.execute(trx));
+    await ctx.raw.publish(i);
+  });
+  await until(() => ctx.raw.consumed() >= goal);
+  return perSecond(EVENTS, performance.now() - started);
 }
 
 const event = (i: number): NewEvent => ({ type: 'File_update', tenant_id: 'ten_bench', actor, owner_id: 'usr_bench', data: { file: { id: `fil_${i % 64}`, name: `bench-${i % 64}.txt`, version: i } } });
@@ -128,16 +164,7 @@ export const pairs: BenchPair[] = [
     rounds: 5,
     warmup: 1,
     setup: () => open('bench'),
-    async a(ctx) {
-      const goal = ctx.handled() + EVENTS;
-      const started = performance.now();
-      const committing = await runConcurrent(EVENTS, WRITERS, async (i) => {
-        await ctx.databases.environments.test.transaction().execute((trx) => ctx.bus.append(trx, 'test', event(i)));
-      });
-      ctx.commitRates.push(perSecond(EVENTS, committing));
-      await until(() => ctx.handled() >= goal);
-      return perSecond(EVENTS, performance.now() - started);
-    },
+    a: commitToAck,
     async b(ctx) {
       const goal = ctx.raw.consumed() + EVENTS;
       const started = performance.now();
@@ -145,6 +172,27 @@ export const pairs: BenchPair[] = [
       await until(() => ctx.raw.consumed() >= goal);
       return perSecond(EVENTS, performance.now() - started);
     },
+    notes(ctx) {
+      const sorted = [...ctx.commitRates].sort((x, y) => x - y);
+      return { 'A commits alone, events/s (median of every round)': sorted[Math.floor(sorted.length / 2)] ?? 0 };
+    },
+    teardown: close,
+  }),
+  definePair<Ctx>({
+    name: 'bus/nats-commit-to-ack-floor',
+    description: `${EVENTS} events, ${WRITERS} writers: commit to a JetStream work consumer through the outbox and the relay (A) vs each event's row committed in a transaction of its own, then published with ack to raw JetStream and consumed (B)`,
+    labels: { a: 'bantu NATS bus', b: 'commit, then raw JetStream' },
+    unit: 'events/s',
+    higherIsBetter: true,
+    rounds: 5,
+    warmup: 1,
+    async setup() {
+      const ctx = await open('floor');
+      await sql`create table if not exists ${sql.raw(FLOOR_TABLE)} (id bigserial primary key, body jsonb not null)`.execute(ctx.databases.environments.test);
+      return ctx;
+    },
+    a: commitToAck,
+    b: commitThenPublish,
     notes(ctx) {
       const sorted = [...ctx.commitRates].sort((x, y) => x - y);
       return { 'A commits alone, events/s (median of every round)': sorted[Math.floor(sorted.length / 2)] ?? 0 };
