@@ -11,7 +11,7 @@ import type { Leadership } from './adapters/db/leader.ts';
 import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret, writeSecretFile } from './adapters/local/data-dir.ts';
 import type { Config } from './core/config.ts';
-import type { AdminNoticePort, AuditPort, FilesExportPort, UserDirectoryPort } from './core/ports.ts';
+import type { AdminNoticePort, AuditPort, FilesExportPort, UserDirectoryPort } from './core/service-ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { routesOf } from './gateway/routes.ts';
 import { createGateway, createHttpRejector } from './gateway/server.ts';

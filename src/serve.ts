@@ -12,7 +12,7 @@ import type { Databases } from './adapters/db/pg.ts';
 import { readOrCreateSecret } from './adapters/local/data-dir.ts';
 import { ALL_MIGRATIONS, ensureDefaultTenant, exportsDeps, filesDeps, VERSION, webhooksDeps } from './app.ts';
 import type { Config } from './core/config.ts';
-import type { FilesExportPort, FilesPort } from './core/ports.ts';
+import type { FilesExportPort, FilesPort } from './core/service-ports.ts';
 import { operatorVerifier } from './gateway/auth.ts';
 import { ServiceProxy } from './gateway/proxy.ts';
 import { describeRoutes, type Route } from './gateway/routes.ts';

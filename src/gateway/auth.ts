@@ -1,8 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AppError, Errors } from '../core/errors.ts';
-import type { CredentialVerifier } from '../core/ports.ts';
 import type { Principal, TenantPrincipal } from '../core/principal.ts';
+import type { CredentialVerifier } from '../core/service-ports.ts';
 import { logWithPrincipal } from './log-context.ts';
 
 /**
@@ -28,7 +28,7 @@ export interface RouteAuth {
   credentialsOptional?: boolean;
 }
 
-export type { CredentialVerifier } from '../core/ports.ts';
+export type { CredentialVerifier } from '../core/service-ports.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {

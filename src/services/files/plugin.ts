@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { FilesExportPort, FilesPort } from '../../core/ports.ts';
+import type { FilesExportPort, FilesPort } from '../../core/service-ports.ts';
 import type { Route } from '../../gateway/routes.ts';
 import type { ServiceMigrations, ServiceModule } from '../../platform/module.ts';
 import { FilesExportSource } from './domain/export-source.ts';

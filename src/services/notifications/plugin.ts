@@ -2,7 +2,8 @@ import type http from 'node:http';
 import type https from 'node:https';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import type { CredentialVerifier, EventBus } from '../../core/ports.ts';
+import type { EventBus } from '../../core/ports.ts';
+import type { CredentialVerifier } from '../../core/service-ports.ts';
 import type { ServiceModule } from '../../platform/module.ts';
 import { type BehindGateway, NotificationsHub } from './socket/notifications.socket.ts';
 

@@ -2,8 +2,9 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
-import { type BackupUsagePort, type BlobStore, type ByteRange, type EventBus, type FilesPort, PoisonEventError, type StoredBlob } from '../../../core/ports.ts';
+import { type BlobStore, type ByteRange, type EventBus, PoisonEventError, type StoredBlob } from '../../../core/ports.ts';
 import { ENVIRONMENTS, type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
+import type { BackupUsagePort, FilesPort } from '../../../core/service-ports.ts';
 import type { BackupRepository, HistoryPosition, PolicyRow, RetentionRule, TenantBackupTx, VersionEvent, VersionRow } from './backup.repository.ts';
 
 /** How many blobs a batch copies at once: enough to overlap their fsyncs, few enough to keep memory flat. */

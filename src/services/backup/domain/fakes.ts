@@ -2,8 +2,8 @@ import { Readable } from 'node:stream';
 import { MemoryBlobStore } from '../../../adapters/blob/memory.ts';
 import { AppError, Errors } from '../../../core/errors.ts';
 import type { BusEvent, FileObject } from '../../../core/events.ts';
-import type { FilesPort, RestorableVersion } from '../../../core/ports.ts';
 import { type Environment, isTenantAdmin, type TenantPrincipal } from '../../../core/principal.ts';
+import type { FilesPort, RestorableVersion } from '../../../core/service-ports.ts';
 import type {
   BackupRepository,
   BlobTx,

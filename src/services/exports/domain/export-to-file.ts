@@ -3,8 +3,8 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { newId } from '../../../core/ids.ts';
-import type { FilesExportPort } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
+import type { FilesExportPort } from '../../../core/service-ports.ts';
 import { writeZip } from './zip-writer.ts';
 
 /**

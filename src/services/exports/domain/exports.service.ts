@@ -3,8 +3,9 @@ import { type Databases, ENVIRONMENTS, withTenant } from '../../../adapters/db/p
 import { AppError, Errors, fail } from '../../../core/errors.ts';
 import { newId } from '../../../core/ids.ts';
 import { decodeCursor, pageOf } from '../../../core/pagination.ts';
-import type { AuditPort, BlobStore, ByteRange, FilesExportPort, Mailer, UserDirectoryPort } from '../../../core/ports.ts';
+import type { BlobStore, ByteRange, Mailer } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
+import type { AuditPort, FilesExportPort, UserDirectoryPort } from '../../../core/service-ports.ts';
 import * as repo from '../repo/exports.repo.ts';
 import { DownloadTokens } from './download-token.ts';
 import { throttledProgress } from './progress.ts';

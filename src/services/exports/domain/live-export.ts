@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
-import type { FilesExportPort } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
+import type { FilesExportPort } from '../../../core/service-ports.ts';
 
 /** `json`: one JSON array; `ndjson`: one File object per line. */
 export type LiveFormat = 'json' | 'ndjson';

@@ -7,8 +7,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, it } from 'node:test';
 import yauzl from 'yauzl';
-import type { FilesExportPort } from '../../../core/ports.ts';
 import type { FileObject } from '../../../core/schemas.ts';
+import type { FilesExportPort } from '../../../core/service-ports.ts';
 import { writeZip } from './zip-writer.ts';
 
 /**

@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import { type PassThrough, Readable, Transform } from 'node:stream';
 import { ZipFile } from 'yazl';
 import { AppError } from '../../../core/errors.ts';
-import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
+import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/service-ports.ts';
 import { EntryNamer } from './entry-names.ts';
 
 /** What one zip export holds and for whom. */

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { ListQuery, Page } from '../../../core/pagination.ts';
-import type { FilesExportPort } from '../../../core/ports.ts';
+import type { FilesExportPort } from '../../../core/service-ports.ts';
 import { principalOf, tenantPrincipalOf } from '../../../gateway/auth.ts';
 import { sendContent } from '../../../gateway/download.ts';
 import { type Route, route } from '../../../gateway/routes.ts';

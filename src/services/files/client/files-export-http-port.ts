@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
-import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
+import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/service-ports.ts';
 import { problemError, type ServiceClient } from '../../../platform/service-client.ts';
 import { MAX_SCAN_PAGE } from '../domain/export-source.ts';
 

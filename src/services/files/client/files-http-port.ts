@@ -1,8 +1,8 @@
 import { Readable } from 'node:stream';
 import { AppError } from '../../../core/errors.ts';
-import type { FilesPort, RestorableVersion } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
+import type { FilesPort, RestorableVersion } from '../../../core/service-ports.ts';
 import { problemError, type ServiceClient } from '../../../platform/service-client.ts';
 import { RESTORE_VERSION_HEADER } from '../http/files.internal-routes.ts';
 

@@ -1,9 +1,10 @@
 import type { RawBuilder } from 'kysely';
 import { type Databases, tenantRead } from '../../../adapters/db/pg.ts';
 import { AppError, Errors } from '../../../core/errors.ts';
-import type { BlobRef, BlobStore, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/ports.ts';
+import type { BlobStore } from '../../../core/ports.ts';
 import type { Environment, TenantPrincipal } from '../../../core/principal.ts';
 import type { FileObject } from '../../../core/schemas.ts';
+import type { BlobRef, FilesExportPort, FileVersionRecord, FoundBlob } from '../../../core/service-ports.ts';
 import * as repo from '../repo/files.repo.ts';
 import { ownerScope, toFileObject } from './files.service.ts';
 import { normalizePath } from './names.ts';

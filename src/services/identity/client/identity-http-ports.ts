@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
-import type { AuditPort, UserDirectoryPort } from '../../../core/ports.ts';
 import type { TenantPrincipal } from '../../../core/principal.ts';
+import type { AuditPort, UserDirectoryPort } from '../../../core/service-ports.ts';
 import type { ServiceClient } from '../../../platform/service-client.ts';
 
 /** A user's address over HTTP (distributed mode): `GET /v1/users/me` on behalf of that user. */

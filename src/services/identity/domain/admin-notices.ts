@@ -1,7 +1,8 @@
 import { sql } from 'kysely';
 import { type Databases, withTenant } from '../../../adapters/db/pg.ts';
-import type { AdminNotice, AdminNoticePort, Mailer } from '../../../core/ports.ts';
+import type { Mailer } from '../../../core/ports.ts';
 import type { Environment } from '../../../core/principal.ts';
+import type { AdminNotice, AdminNoticePort } from '../../../core/service-ports.ts';
 import type { AuditLog, AuditType } from './audit.ts';
 
 /**

@@ -5,8 +5,9 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { Server, type Socket } from 'socket.io';
 import type { BusEvent } from '../../../core/events.ts';
-import type { ConsumerOptions, CredentialVerifier, EventBus } from '../../../core/ports.ts';
+import type { ConsumerOptions, EventBus } from '../../../core/ports.ts';
 import type { Principal } from '../../../core/principal.ts';
+import type { CredentialVerifier } from '../../../core/service-ports.ts';
 import type { BusConsumer } from '../../../platform/module.ts';
 import {
   adminRoom,
