@@ -64,6 +64,8 @@ export function filesRoutes(files: FilesService): Route[] {
         description:
           'multipart/form-data with a part `file` (and optional fields `path`, `name`, `owner_id`), or a raw body with its Content-Type and `?name=&path=`. ' +
           'The content is streamed to storage while it is hashed. Optional Idempotency-Key: a retry replays the first answer and stores nothing twice. ' +
+          'A name already taken in the folder is 409 `file_exists`: before the body is read when it declares 64 KiB or more (or no length); ' +
+          'a smaller body, which arrives with the request, is read first, and its bytes (never counted in usage) go with the next files sweep, within about 70 minutes. ' +
           UPLOAD_ERRORS +
           VISIBILITY,
         querystring: UploadQuery,
