@@ -41,14 +41,8 @@ const PAGE = 50;
 /** Entries opened ahead of the one being written: a few file handles, not the whole export. */
 const WINDOW = 8;
 
-export interface ManifestVersion {
-  version: number;
-  name: string;
-  path: string;
-  size: number;
-  sha256: string;
-  content_type: string;
-  created_at: string;
+/** A recorded version as the manifest lists it: with the zip entry that holds its bytes. */
+export interface ManifestVersion extends FileVersionRecord {
   entry: string;
 }
 
