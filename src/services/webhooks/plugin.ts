@@ -77,7 +77,7 @@ export function createWebhooksService(options: WebhooksOptions): WebhooksModule 
     name: 'webhooks',
     service,
     routes: webhooksRoutes(service),
-    consumers: options.worker ? [webhooksConsumer(options.databases, wake)] : [],
+    consumers: options.worker ? [webhooksConsumer(options.databases, worker)] : [],
     start() {
       if (options.worker) worker.start();
     },

@@ -49,6 +49,13 @@ const PREFETCH = 32;
  * lingering, about 90, and a fifth less CPU per delivery (webhooks/deliveries notes).
  */
 const OUTCOME_LINGER_MS = 10;
+/**
+ * Deliveries the consumer may hand straight to the worker, queued per endpoint and held in all
+ * (a delivery is about 1 KiB). Past the lease a queued one is claimed again by this worker
+ * alone and not sent twice, so a long queue costs memory, not duplicates.
+ */
+const ADOPTED_PER_ENDPOINT = 1024;
+const MAX_HELD = 8192;
 const OUTCOMES_PER_WRITE = 128;
 
 /** The delay before attempt `attempt + 1` after `attempt` failures: base·3^(n-1), capped, between half and all of it (jitter). */
@@ -168,8 +175,40 @@ export class DeliveryWorker {
    * it twice; only one started late and caught by a change of leader can go out twice, which
    * at-least-once delivery allows (receivers dedupe by webhook-id).
    */
-  private leaseMs(): number {
+  leaseMs(): number {
     return 2 * this.options.timeoutMs + 5000;
+  }
+
+  /**
+   * How many new deliveries to this endpoint the worker takes straight from the consumer now:
+   * up to a full claim's worth queued, none while stopped or at its in-flight limit.
+   */
+  room(endpointId: string): number {
+    if (!this.running || this.claimed.size >= MAX_HELD) return 0;
+    const queued = this.held.get(endpointId)?.queue.length ?? 0;
+    return Math.max(0, Math.min(ADOPTED_PER_ENDPOINT - queued, MAX_HELD - this.claimed.size));
+  }
+
+  /**
+   * Deliveries the consumer has just committed leased to this worker (`leaseMs`), queued as a
+   * claim would queue them: no claim has to find them, move their lease and read them back.
+   */
+  adopt(environment: Environment, endpoint: EndpointRow, rows: DeliveryRow[]): void {
+    if (rows.length === 0) return;
+    if (!this.running) {
+      // Stopped while they were written: due again now, for whichever process leads next.
+      void releaseClaims(this.options.databases.environments[environment], rows.map((row) => row.id)).catch(() => undefined);
+      return;
+    }
+    const hold = this.held.get(endpoint.id) ?? { environment, endpoint, queue: [], busy: 0 };
+    for (const row of rows) {
+      this.claimed.add(row.id);
+      hold.queue.push(row);
+    }
+    // The newest read of the endpoint serves what starts from now on, as after a claim.
+    hold.endpoint = endpoint;
+    this.held.set(endpoint.id, hold);
+    this.pump(hold);
   }
 
   /** Below this many queued deliveries an endpoint is claimed for again. */

@@ -28,17 +28,23 @@ export interface DeliveryRow {
 
 const columns = sql`tenant_id, id, endpoint_id, event_id, type, payload, attempt, status, response_status, error, duration_ms, created_at, first_failed_at, next_attempt_at`;
 
-export type NewDelivery = Pick<DeliveryRow, 'tenant_id' | 'id' | 'endpoint_id' | 'event_id' | 'type' | 'payload' | 'traceparent'>;
+export type NewDelivery = Pick<DeliveryRow, 'tenant_id' | 'id' | 'endpoint_id' | 'event_id' | 'type' | 'payload' | 'traceparent'> & {
+  /** Written already leased for this long (seconds) to the worker the caller hands it to; due at once without. */
+  leaseSeconds?: number;
+};
 
-/** Inserts the deliveries not there yet (a redelivered event changes nothing); the number inserted. */
-export async function insertDeliveries(db: Db | Tx, rows: NewDelivery[]): Promise<number> {
-  if (rows.length === 0) return 0;
-  const values = rows.map((r) => sql`(${r.tenant_id}, ${r.id}, ${r.endpoint_id}, ${r.event_id}, ${r.type}, ${r.payload}, 'pending', clock_timestamp(), ${r.traceparent ?? null})`);
-  const result = await sql`
+/** Inserts the deliveries not there yet (a redelivered event changes nothing); the ids inserted. */
+export async function insertDeliveries(db: Db | Tx, rows: NewDelivery[]): Promise<Set<string>> {
+  if (rows.length === 0) return new Set();
+  const values = rows.map(
+    (r) => sql`(${r.tenant_id}, ${r.id}, ${r.endpoint_id}, ${r.event_id}, ${r.type}, ${r.payload}, 'pending', clock_timestamp() + make_interval(secs => ${r.leaseSeconds ?? 0}), ${r.traceparent ?? null})`,
+  );
+  const result = await sql<{ id: string }>`
     insert into webhooks.delivery (tenant_id, id, endpoint_id, event_id, type, payload, status, next_attempt_at, traceparent)
     values ${sql.join(values)}
-    on conflict (endpoint_id, event_id) do nothing`.execute(db);
-  return Number(result.numAffectedRows ?? 0);
+    on conflict (endpoint_id, event_id) do nothing
+    returning id`.execute(db);
+  return new Set(result.rows.map((row) => row.id));
 }
 
 export async function listDeliveries(trx: Tx, tenantId: string, endpointId: string, options: { before?: string; limit: number }): Promise<DeliveryRow[]> {

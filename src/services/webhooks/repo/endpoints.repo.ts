@@ -77,11 +77,10 @@ export async function rotateSecret(trx: Tx, tenantId: string, id: string, secret
   return Number(result.numAffectedRows ?? 0) > 0;
 }
 
-/** The enabled endpoints of these tenants, for the consumer to match events against. */
-export async function enabledEndpointsOf(db: Db, tenantIds: string[]): Promise<Array<Pick<EndpointRow, 'tenant_id' | 'id' | 'events'>>> {
+/** The enabled endpoints of these tenants, for the consumer to match events against (whole: it may hand their deliveries to the worker). */
+export async function enabledEndpointsOf(db: Db, tenantIds: string[]): Promise<EndpointRow[]> {
   if (tenantIds.length === 0) return [];
-  const result = await sql<Pick<EndpointRow, 'tenant_id' | 'id' | 'events'>>`
-    select tenant_id, id, events from webhooks.endpoint where tenant_id = any(${tenantIds}::text[]) and status = 'enabled'`.execute(db);
+  const result = await sql<EndpointRow>`select ${columns} from webhooks.endpoint where tenant_id = any(${tenantIds}::text[]) and status = 'enabled'`.execute(db);
   return result.rows;
 }
 
