@@ -11,8 +11,8 @@ export const WEBHOOKS_CONSUMER = 'webhooks';
 
 /** The delivery worker of the same process, as the consumer sees it. */
 export interface DeliveryHandOff {
-  /** How many new deliveries to this endpoint the worker takes now. */
-  room(endpointId: string): number;
+  /** How many new deliveries to this endpoint the worker takes now, `granted` given already in this batch. */
+  room(endpointId: string, granted: number): number;
   /** The lease the handed deliveries are written with. */
   leaseMs(): number;
   /** Takes deliveries committed leased to it. */
@@ -46,14 +46,16 @@ export function webhooksConsumer(databases: Databases, worker: DeliveryHandOff):
         const rows: NewDelivery[] = [];
         const handed = new Map<EndpointRow, NewDelivery[]>();
         const leaseSeconds = worker.leaseMs() / 1000;
+        let granted = 0;
         for (const endpoint of endpoints) {
-          let room = worker.room(endpoint.id);
+          let room = worker.room(endpoint.id, granted);
           for (const event of mine) {
             if (endpoint.tenant_id !== event.tenant_id || !endpoint.events.includes(event.type)) continue;
             const row: NewDelivery = { tenant_id: event.tenant_id, id: newId('dlv'), endpoint_id: endpoint.id, event_id: event.event_id, type: event.type, payload: payloadOf(event), traceparent: event.traceparent ?? null };
             rows.push(row);
             if (room > 0) {
               room -= 1;
+              granted += 1;
               row.leaseSeconds = leaseSeconds;
               const list = handed.get(endpoint) ?? [];
               list.push(row);

@@ -49,6 +49,7 @@ const PREFETCH = 32;
  * lingering, about 90, and a fifth less CPU per delivery (webhooks/deliveries notes).
  */
 const OUTCOME_LINGER_MS = 10;
+const OUTCOMES_PER_WRITE = 128;
 /**
  * Deliveries the consumer may hand straight to the worker, queued per endpoint and held in all
  * (a delivery is about 1 KiB). Past the lease a queued one is claimed again by this worker
@@ -56,7 +57,6 @@ const OUTCOME_LINGER_MS = 10;
  */
 const ADOPTED_PER_ENDPOINT = 1024;
 const MAX_HELD = 8192;
-const OUTCOMES_PER_WRITE = 128;
 
 /** The delay before attempt `attempt + 1` after `attempt` failures: base·3^(n-1), capped, between half and all of it (jitter). */
 export function backoffMs(attempt: number, baseMs: number, random = Math.random): number {
@@ -83,6 +83,8 @@ export class DeliveryWorker {
   /** The secrets of an endpoint row, opened once per claim that read it (the row is new each time). */
   private readonly secrets = new WeakMap<EndpointRow, { current: string; previous: string | null }>();
   private readonly inFlight = new Set<Promise<void>>();
+  /** Releases of handed deliveries that came after a stop. */
+  private readonly releasing = new Set<Promise<void>>();
   /** Outcomes waiting to be written, per environment: those that end while a write runs go in the next one. */
   private readonly outcomes = new Map<Environment, Array<{ id: string; outcome: AttemptOutcome; done: (error?: unknown) => void }>>();
   private readonly writing = new Set<Environment>();
@@ -107,7 +109,7 @@ export class DeliveryWorker {
     this.running = false;
     this.wake();
     await this.loop;
-    await Promise.all([...this.inFlight]);
+    await Promise.all([...this.inFlight, ...this.releasing]);
     // Claimed but not started: due again at once, for whichever process leads next.
     for (const environment of ENVIRONMENTS) {
       const ids = [...this.held.values()].filter((h) => h.environment === environment).flatMap((h) => h.queue.map((row) => row.id));
@@ -180,13 +182,17 @@ export class DeliveryWorker {
   }
 
   /**
-   * How many new deliveries to this endpoint the worker takes straight from the consumer now:
-   * up to a full claim's worth queued, none while stopped or at its in-flight limit.
+   * How many new deliveries to this endpoint the worker takes straight from the consumer now,
+   * `granted` being what this batch was given already for other endpoints. Only while its queue
+   * is under the refill mark, where a claim would take its rows too: each time the queue falls
+   * under it, the claim that follows takes older due ones (retries, overflow) first, so handed
+   * rows never starve them. None while stopped, at the in-flight limit or holding MAX_HELD.
    */
-  room(endpointId: string): number {
-    if (!this.running || this.claimed.size >= MAX_HELD) return 0;
+  room(endpointId: string, granted = 0): number {
+    if (!this.running || this.inFlight.size >= MAX_IN_FLIGHT) return 0;
     const queued = this.held.get(endpointId)?.queue.length ?? 0;
-    return Math.max(0, Math.min(ADOPTED_PER_ENDPOINT - queued, MAX_HELD - this.claimed.size));
+    if (queued >= this.refillBelow()) return 0;
+    return Math.max(0, Math.min(ADOPTED_PER_ENDPOINT - queued, MAX_HELD - this.claimed.size - granted));
   }
 
   /**
@@ -197,7 +203,7 @@ export class DeliveryWorker {
     if (rows.length === 0) return;
     if (!this.running) {
       // Stopped while they were written: due again now, for whichever process leads next.
-      void releaseClaims(this.options.databases.environments[environment], rows.map((row) => row.id)).catch(() => undefined);
+      this.releaseLater(environment, rows.map((row) => row.id));
       return;
     }
     const hold = this.held.get(endpoint.id) ?? { environment, endpoint, queue: [], busy: 0 };
@@ -205,10 +211,18 @@ export class DeliveryWorker {
       this.claimed.add(row.id);
       hold.queue.push(row);
     }
-    // The newest read of the endpoint serves what starts from now on, as after a claim.
-    hold.endpoint = endpoint;
+    // A claim may have read the endpoint after the consumer did (a new URL, a rotated secret): the newer read serves.
+    if (endpoint.updated_at.getTime() >= hold.endpoint.updated_at.getTime()) hold.endpoint = endpoint;
     this.held.set(endpoint.id, hold);
     this.pump(hold);
+  }
+
+  /** Releases claims without holding the caller; `stop` waits for them. */
+  private releaseLater(environment: Environment, ids: string[]): void {
+    const release = releaseClaims(this.options.databases.environments[environment], ids)
+      .catch(() => undefined)
+      .finally(() => this.releasing.delete(release));
+    this.releasing.add(release);
   }
 
   /** Below this many queued deliveries an endpoint is claimed for again. */
