@@ -64,9 +64,10 @@ export function webhooksConsumer(databases: Databases, worker: DeliveryHandOff):
           }
         }
         const inserted = await insertDeliveries(db, rows);
+        const now = new Date();
         for (const [endpoint, mineHanded] of handed) {
           // A redelivered event's rows were there already, in whatever state: not handed again.
-          worker.adopt(environment, endpoint, mineHanded.filter((row) => inserted.has(row.id)).map(handedRow));
+          worker.adopt(environment, endpoint, mineHanded.filter((row) => inserted.has(row.id)).map((row) => handedRow(row, now)));
         }
       }
       if (dueNow > 0) worker.wake();
@@ -77,8 +78,7 @@ export function webhooksConsumer(databases: Databases, worker: DeliveryHandOff):
 }
 
 /** A delivery just written, as a claim would have read it back. */
-function handedRow({ leaseSeconds: _lease, ...row }: NewDelivery): DeliveryRow {
-  const now = new Date();
+function handedRow({ leaseSeconds: _lease, ...row }: NewDelivery, now: Date): DeliveryRow {
   return { ...row, attempt: 0, status: 'pending', response_status: null, error: null, duration_ms: null, created_at: now, first_failed_at: null, next_attempt_at: now, traceparent: row.traceparent ?? null };
 }
 

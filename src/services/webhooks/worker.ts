@@ -159,11 +159,7 @@ export class DeliveryWorker {
       // Its lease ran out while it waited here (a slow endpoint): claiming it again renewed it.
       if (heldBefore.has(row.id) || this.claimed.has(row.id)) continue;
       this.claimed.add(row.id);
-      const hold = this.held.get(endpoint.id) ?? { environment, endpoint, queue: [], busy: 0 };
-      // The newest read of the endpoint (a changed URL, a rotated secret) serves what starts from now on.
-      hold.endpoint = endpoint;
-      hold.queue.push(row);
-      this.held.set(endpoint.id, hold);
+      this.holdFor(environment, endpoint).queue.push(row);
     }
     for (const hold of this.held.values()) this.pump(hold);
   }
@@ -206,15 +202,27 @@ export class DeliveryWorker {
       this.releaseLater(environment, rows.map((row) => row.id));
       return;
     }
-    const hold = this.held.get(endpoint.id) ?? { environment, endpoint, queue: [], busy: 0 };
+    const hold = this.holdFor(environment, endpoint);
     for (const row of rows) {
       this.claimed.add(row.id);
       hold.queue.push(row);
     }
-    // A claim may have read the endpoint after the consumer did (a new URL, a rotated secret): the newer read serves.
-    if (endpoint.updated_at.getTime() >= hold.endpoint.updated_at.getTime()) hold.endpoint = endpoint;
-    this.held.set(endpoint.id, hold);
     this.pump(hold);
+  }
+
+  /**
+   * The endpoint's hold, made on its first delivery. Of two reads of the endpoint (a claim's, the
+   * consumer's), the newer one serves what starts from now on: a changed URL, a rotated secret.
+   */
+  private holdFor(environment: Environment, endpoint: EndpointRow): Held {
+    const hold = this.held.get(endpoint.id);
+    if (!hold) {
+      const made: Held = { environment, endpoint, queue: [], busy: 0 };
+      this.held.set(endpoint.id, made);
+      return made;
+    }
+    if (endpoint.updated_at.getTime() >= hold.endpoint.updated_at.getTime()) hold.endpoint = endpoint;
+    return hold;
   }
 
   /** Releases claims without holding the caller; `stop` waits for them. */
