@@ -92,6 +92,28 @@ describe('S3BlobStore', () => {
     }
   });
 
+  it('commits each of 32 uploads of the same bytes copied over one object at once, though s3rver refuses all but one', async () => {
+    const stores = await storesFrom(s3.env({ S3_BUCKET: freshPrefix() }), 's3Blobs');
+    const bytes = Buffer.from('yy');
+    const staged = await Promise.all(Array.from({ length: 32 }, () => stores.live.stage(Readable.from([bytes]))));
+    const copiesBefore = s3.requests.filter((r) => r.copySource).length;
+    // The first one in place, the others copy over it together, as twins uploading one file do.
+    const committed = [await Promise.allSettled([staged[0]?.commit()]), await Promise.allSettled(staged.slice(1).map((blob) => blob.commit()))].flat();
+    assert.deepEqual(
+      committed.filter((result) => result.status === 'rejected').map((result) => String(result.reason)),
+      [],
+    );
+    assert.ok(s3.requests.filter((r) => r.copySource).length - copiesBefore >= 32, 'each commit copied');
+    const client = s3.client();
+    try {
+      assert.deepEqual(await objectKeys(client, stores.live.bucket), [`${sha(bytes).slice(0, 2)}/${sha(bytes)}`]);
+    } finally {
+      client.destroy();
+    }
+    assert.equal(await inFlight(stores.live), 0, 'no temp object left');
+    assert.deepEqual(await readAll(await stores.live.get(sha(bytes))), bytes);
+  });
+
   it('streams a large upload in parts, reading at most queueSize + 1 parts ahead of what S3 acknowledged', async () => {
     const partSize = 5 * MiB;
     const stores = await storesFrom(s3.env({ S3_BUCKET: freshPrefix() }), 's3Blobs', { partSize, queueSize: 2 });

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { setTimeout } from 'node:timers/promises';
 import {
   AbortMultipartUploadCommand,
   CopyObjectCommand,
@@ -54,6 +55,9 @@ const SHA256_KEY = /^[0-9a-f]{64}$/;
 /** `<ab>/<sha256>` whose folder is its key's first two digits. */
 const BLOB_OBJECT = /^([0-9a-f]{2})\/(\1[0-9a-f]{62})$/;
 const TEMP_PREFIX = 'tmp/';
+/** Tries of a commit's copy refused with a 5xx while the blob is not there yet, and the first pause between them (growing, with jitter). */
+const COPY_TRIES = 4;
+const COPY_BACKOFF_MS = 50;
 const MiB = 1024 * 1024;
 /** CopyObject copies at most this much in one request: the largest blob this store takes. */
 export const S3_MAX_OBJECT_BYTES = 5 * 1024 ** 3;
@@ -250,23 +254,38 @@ export class S3BlobStore implements BlobStore {
       ...blob,
       commit: async () => {
         try {
-          // Over an existing copy of the same bytes too: that refreshes its LastModified, which
-          // the orphan sweeps' grace period relies on.
-          await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: this.objectOf(sha256), CopySource: `${this.bucket}/${temp}` }));
+          await this.copyToAddress(temp, sha256, size);
         } catch (error) {
-          // Twins uploading the same bytes copy to the same content address at once, and some
-          // servers refuse all but one (s3rver answers 500 InternalError): the blob is there all the same.
-          const there = await this.stat(sha256).catch(() => null);
-          if (there?.size !== size) {
-            void this.removeUpload(temp, undefined);
-            throw asStoreError(error);
-          }
+          void this.removeUpload(temp, undefined);
+          throw asStoreError(error);
         }
         await this.removeUpload(temp, undefined);
         return blob;
       },
       discard: () => this.removeUpload(temp, undefined),
     };
+  }
+
+  /**
+   * Copies the staged `temp` to the content address of `sha256`: over an existing copy of the
+   * same bytes too, which refreshes its LastModified (the orphan sweeps' grace period relies on it).
+   * Twins uploading the same bytes copy to one address at once, and some servers refuse all but
+   * one (s3rver answers 500 InternalError, and its HEAD fails while another copy rewrites the
+   * object): when the server answered 5xx and the blob is not there whole yet, a few tries,
+   * backing off, tell that apart from S3 failing.
+   */
+  private async copyToAddress(temp: string, sha256: string, size: number): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: this.objectOf(sha256), CopySource: `${this.bucket}/${temp}` }));
+        return;
+      } catch (error) {
+        const there = await this.stat(sha256).catch(() => null);
+        if (there?.size === size) return;
+        if (attempt >= COPY_TRIES || (statusOf(error) ?? 0) < 500) throw error;
+        await setTimeout(COPY_BACKOFF_MS * attempt * (1 + Math.random()));
+      }
+    }
   }
 
   /** Best effort, never rejects: what it cannot remove stays for the sweep. */
