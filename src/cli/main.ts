@@ -17,6 +17,7 @@ import { TlsConfigError } from '../gateway/tls.ts';
 import { isServiceName, SERVICE_NAMES } from '../platform/catalogue.ts';
 import { type BackupProcess, InstallationKeyMismatchError, openBackupProcess, openExportProcess, type ServedService, serveService } from '../serve.ts';
 import { exportToFile } from '../services/exports/domain/export-to-file.ts';
+import { raiseMallocTrimThreshold } from './malloc-trim.ts';
 
 /**
  * The only place that reads process.env, listens to signals and decides exit codes.
@@ -77,6 +78,7 @@ function banner(started: StartedApp, config: Config): string {
 
 async function start(): Promise<void> {
   const config = configOrExit();
+  raiseMallocTrimThreshold();
   const logger = pino({ level: config.logLevel, base: { service: 'bantu' } });
   const app = createApp(config, logger);
 
@@ -180,6 +182,7 @@ async function serve(service: string): Promise<void> {
   const config = configOrExit();
   if (!config.databaseUrl) refuse(`bantu serve ${service}: DATABASE_URL is required (the PostgreSQL every process of the installation shares)`);
   if (!config.natsUrl) refuse(`bantu serve ${service}: NATS_URL is required (the registry where services find each other)`);
+  raiseMallocTrimThreshold();
   if (!config.redisUrl && CHECKS_CREDENTIALS.has(service)) {
     refuse(`bantu serve ${service}: REDIS_URL is required (ended sessions and deleted users must be refused by every process that checks credentials)`);
   }
