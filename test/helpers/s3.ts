@@ -123,6 +123,29 @@ function multipartExtras(directory: string, gate: Gate, requests: S3Request[]) {
   };
 }
 
+interface FilesystemStore {
+  getResourcePath(bucket: string, key: string, resource: string): string;
+  deleteObject(bucket: string, key: string): Promise<void>;
+}
+
+/**
+ * s3rver removes a key's folders once a delete leaves them empty. That races a put under the
+ * same prefix (a temp object written while another is deleted, `tmp/`): the put has just made
+ * the folder, its file then fails to open (ENOENT) on a stream s3rver does not watch, and the
+ * error is thrown in the test process. S3 has no folders: deletes here keep them.
+ */
+function keepFolders(store: FilesystemStore): void {
+  store.deleteObject = async (bucket, key) => {
+    await Promise.all(
+      ['object', 'object.md5', 'metadata.json'].map((resource) =>
+        fs.unlink(store.getResourcePath(bucket, key, resource)).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT') throw error;
+        }),
+      ),
+    );
+  };
+}
+
 export async function startS3rver(): Promise<TestS3> {
   const directory = await makeTempDir('bantu-s3rver-');
   let port = 0;
@@ -131,6 +154,7 @@ export async function startS3rver(): Promise<TestS3> {
   const requests: S3Request[] = [];
   const start = async () => {
     const instance = new S3rver({ address: '127.0.0.1', port, directory, silent: true, vhostBuckets: false });
+    keepFolders((instance as unknown as { store: FilesystemStore }).store);
     // Before s3rver's router (the last middleware), after its XML encoder.
     instance.middleware.splice(instance.middleware.length - 1, 0, multipartExtras(directory, gate, requests));
     const address = (await instance.run()) as AddressInfo;
