@@ -78,7 +78,6 @@ function banner(started: StartedApp, config: Config): string {
 
 async function start(): Promise<void> {
   const config = configOrExit();
-  raiseMallocTrimThreshold();
   const logger = pino({ level: config.logLevel, base: { service: 'bantu' } });
   const app = createApp(config, logger);
 
@@ -131,7 +130,9 @@ const program = new Command()
   .version(VERSION)
   // Root options only before the command: `bantu backup restore --version N` is the restore's own --version.
   .enablePositionalOptions()
-  .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : EXIT_CONFIG));
+  .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : EXIT_CONFIG))
+  // Servers and the backup and export tools stream bytes (malloc-trim.ts); elsewhere it costs one allocation.
+  .hook('preAction', raiseMallocTrimThreshold);
 
 program.command('start', { isDefault: true }).description('run every service in one process (embedded mode)').action(start);
 
@@ -182,7 +183,6 @@ async function serve(service: string): Promise<void> {
   const config = configOrExit();
   if (!config.databaseUrl) refuse(`bantu serve ${service}: DATABASE_URL is required (the PostgreSQL every process of the installation shares)`);
   if (!config.natsUrl) refuse(`bantu serve ${service}: NATS_URL is required (the registry where services find each other)`);
-  raiseMallocTrimThreshold();
   if (!config.redisUrl && CHECKS_CREDENTIALS.has(service)) {
     refuse(`bantu serve ${service}: REDIS_URL is required (ended sessions and deleted users must be refused by every process that checks credentials)`);
   }
